@@ -1,0 +1,41 @@
+"""Mini-batch feeders for the engine: (model input, labels, teacher logits or None).
+
+Two ways to get teacher logits: cached (the student trains on the exact views
+the teacher saw once, see teacher_cache.py) or live (the teacher runs on each
+augmented batch). Both are seeded per epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+
+from .config import InputSpec
+from .engine import Batch
+from .transforms import augment, to_input
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def cached_batches(views: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None, batch_size: int, spec: InputSpec,
+                   size: int, gen: torch.Generator) -> Iterator[Batch]:
+    """views uint8 [V, N, C, H, W], logits [V, N, K]: each image in one of its cached views, shuffled."""
+    n = views.shape[1]
+    order = torch.randperm(n, generator=gen).to(views.device)
+    pick = torch.randint(views.shape[0], (n,), generator=gen).to(views.device)
+    for i in range(0, n, batch_size):
+        idx, v = order[i:i + batch_size], pick[order[i:i + batch_size]]
+        yield to_input(views[v, idx], spec, size), y[idx], (logits[v, idx] if logits is not None else None)
+
+
+def live_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, level: str, spec: InputSpec, size: int,
+                 gen: torch.Generator, teacher: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[Batch]:
+    """Fresh augmentation per batch; `teacher` (uint8 batch -> logits) runs live on the same pixels."""
+    order = torch.randperm(len(x), generator=gen).to(x.device)
+    for i in range(0, len(x), batch_size):
+        idx = order[i:i + batch_size]
+        xb = augment(x[idx], level, gen)
+        yield to_input(xb, spec, size), y[idx], (teacher(xb) if teacher is not None else None)

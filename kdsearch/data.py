@@ -1,0 +1,393 @@
+"""Data: every source decoded once into uint8 tensors at image_size, cached on disk, split.
+
+Decoding is the slow part (PIL on thousands of files), so its result is saved
+under `output.dir/cache/` keyed by a fingerprint of the files (path, size,
+mtime) and the settings; a later run with the same key loads one file.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import logging
+import pickle
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from sklearn.model_selection import train_test_split
+
+from .config import Config, DataConfig
+from ._io import fingerprint, load_cache, save_atomic
+from .errors import KdsearchError
+
+log = logging.getLogger("kdsearch")
+
+CACHE_FORMAT = 1  # bump when the cached layout changes
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # uint8 [N, C, S, S]
+    y: torch.Tensor  # int64 [N]
+
+
+@dataclass
+class Dataset:
+    """Decoded, resized, split data. Images stay uint8 until a batch is fed to a model."""
+
+    train: Split
+    val: Split
+    test: Split | None
+    class_names: list[str]
+    fingerprint: str
+    """Identifies the files, decode settings and split; keys the teacher cache."""
+    unreadable: list[str] = field(default_factory=list)
+    orig_sizes: torch.Tensor | None = None  # int [N_all, 2] (width, height) before resizing
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        return self.train.x.shape[1]
+
+    def class_counts(self) -> torch.Tensor:
+        return torch.bincount(self.train.y, minlength=self.num_classes)
+
+
+# --------------------------------------------------------------------------- public entry
+
+
+def load_dataset(cfg: Config) -> Dataset:
+    """Decode (or load the decode cache), check, and split the config's data."""
+    d = cfg.data
+    files = _source_files(d)
+    key = fingerprint({"format": CACHE_FORMAT, "source": d.source, "size": d.image_size, "manifest": d.manifest,
+                 "class_names": d.class_names, "files": files})
+    cache = cfg.output_dir / "cache" / f"data-{key}.pt"
+    decoded = load_cache(cache)
+    if decoded is None:
+        decoded = _DECODERS[d.source](d)
+        _check_decoded(d, decoded)
+        save_atomic(decoded, cache)
+    for name in decoded["unreadable"]:
+        log.warning("skipped unreadable image: %s", name)
+    return _split(decoded, d, cfg.seed, key)
+
+
+def _check_decoded(d: DataConfig, dec: dict) -> None:
+    where = d.root if d.root is not None else d.source
+    n = len(dec["train_y"])
+    if n == 0:
+        extra = f" ({len(dec['unreadable'])} unreadable)" if dec["unreadable"] else ""
+        raise KdsearchError(f"data.root {where}: no readable images found{extra}; check the folder and data.source")
+    present = torch.unique(dec["train_y"]).numel()
+    if present < 2:
+        raise KdsearchError(
+            f"data.root {where}: found {present} class; a classifier needs at least two (one subfolder or label per class)")
+
+
+def _split(dec: dict, d: DataConfig, seed: int, key: str) -> Dataset:
+    x, y = dec["train_x"], dec["train_y"]
+    if "val_x" in dec:
+        train, val = Split(x, y), Split(dec["val_x"], dec["val_y"])
+    else:
+        counts = torch.bincount(y)
+        rare = [dec["class_names"][i] for i, c in enumerate(counts.tolist()) if c == 1]
+        if rare:
+            raise KdsearchError(f"data.root {d.root}: class {rare[0]!r} has one image; a stratified val split needs "
+                                "at least two per class: add images or remove the class")
+        idx = np.arange(len(y))
+        try:
+            tr, va = train_test_split(idx, test_size=d.val_fraction, stratify=y.numpy(), random_state=seed)
+        except ValueError as e:
+            raise KdsearchError(f"data.val_fraction {d.val_fraction}: {e}; choose a fraction that leaves every class "
+                                "in both splits") from None
+        tr, va = torch.from_numpy(np.sort(tr)), torch.from_numpy(np.sort(va))
+        train, val = Split(x[tr], y[tr]), Split(x[va], y[va])
+    test = Split(dec["test_x"], dec["test_y"]) if "test_x" in dec else None
+    fp = fingerprint({"decoded": key, "seed": seed, "val_fraction": d.val_fraction})
+    return Dataset(train, val, test, list(dec["class_names"]), fp, list(dec["unreadable"]), dec.get("orig_sizes"))
+
+
+# --------------------------------------------------------------------------- fingerprints and cache
+
+
+def _stat(p: Path) -> list:
+    st = p.stat()
+    return [str(p), st.st_size, st.st_mtime_ns]
+
+
+def _source_files(d: DataConfig) -> list:
+    """What the decode depends on, cheaply: (path, size, mtime) of each input file."""
+    if d.source == "digits":
+        import sklearn
+        return [f"sklearn-{sklearn.__version__}"]
+    root = _require_dir(d)
+    if d.source == "image_folder":
+        return [_stat(p) for p in _image_folder_files(root)]
+    if d.source == "csv":
+        manifest = _manifest_path(d)
+        with manifest.open(newline="") as f:
+            listed = [root / r.get("path", "") for r in csv.DictReader(f)]
+        return [_stat(manifest)] + [_stat(p) if p.is_file() else [str(p), None] for p in listed]
+    if d.source == "npz":
+        return [_stat(_npz_path(root))]
+    if d.source == "idx":
+        return [_stat(p) for pair in _idx_files(root).values() for p in pair]
+    return [_stat(p) for p in _cifar_files(root)]
+
+
+# --------------------------------------------------------------------------- decoders
+
+
+def _require_dir(d: DataConfig) -> Path:
+    root = Path(d.root)
+    if not root.is_dir():
+        layout = {
+            "image_folder": "one subfolder per class holding its images (root/<class>/<image>)",
+            "csv": f"the images and the manifest {d.manifest}",
+            "npz": "a MedMNIST-style .npz (train_images, train_labels, val_*, test_*)",
+            "idx": "*-images-idx3-ubyte[.gz] and *-labels-idx1-ubyte[.gz] files",
+            "cifar10": "the python batches data_batch_1..5 and test_batch",
+        }[d.source]
+        raise KdsearchError(f"data.root {root}: folder not found; it should hold {layout}. "
+                            f"Point data.root elsewhere with --set data.root=PATH")
+    return root
+
+
+def _image_folder_files(root: Path) -> list[Path]:
+    exts = {e.lower() for e in Image.registered_extensions()}
+    return sorted(p for p in root.glob("*/*") if p.is_file() and p.suffix.lower() in exts
+                  and not p.parent.name.startswith(".") and not p.name.startswith("."))
+
+
+def _decode_files(paths: list[Path], labels: list[int], size: int, base: Path) -> dict:
+    """PIL-decode each file, square-resize it; unreadable files are skipped and named."""
+    arrays, ys, sizes, bad = [], [], [], []
+    for p, label in zip(paths, labels):
+        try:
+            with Image.open(p) as im:
+                im.load()
+                sizes.append(im.size)
+                gray = im.mode in ("1", "L", "I", "I;16", "F")
+                im = im.convert("L" if gray else "RGB").resize((size, size), Image.BILINEAR)
+                arrays.append(np.asarray(im))
+                ys.append(label)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            bad.append(f"{p.relative_to(base) if p.is_relative_to(base) else p} ({type(e).__name__})")
+    if any(a.ndim == 3 for a in arrays):  # mixed folders become RGB
+        arrays = [np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
+    x = _nhwc_to_nchw(np.stack(arrays)) if arrays else torch.zeros(0, 3, size, size, dtype=torch.uint8)
+    return {"train_x": x, "train_y": torch.tensor(ys, dtype=torch.int64), "unreadable": bad,
+            "orig_sizes": torch.tensor(sizes, dtype=torch.int64).reshape(-1, 2)}
+
+
+def _decode_image_folder(d: DataConfig) -> dict:
+    root = _require_dir(d)
+    files = _image_folder_files(root)
+    classes = sorted({p.parent.name for p in files})
+    index = {c: i for i, c in enumerate(classes)}
+    out = _decode_files(files, [index[p.parent.name] for p in files], d.image_size, root)
+    out["class_names"] = classes
+    return out
+
+
+def _manifest_path(d: DataConfig) -> Path:
+    path = Path(d.manifest)
+    path = path if path.is_absolute() else Path(d.root) / path
+    if not path.is_file():
+        raise KdsearchError(f"data.manifest {path}: file not found; give a CSV with columns path,label "
+                            "(paths relative to data.root)")
+    return path
+
+
+def _decode_csv(d: DataConfig) -> dict:
+    root = _require_dir(d)
+    manifest = _manifest_path(d)
+    with manifest.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+            raise KdsearchError(f"data.manifest {manifest}: needs a header with columns path,label "
+                                f"(found {reader.fieldnames})")
+        rows = [(r["path"], r["label"]) for r in reader]
+    missing = [p for p, _ in rows if not (root / p).is_file()]
+    if missing:
+        raise KdsearchError(f"data.manifest {manifest}: {len(missing)} listed file(s) missing under {root}, e.g. "
+                            f"{', '.join(missing[:3])}; fix the paths or data.root")
+    classes = sorted({label for _, label in rows})
+    index = {c: i for i, c in enumerate(classes)}
+    out = _decode_files([root / p for p, _ in rows], [index[label] for _, label in rows], d.image_size, root)
+    out["class_names"] = classes
+    return out
+
+
+def _resize_tensor(x: np.ndarray, size: int) -> torch.Tensor:
+    """[N, H, W] or [N, H, W, C] uint8 -> [N, C, size, size] uint8, antialiased, in chunks to bound memory."""
+    if x.ndim == 3:
+        x = x[..., None]
+    t = _nhwc_to_nchw(x)
+    if t.shape[-1] == size and t.shape[-2] == size:
+        return t
+    out = torch.empty(t.shape[0], t.shape[1], size, size, dtype=torch.uint8)
+    for i in range(0, len(t), 4096):
+        chunk = F.interpolate(t[i:i + 4096].float(), size=(size, size), mode="bilinear", antialias=True,
+                              align_corners=False)
+        out[i:i + 4096] = chunk.round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
+def _nhwc_to_nchw(x: np.ndarray) -> torch.Tensor:
+    if x.ndim == 3:
+        x = x[..., None]
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(torch.uint8)
+
+
+def _names(d: DataConfig, num: int) -> list[str]:
+    if d.class_names is not None:
+        if len(d.class_names) < num:
+            raise KdsearchError(f"data.class_names: {len(d.class_names)} names for {num} label ids; give one per label")
+        return list(d.class_names[:num])
+    return [str(i) for i in range(num)]
+
+
+def _from_arrays(d: DataConfig, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+    out: dict = {"unreadable": []}
+    num = 0
+    for name, (x, y) in splits.items():
+        out[f"{name}_x"] = _resize_tensor(x, d.image_size)
+        out[f"{name}_y"] = torch.from_numpy(np.asarray(y).reshape(-1).astype(np.int64))
+        num = max(num, int(out[f"{name}_y"].max()) + 1 if len(y) else 0)
+    out["orig_sizes"] = torch.tensor([[splits["train"][0].shape[2], splits["train"][0].shape[1]]] *
+                                     len(splits["train"][0]), dtype=torch.int64).reshape(-1, 2)
+    out["class_names"] = _names(d, num)
+    return out
+
+
+def _decode_digits(d: DataConfig) -> dict:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # 8x8, values 0..16
+    return _from_arrays(d, {"train": (x, digits.target)})
+
+
+def _npz_path(root: Path) -> Path:
+    if root.is_file():
+        return root
+    found = sorted(root.glob("*.npz"))
+    if len(found) != 1:
+        raise KdsearchError(f"data.root {root}: expected exactly one .npz file (MedMNIST layout), found {len(found)}; "
+                            "point data.root at the .npz file")
+    return found[0]
+
+
+def _decode_npz(d: DataConfig) -> dict:
+    path = _npz_path(Path(d.root))
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise KdsearchError(f"data.root {path}: not a readable .npz ({e})") from None
+    with z:
+        if "train_images" not in z or "train_labels" not in z:
+            raise KdsearchError(f"data.root {path}: needs arrays train_images and train_labels (found {list(z.keys())})")
+        splits = {s: (z[f"{s}_images"], z[f"{s}_labels"]) for s in ("train", "val", "test") if f"{s}_images" in z}
+    return _from_arrays(d, splits)
+
+
+def _idx_files(root: Path) -> dict[str, tuple[Path, Path]]:
+    out = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        imgs = sorted(root.glob(f"{prefix}-images-idx3-ubyte*"))
+        labels = sorted(root.glob(f"{prefix}-labels-idx1-ubyte*"))
+        if imgs and labels:
+            out[split] = (imgs[0], labels[0])
+    if "train" not in out:
+        raise KdsearchError(f"data.root {root}: no train-images-idx3-ubyte[.gz] with train-labels-idx1-ubyte[.gz]; "
+                            "point data.root at the folder holding the MNIST-format files")
+    return out
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    try:
+        zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
+        if zero != 0 or dtype != 0x08:
+            raise ValueError("bad magic number")
+        dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    except (struct.error, ValueError) as e:
+        raise KdsearchError(f"data.root {path}: not an unsigned-byte IDX file ({e})") from None
+
+
+def _decode_idx(d: DataConfig) -> dict:
+    files = _idx_files(Path(d.root))
+    return _from_arrays(d, {s: (_read_idx(i), _read_idx(l)) for s, (i, l) in files.items()})
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """CIFAR's python batches are pickles; allow only what they hold, so a planted file cannot run code."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR batch")
+
+
+def _cifar_files(root: Path) -> list[Path]:
+    base = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
+    files = [base / f"data_batch_{i}" for i in range(1, 6)] + [base / "test_batch"]
+    present = [p for p in files if p.is_file()]
+    if not any(p.name.startswith("data_batch") for p in present):
+        raise KdsearchError(f"data.root {root}: no data_batch_N files; point data.root at the extracted "
+                            "cifar-10-batches-py folder")
+    meta = base / "batches.meta"
+    return present + ([meta] if meta.is_file() else [])
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with path.open("rb") as f:
+            return _ArraysOnly(f, encoding="bytes").load()
+    except Exception as e:
+        raise KdsearchError(f"data.root {path}: not a CIFAR python batch ({e})") from None
+
+
+def _decode_cifar10(d: DataConfig) -> dict:
+    files = _cifar_files(Path(d.root))
+    splits: dict[str, list] = {"train": [], "test": []}
+    names = None
+    for p in files:
+        batch = _unpickle(p)
+        if p.name == "batches.meta":
+            names = [n.decode() for n in batch[b"label_names"]]
+            continue
+        x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        splits["test" if p.name == "test_batch" else "train"].append((x, np.asarray(batch[b"labels"])))
+    arrays = {s: (np.concatenate([a for a, _ in v]), np.concatenate([b for _, b in v])) for s, v in splits.items() if v}
+    out = _from_arrays(d, arrays)
+    if names and d.class_names is None:
+        out["class_names"] = names[:len(out["class_names"])]
+    return out
+
+
+_DECODERS = {
+    "image_folder": _decode_image_folder,
+    "csv": _decode_csv,
+    "npz": _decode_npz,
+    "idx": _decode_idx,
+    "cifar10": _decode_cifar10,
+    "digits": _decode_digits,
+}

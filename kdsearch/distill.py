@@ -1,0 +1,191 @@
+"""One student's distillation, epoch by epoch, plus the preparation every run shares.
+
+`prepare` does the once-per-search work (data, size filter, teacher, teacher
+outputs); `Distiller` is one student with fixed hyperparameters that advances
+an epoch at a time and can checkpoint and resume — `kdsearch train` loops it
+directly, the Ray trainable reports after each epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, Mapping
+
+import torch
+
+from .batches import cached_batches, epoch_generator, live_batches
+from .config import Config, Dist
+from .data import Dataset, load_dataset
+from .engine import classification_metrics, evaluate, recalibrate_bn, train_one_epoch
+from .errors import KdsearchError
+from .losses import class_weights, create_loss
+from .students import StudentSize, create_student, fitting_students, student_size
+from .teacher_cache import TeacherTargets, teacher_targets
+from .teachers import Teacher, build_teacher, student_spec
+from .transforms import to_input
+
+log = logging.getLogger("kdsearch")
+
+BN_SAMPLES = 512  # images for BatchNorm recalibration: enough for stable statistics, ~10% of a digits epoch
+
+
+@dataclass(frozen=True)
+class Hparams:
+    """One point of the search space."""
+
+    student: str
+    temperature: float
+    alpha: float
+    lr: float
+    weight_decay: float
+    batch_size: int
+    class_weight_power: float
+    optimizer: str = "adamw"
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "Hparams":
+        types = {f.name: f.type for f in fields(cls)}
+        casts = {"float": float, "int": int, "str": str}
+        return cls(**{k: casts[types[k]](v) for k, v in values.items() if k in types})
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Prepared:
+    """What every run of a config shares: built once per search."""
+
+    data: Dataset
+    teacher: Teacher
+    targets: TeacherTargets | None
+    """Cached teacher outputs; None when teacher.cache is false (the teacher runs live)."""
+    students: list[str]
+    """Candidates that fit the size limit."""
+    teacher_metrics: dict[str, float]
+
+
+def select_students(cfg: Config, num_classes: int) -> tuple[list[str], list[StudentSize]]:
+    """Candidates (or space.student's choices) that fit max_size_mb in student.precision; none -> exit 2."""
+    s = cfg.student
+    chosen = cfg.search.space.student
+    names = s.candidates if chosen is None else chosen.values_to_check() if isinstance(chosen, Dist) else [chosen]
+    fit, over = fitting_students(list(names), num_classes, cfg.data.image_size, s.max_size_mb, s.precision)
+    if not fit:
+        sizes = ", ".join(f"{o.name} {o.bytes(s.precision) / 1e6:.1f} MB" for o in over)
+        raise KdsearchError(f"student.max_size_mb {s.max_size_mb:g}: no candidate fits in {s.precision} ({sizes}); "
+                            "raise the limit, set student.precision: fp16, or add smaller student.candidates")
+    return fit, over
+
+
+def default_hparams(cfg: Config, students: list[str]) -> Hparams:
+    """Fixed values as given, distributions at their midpoint/first choice, student = first that fits."""
+    values = cfg.search.space.fixed()
+    if values.get("student") not in students:
+        values["student"] = students[0]
+    return Hparams.from_mapping(values)
+
+
+def prepare(cfg: Config, device: torch.device | str) -> Prepared:
+    data = load_dataset(cfg)
+    students, over = select_students(cfg, data.num_classes)
+    for o in over:
+        log.warning("student %s is %.1f MB in %s, over student.max_size_mb %g: never trained", o.name,
+                    o.bytes(cfg.student.precision) / 1e6, cfg.student.precision, cfg.student.max_size_mb)
+    teacher = build_teacher(cfg, data, device)
+    targets = teacher_targets(cfg, data, teacher, device) if cfg.teacher.cache else None
+    if targets is not None:
+        val = targets.val_logits
+        m = classification_metrics(data.val.y.numpy(), val.argmax(1).numpy(), data.num_classes,
+                                   float(torch.nn.functional.cross_entropy(val, data.val.y)))
+    else:
+        m = evaluate(teacher.model, data.val.x, data.val.y, teacher.spec, teacher.spec.size, data.num_classes, device)
+    return Prepared(data, teacher, targets, students, {"val_accuracy": m.accuracy, "val_macro_f1": m.macro_f1})
+
+
+class Distiller:
+    """One student, one set of hyperparameters, trained an epoch at a time."""
+
+    def __init__(self, cfg: Config, hp: Hparams, prepared: Prepared, device: torch.device | str):
+        self.cfg, self.hp, self.device = cfg, hp, torch.device(device)
+        data = prepared.data
+        self.data, self.teacher = data, prepared.teacher
+        self.spec = student_spec(cfg)
+        self.size = student_size(hp.student, data.num_classes, cfg.data.image_size)
+        torch.manual_seed(cfg.seed)
+        self.model = create_student(hp.student, data.num_classes, cfg.data.image_size).to(self.device)
+        weight = class_weights(data.class_counts(), hp.class_weight_power).to(self.device)
+        self.loss = create_loss("kd", alpha=hp.alpha, temperature=hp.temperature, weight=weight)
+        self.optimizer = _optimizer(hp, self.model)
+        steps = -(-len(data.train.y) // hp.batch_size) * cfg.search.max_epochs
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=steps)
+        self.y = data.train.y.to(self.device)
+        if prepared.targets is not None:  # data on the device once, not per batch
+            self.views = prepared.targets.views.to(self.device)
+            self.logits = prepared.targets.logits.to(self.device)
+        else:
+            self.x = data.train.x.to(self.device)
+        # A fixed sample of training inputs for BatchNorm recalibration before each evaluation.
+        first = (prepared.targets.views[0] if prepared.targets is not None else data.train.x)[:BN_SAMPLES]
+        self._bn_inputs = [to_input(first[i:i + 128].to(self.device), self.spec, cfg.data.image_size)
+                           for i in range(0, len(first), 128)]
+        self.epoch = 0
+
+    def _batches(self):
+        gen = epoch_generator(self.cfg.seed, self.epoch)
+        bs, size = self.hp.batch_size, self.cfg.data.image_size
+        if hasattr(self, "views"):
+            return cached_batches(self.views, self.y, self.logits, bs, self.spec, size, gen)
+        live = self.teacher.logits if self.hp.alpha > 0 else None
+        return live_batches(self.x, self.y, bs, self.cfg.data.augment, self.spec, size, gen, teacher=live)
+
+    def run_epoch(self) -> dict[str, Any]:
+        """Train one epoch, evaluate on val; returns the metrics the search reports."""
+        stats = train_one_epoch(self.model, self._batches(), self.loss, self.optimizer, self.scheduler)
+        start = time.perf_counter()
+        recalibrate_bn(self.model, self._bn_inputs)
+        m = evaluate(self.model, self.data.val.x, self.data.val.y, self.spec, self.cfg.data.image_size,
+                     self.data.num_classes, self.device)
+        self.epoch += 1
+        return {
+            "epoch": self.epoch,
+            "train_loss": stats.train_loss,
+            "val_loss": m.loss,
+            "val_accuracy": m.accuracy,
+            "val_macro_f1": m.macro_f1,
+            "val_per_class_f1": m.per_class_f1,
+            "val_confusion": m.confusion,
+            "epoch_seconds": stats.seconds,
+            "eval_seconds": time.perf_counter() - start,  # includes BatchNorm recalibration
+            "size_mb": self.size.bytes(self.cfg.student.precision) / 1e6,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+
+
+def _optimizer(hp: Hparams, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=hp.lr, momentum=0.9, nesterov=True, weight_decay=hp.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+
+
+def train_student(cfg: Config, hp: Hparams, prepared: Prepared, device, epochs: int | None = None,
+                  on_epoch: Callable[[dict[str, Any]], None] | None = None) -> tuple[Distiller, list[dict[str, Any]]]:
+    """Run `epochs` (default search.max_epochs) epochs; returns the distiller and per-epoch metrics."""
+    d = Distiller(cfg, hp, prepared, device)
+    history = []
+    for _ in range(epochs or cfg.search.max_epochs):
+        history.append(d.run_epoch())
+        if on_epoch:
+            on_epoch(history[-1])
+    return d, history

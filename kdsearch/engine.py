@@ -1,0 +1,101 @@
+"""The distillation engine: plain PyTorch, one epoch at a time. No Ray, no MLflow.
+
+`train_one_epoch` consumes batches of (input, label, teacher logits or None)
+and never knows which loss it runs; `evaluate` returns scikit-learn metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from torch import nn
+
+from .config import InputSpec
+from .transforms import to_input
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+
+@dataclass
+class EpochStats:
+    train_loss: float
+    seconds: float
+    samples: int
+
+
+def train_one_epoch(model: nn.Module, batches: Iterable[Batch], loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> EpochStats:
+    """One pass over `batches`; the scheduler (if any) steps per batch."""
+    model.train()
+    start = time.perf_counter()
+    total, seen = torch.zeros((), dtype=torch.float64), 0
+    for x, y, teacher_logits in batches:
+        loss = loss_fn(model(x), y, teacher_logits)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.detach().double().cpu() * len(y)
+        seen += len(y)
+    return EpochStats(train_loss=float(total) / max(seen, 1), seconds=time.perf_counter() - start, samples=seen)
+
+
+def recalibrate_bn(model: nn.Module, inputs: list[torch.Tensor]) -> None:
+    """Recompute BatchNorm running statistics on `inputs` (PreciseBN, Wu & Johnson 2021).
+
+    Running averages lag a model whose weights move fast; over a short search
+    trial that lag makes eval-mode accuracy collapse (MobileNetV3 scores at
+    chance after 2 epochs on digits, 0.89 after recalibration). torch's
+    `update_bn` recomputes exact averages from a few hundred images.
+    """
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        torch.optim.swa_utils.update_bn(inputs, model)
+
+
+@dataclass
+class Metrics:
+    """Classification metrics on one split, from scikit-learn."""
+
+    loss: float
+    accuracy: float
+    macro_f1: float
+    per_class_f1: list[float]
+    confusion: list[list[int]]
+
+    def as_dict(self, prefix: str = "val_") -> dict:
+        d = asdict(self)
+        return {f"{prefix}{k}": v for k, v in d.items()}
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, loss: float) -> Metrics:
+    labels = list(range(num_classes))
+    return Metrics(
+        loss=loss,
+        accuracy=float(accuracy_score(y_true, y_pred)),
+        macro_f1=float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        per_class_f1=[float(v) for v in f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)],
+        confusion=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    )
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, spec: InputSpec, size: int, device: torch.device | str,
+                   batch_size: int = 256) -> torch.Tensor:
+    """Logits for uint8 images [N, C, H, W], preprocessed per `spec`, returned on the CPU."""
+    model.eval()
+    out = [model(to_input(x[i:i + batch_size].to(device), spec, size)).float().cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: InputSpec, size: int, num_classes: int,
+             device: torch.device | str, batch_size: int = 256) -> Metrics:
+    """Unweighted cross-entropy loss plus accuracy, macro-F1, per-class F1 and the confusion matrix."""
+    logits = predict_logits(model, x, spec, size, device, batch_size)
+    loss = float(nn.functional.cross_entropy(logits, y))
+    return classification_metrics(y.numpy(), logits.argmax(1).numpy(), num_classes, loss)
