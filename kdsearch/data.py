@@ -81,6 +81,27 @@ def load_dataset(cfg: Config) -> Dataset:
     return _split(decoded, d, cfg.seed, key)
 
 
+def check_sources(d: DataConfig) -> None:
+    """The data's files exist and are where the config says, without decoding anything."""
+    _source_files(d)
+
+
+def num_classes_hint(d: DataConfig) -> int:
+    """Class count without decoding images (for size checks in `validate`)."""
+    if d.class_names is not None:
+        return len(d.class_names)
+    if d.source == "image_folder":
+        return len({p.parent.name for p in _image_folder_files(Path(d.root))})
+    if d.source == "csv":
+        return len({label for _, label in _csv_rows(d)[1]})
+    if d.source == "npz":
+        with np.load(_npz_path(Path(d.root)), allow_pickle=False) as z:
+            return int(z["train_labels"].max()) + 1
+    if d.source == "idx":
+        return int(_read_idx(_idx_files(Path(d.root))["train"][1]).max()) + 1
+    return 10  # digits and cifar10
+
+
 def _check_decoded(d: DataConfig, dec: dict) -> None:
     where = d.root if d.root is not None else d.source
     n = len(dec["train_y"])
@@ -133,10 +154,8 @@ def _source_files(d: DataConfig) -> list:
     if d.source == "image_folder":
         return [_stat(p) for p in _image_folder_files(root)]
     if d.source == "csv":
-        manifest = _manifest_path(d)
-        with manifest.open(newline="") as f:
-            listed = [root / r.get("path", "") for r in csv.DictReader(f)]
-        return [_stat(manifest)] + [_stat(p) if p.is_file() else [str(p), None] for p in listed]
+        _, rows = _csv_rows(d)
+        return [_stat(_manifest_path(d))] + [_stat(root / p) for p, _ in rows]
     if d.source == "npz":
         return [_stat(_npz_path(root))]
     if d.source == "idx":
@@ -208,7 +227,7 @@ def _manifest_path(d: DataConfig) -> Path:
     return path
 
 
-def _decode_csv(d: DataConfig) -> dict:
+def _csv_rows(d: DataConfig) -> tuple[Path, list[tuple[str, str]]]:
     root = _require_dir(d)
     manifest = _manifest_path(d)
     with manifest.open(newline="") as f:
@@ -221,6 +240,11 @@ def _decode_csv(d: DataConfig) -> dict:
     if missing:
         raise KdsearchError(f"data.manifest {manifest}: {len(missing)} listed file(s) missing under {root}, e.g. "
                             f"{', '.join(missing[:3])}; fix the paths or data.root")
+    return root, rows
+
+
+def _decode_csv(d: DataConfig) -> dict:
+    root, rows = _csv_rows(d)
     classes = sorted({label for _, label in rows})
     index = {c: i for i, c in enumerate(classes)}
     out = _decode_files([root / p for p, _ in rows], [index[label] for _, label in rows], d.image_size, root)

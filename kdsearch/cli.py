@@ -1,0 +1,200 @@
+"""The `kdsearch` command line. Thin: parse, call, print.
+
+User errors (KdsearchError) print one line on stderr and exit 2; anything else
+is a bug and keeps its traceback (exit 1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from .config import Config, load_config
+from .errors import KdsearchError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Hyperparameter search for knowledge distillation (Ray Tune + Optuna + ASHA, MLflow).")
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="YAML config, e.g. search_spaces/digits.yaml")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE override, dotted into the YAML "
+                                                     "(--set search.num_samples=4); repeatable")]
+DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+
+
+@app.command()
+def train(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "auto") -> None:
+    """One distillation run with fixed hyperparameters, no Ray (debugging and baselines)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .train import resolve_device, run_train
+
+    cfg = load_config(config, set_ or [])
+    progress = Progress(TextColumn("[bold]epoch"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.description}"), console=err_console)
+    task = progress.add_task("", total=cfg.search.max_epochs)
+
+    def on_start(hp, teacher_metrics):
+        err_console.print(f"teacher val accuracy {teacher_metrics['val_accuracy']:.4f}, "
+                          f"macro-F1 {teacher_metrics['val_macro_f1']:.4f}")
+        err_console.print("hyperparameters: " + ", ".join(f"{k}={_fmt(v)}" for k, v in hp.as_dict().items()))
+        progress.start()
+
+    def on_epoch(m):
+        progress.update(task, advance=1, description=f"train_loss {m['train_loss']:.4f}  val_accuracy "
+                        f"{m['val_accuracy']:.4f}  val_macro_f1 {m['val_macro_f1']:.4f}")
+
+    try:
+        result = run_train(cfg, resolve_device(device), on_start=on_start, on_epoch=on_epoch)
+    finally:
+        progress.stop()
+    final = result.history[-1]
+    table = Table(title=f"kdsearch train: {cfg.name}")
+    table.add_column("")
+    table.add_column("val accuracy", justify="right")
+    table.add_column("val macro-F1", justify="right")
+    table.add_row("teacher", f"{result.teacher_metrics['val_accuracy']:.4f}",
+                  f"{result.teacher_metrics['val_macro_f1']:.4f}")
+    table.add_row(f"student {result.hparams.student} (alpha={result.hparams.alpha:g})",
+                  f"{final['val_accuracy']:.4f}", f"{final['val_macro_f1']:.4f}")
+    console.print(table)
+    console.print(f"student size {final['size_mb']:.2f} MB ({cfg.student.precision}); wall time "
+                  f"{result.seconds:.1f} s; written to {result.out_dir}; MLflow run {result.run_id} at "
+                  f"{cfg.tracking.uri}")
+
+
+@app.command("train-teacher")
+def train_teacher(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "auto") -> None:
+    """Train or load the config's teacher, cache it and its outputs under output.dir."""
+    from .data import load_dataset
+    from .teacher_cache import teacher_targets
+    from .teachers import build_teacher
+    from .train import resolve_device
+
+    cfg = load_config(config, set_ or [])
+    dev = resolve_device(device)
+    data = load_dataset(cfg)
+    teacher = build_teacher(cfg, data, dev)
+    targets = teacher_targets(cfg, data, teacher, dev)
+    acc = float((targets.val_logits.argmax(1) == data.val.y).float().mean())
+    console.print(f"teacher {teacher.identity.get('arch', teacher.identity['source'])}: val accuracy {acc:.4f}; "
+                  f"{targets.forward_passes} forward passes this run; cached under {cfg.output_dir / 'teacher'}")
+
+
+@app.command()
+def validate(
+    configs: Annotated[Optional[list[Path]], typer.Argument(help="config files to check")] = None,
+    set_: SetOpt = None,
+    schema: Annotated[bool, typer.Option("--schema", help="print the config's JSON Schema (for editors) and exit")] = False,
+) -> None:
+    """Check configs without running anything: schema, data paths, teacher files, size limit."""
+    if schema:
+        console.print_json(json.dumps(Config.model_json_schema(by_alias=True)))
+        return
+    if not configs:
+        raise KdsearchError("validate: name at least one config file (or pass --schema)")
+    from .data import check_sources, num_classes_hint
+    from .distill import select_students
+
+    for path in configs:
+        cfg = load_config(path, set_ or [])
+        try:
+            check_sources(cfg.data)
+            for key in ("weights", "path"):
+                f = getattr(cfg.teacher, key, None)
+                if f is not None and not Path(f).is_file():
+                    raise KdsearchError(f"teacher.{key} {f}: file not found")
+            fit, over = select_students(cfg, num_classes_hint(cfg.data))
+        except KdsearchError as e:
+            raise KdsearchError(f"{path}: {e}") from None
+        dropped = f"; over the limit: {', '.join(o.name for o in over)}" if over else ""
+        console.print(f"{path}: ok ({len(fit)} student(s) fit {cfg.student.max_size_mb:g} MB{dropped})")
+
+
+@app.command("inspect-data")
+def inspect_data_cmd(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Class counts, imbalance, image sizes, unreadable files, suggested class weights, a sample grid."""
+    from .inspect_data import inspect_data
+
+    cfg = load_config(config, set_ or [])
+    summary, out = inspect_data(cfg)
+    table = Table(title=f"{cfg.name}: {cfg.data.source} data")
+    for col in ("class", "train", "val", "weight (power 1)"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    weights = summary["suggested_class_weights"]["power_1.0"]
+    for name in summary["classes"]:
+        table.add_row(name, str(summary["train_counts"][name]), str(summary["val_counts"][name]), f"{weights[name]:.3f}")
+    console.print(table)
+    console.print(f"imbalance ratio (largest/smallest class): {summary['imbalance_ratio']:.2f}")
+    if "original_sizes" in summary:
+        w, h = summary["original_sizes"]["width"], summary["original_sizes"]["height"]
+        console.print(f"original sizes: width {w['min']}-{w['max']} (median {w['median']}), "
+                      f"height {h['min']}-{h['max']} (median {h['median']})")
+    console.print(f"unreadable files: {len(summary['unreadable'])}")
+    for name in summary["unreadable"]:
+        console.print(f"  {name}")
+    console.print(f"written: {out / 'data.json'}, {out / 'samples.png'}")
+
+
+@app.command("list-models")
+def list_models(
+    config: Annotated[Optional[Path], typer.Argument(help="take classes, image size and limit from this config")] = None,
+    max_size_mb: Annotated[float, typer.Option(help="size limit in MB (1,000,000 bytes)")] = 25.0,
+    num_classes: Annotated[int, typer.Option(help="classifier outputs")] = 10,
+    image_size: Annotated[int, typer.Option(help="input side in pixels")] = 224,
+) -> None:
+    """The student zoo: parameters, fp32/fp16 size, whether each fits the size limit."""
+    from .students import list_students, student_size
+
+    if config is not None:
+        from .data import num_classes_hint
+
+        cfg = load_config(config)
+        max_size_mb, image_size = cfg.student.max_size_mb, cfg.data.image_size
+        num_classes = num_classes_hint(cfg.data)
+    table = Table(title=f"students at {image_size}px, {num_classes} classes, limit {max_size_mb:g} MB")
+    for col in ("student", "params", "fp32 MB", "fp16 MB", "fits fp32", "fits fp16"):
+        table.add_column(col, justify="left" if col == "student" else "right")
+    for name in list_students():
+        s = student_size(name, num_classes, image_size)
+        table.add_row(name, f"{s.params:,}", f"{s.fp32_bytes / 1e6:.2f}", f"{s.fp16_bytes / 1e6:.2f}",
+                      _yes(s.fits(max_size_mb, "fp32")), _yes(s.fits(max_size_mb, "fp16")))
+    console.print(table)
+
+
+def _yes(b: bool) -> str:
+    return "yes" if b else "no"
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=err_console,
+                        show_time=False, show_path=False)])
+    for noisy in ("mlflow", "alembic", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        app(standalone_mode=False)
+    except KdsearchError as e:
+        print(f"kdsearch: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        print("kdsearch: aborted", file=sys.stderr)
+        sys.exit(130)

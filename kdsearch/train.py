@@ -1,0 +1,78 @@
+"""`kdsearch train`: one distillation run with fixed hyperparameters, no Ray.
+
+Writes `output.dir/train/` (student.pt in student.precision, metrics.json,
+config.yaml) atomically and logs the run to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+from ._io import atomic_dir
+from .config import Config
+from .distill import Hparams, default_hparams, prepare, train_student
+from .students import cast_state_dict
+from .tracking import check_store, log_train_run
+
+
+@dataclass
+class TrainResult:
+    hparams: Hparams
+    teacher_metrics: dict[str, float]
+    history: list[dict[str, Any]]
+    out_dir: Path
+    run_id: str
+    seconds: float
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run_train(cfg: Config, device: torch.device, on_start: Callable[[Hparams, dict], None] | None = None,
+              on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    start = time.perf_counter()
+    check_store(cfg)
+    prepared = prepare(cfg, device)
+    hp = default_hparams(cfg, prepared.students)
+    if on_start:
+        on_start(hp, prepared.teacher_metrics)
+    distiller, history = train_student(cfg, hp, prepared, device, on_epoch=on_epoch)
+    seconds = time.perf_counter() - start
+    size = distiller.size
+    summary = {
+        "teacher_val_accuracy": prepared.teacher_metrics["val_accuracy"],
+        "teacher_val_macro_f1": prepared.teacher_metrics["val_macro_f1"],
+        "teacher_forward_passes": prepared.teacher.forward_passes,
+        "wall_seconds": seconds,
+    }
+    report = {
+        "hparams": hp.as_dict(),
+        "final": {k: v for k, v in history[-1].items()},
+        "history": history,
+        "teacher": {**prepared.teacher.identity, **prepared.teacher_metrics},
+        "student": {"name": hp.student, "params": size.params, "precision": cfg.student.precision,
+                    "size_bytes": size.bytes(cfg.student.precision)},
+        "class_names": prepared.data.class_names,
+        "data_fingerprint": prepared.data.fingerprint,
+        **summary,
+    }
+    out = cfg.output_dir / "train"
+    with atomic_dir(out) as tmp:
+        torch.save(cast_state_dict(distiller.model, cfg.student.precision), tmp / "student.pt")
+        (tmp / "metrics.json").write_text(json.dumps(report, indent=2))
+        (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
+        tags = {"student": hp.student, "size_mb": f"{size.bytes(cfg.student.precision) / 1e6:.3f}",
+                "teacher": str(prepared.teacher.identity.get("arch", prepared.teacher.identity["source"])),
+                "data_fingerprint": prepared.data.fingerprint}
+        run_id = log_train_run(cfg, hp.as_dict(), tags, history, summary, prepared.data.class_names, tmp)
+    return TrainResult(hp, prepared.teacher_metrics, history, out, run_id, seconds)
