@@ -443,13 +443,17 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+# Tags of discriminated unions appear in pydantic's error locations; they are not keys.
+_UNION_TAGS: dict[str, Any] = {"dist": Dist, "fixed": None, "train": TrainTeacher, "checkpoint": CheckpointTeacher,
+                               "torchscript": TorchscriptTeacher}
+
+
 def format_validation_error(e: ValidationError) -> str:
     """The first error as `key: problem; fix`, with the closest valid key for typos."""
     errors = e.errors()
     err = errors[0]
     loc = [str(p) for p in err["loc"]]
-    # Tags of discriminated unions appear in loc (e.g. 'checkpoint', 'dist', 'fixed'); they are not keys.
-    key_parts = [p for p in loc if p not in ("dist", "fixed", "train", "checkpoint", "torchscript")]
+    key_parts = [p for p in loc if p not in _UNION_TAGS]
     key = ".".join(key_parts) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
@@ -469,18 +473,13 @@ def _fields_at(loc: list[str]) -> list[str]:
     """Field names of the model that `loc` points into (for 'did you mean')."""
     model: Any = Config
     for part in loc:
-        if part in ("dist",):
-            model = Dist
+        if part in _UNION_TAGS:
+            model = _UNION_TAGS[part]
             continue
-        if part in ("train", "checkpoint", "torchscript"):
-            model = {"train": TrainTeacher, "checkpoint": CheckpointTeacher, "torchscript": TorchscriptTeacher}[part]
-            continue
-        field = model.model_fields.get(part)
+        field = model.model_fields.get(part) if model is not None else None
         if field is None:
             return []
         ann = field.annotation
-        candidates = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if not candidates:
-            return []
-        model = candidates[0]
-    return [f.alias or name for name, f in model.model_fields.items()]
+        members = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = members[0] if members else None  # None: a union resolved by the tag that follows
+    return [f.alias or name for name, f in model.model_fields.items()] if model is not None else []

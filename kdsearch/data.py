@@ -347,7 +347,7 @@ def _read_idx(path: Path) -> np.ndarray:
         if zero != 0 or dtype != 0x08:
             raise ValueError("bad magic number")
         dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()
     except (struct.error, ValueError) as e:
         raise KdsearchError(f"data.root {path}: not an unsigned-byte IDX file ({e})") from None
 

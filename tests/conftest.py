@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny real configs on scikit-learn's digits, and an in-process CLI runner."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((REPO / "search_spaces").glob("*.yaml"))
+
+
+def tiny_config(tmp_path: Path, **sections) -> dict:
+    """A digits config small enough for seconds on a CPU: 8x8 images, one-epoch teacher and student."""
+    cfg = {
+        "name": "tiny",
+        "seed": 0,
+        "data": {"source": "digits", "image_size": 8, "augment": "none"},
+        "teacher": {"source": "train", "arch": "resnet8", "epochs": 1, "patience": 1},
+        "student": {"candidates": ["shufflenet_v2_x0_5"]},
+        "search": {"max_epochs": 1, "grace_period": 1,
+                   "space": {"lr": 3.0e-3, "alpha": 0.5, "temperature": 4.0, "batch_size": 64,
+                             "weight_decay": 1.0e-4, "class_weight_power": 0.0}},
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        "output": {"dir": str(tmp_path / "out")},
+    }
+    for key, value in sections.items():  # sections merge into the defaults; a teacher replaces the default one
+        merge = isinstance(value, dict) and key != "teacher"
+        cfg[key] = {**cfg.get(key, {}), **value} if merge else value
+    return cfg
+
+
+def write_config(tmp_path: Path, cfg: dict, name: str = "cfg.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """Run `kdsearch ARGS...` in this process; returns (exit code, stdout, stderr)."""
+    from kdsearch.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["kdsearch", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

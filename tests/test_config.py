@@ -1,0 +1,138 @@
+"""Config loading: every shipped YAML validates; each class of bad config exits 2 naming the key."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from kdsearch.config import Config, Dist, load_config
+from kdsearch.errors import KdsearchError
+
+from conftest import SHIPPED, tiny_config, write_config
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_configs_validate(path):
+    cfg = load_config(path)
+    assert cfg.name and cfg.student.candidates
+    # every top-level section of the contract is spelled out in the shipped file
+    assert set(yaml.safe_load(path.read_text())) == {"name", "seed", "data", "teacher", "student", "search",
+                                                      "tracking", "output"}
+
+
+def test_shipped_configs_cover_the_contract_set():
+    assert {p.name for p in SHIPPED} >= {"digits.yaml", "skin.yaml", "cifar10_resnet.yaml", "cifar10_vit.yaml",
+                                         "fashion_mnist.yaml"}
+
+
+def test_digits_validate_command_passes(run_cli):
+    code, out, err = run_cli("validate", "search_spaces/digits.yaml")
+    assert code == 0, err
+    assert "efficientnet_b1" in out  # named as over the limit
+
+
+def test_set_and_environment_precedence(tmp_path, monkeypatch):
+    path = write_config(tmp_path, tiny_config(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///from-env.db")
+    monkeypatch.setenv("KDSEARCH_OUTPUT_DIR", str(tmp_path / "env-out"))
+    cfg = load_config(path, ["search.num_samples=4", "data.augment=strong", "output.dir=/tmp/from-set"])
+    assert cfg.search.num_samples == 4 and cfg.data.augment == "strong"
+    assert cfg.tracking.uri == "sqlite:///from-env.db"  # env beats YAML
+    assert str(cfg.output_dir) == "/tmp/from-set"  # --set beats env
+
+
+def test_space_distributions_and_fixed_point(tmp_path):
+    cfg = load_config(write_config(tmp_path, tiny_config(tmp_path, search={"space": {
+        "lr": {"loguniform": [1e-4, 1e-2]}, "alpha": {"uniform": [0.2, 0.6]}, "batch_size": {"choice": [32, 64]},
+        "temperature": {"int": [2, 6]}}})))
+    space = cfg.search.space
+    assert isinstance(space.lr, Dist) and space.lr.kind == "loguniform"
+    fixed = space.fixed()
+    assert fixed["lr"] == pytest.approx(1e-3)  # geometric midpoint
+    assert fixed["alpha"] == pytest.approx(0.4)
+    assert fixed["batch_size"] == 32
+    assert fixed["temperature"] == 4
+
+
+def test_json_schema_has_every_section(run_cli):
+    code, out, _ = run_cli("validate", "--schema")
+    assert code == 0
+    schema = json.loads(out)
+    assert set(schema["properties"]) == set(Config.model_fields)
+    assert "description" in schema["$defs"]["DataConfig"]["properties"]["image_size"]
+
+
+BAD = [
+    # (id, change to the tiny config or raw YAML text, words the one-line message must contain)
+    ("yaml-syntax", "name: [unclosed\n", ["YAML syntax error", "line"]),
+    ("top-level-list", "- a\n- b\n", ["mapping"]),
+    ("unknown-top-key", {"nmae": "x"}, ["nmae", "did you mean 'name'"]),
+    ("unknown-nested-key", {"search": {"space": {"temprature": 2.0}}}, ["search.space.temprature", "temperature"]),
+    ("unknown-dist-key", {"search": {"space": {"lr": {"log_uniform": [1e-4, 1e-2]}}}}, ["search.space.lr", "loguniform"]),
+    ("wrong-type", {"search": {"num_samples": "many"}}, ["search.num_samples", "integer"]),
+    ("alpha-out-of-range", {"search": {"space": {"alpha": {"uniform": [0.0, 1.5]}}}}, ["search.space.alpha", "1.5"]),
+    ("temperature-zero", {"search": {"space": {"temperature": 0.0}}}, ["search.space.temperature", "outside"]),
+    ("lr-negative", {"search": {"space": {"lr": -0.1}}}, ["search.space.lr"]),
+    ("low-above-high", {"search": {"space": {"lr": {"loguniform": [1e-2, 1e-4]}}}}, ["search.space.lr", "below"]),
+    ("empty-choice", {"search": {"space": {"batch_size": {"choice": []}}}}, ["search.space.batch_size", "empty"]),
+    ("two-dists", {"search": {"space": {"alpha": {"uniform": [0, 1], "choice": [0.5]}}}}, ["search.space.alpha", "exactly one"]),
+    ("unknown-student", {"student": {"candidates": ["mobilenet_v3_smal"]}}, ["student.candidates", "mobilenet_v3_small"]),
+    ("unknown-optimizer", {"search": {"space": {"optimizer": "adam"}}}, ["search.space.optimizer", "adamw"]),
+    ("unknown-teacher-source", {"teacher": {"source": "magic"}}, ["teacher", "magic", "checkpoint"]),
+    ("unknown-data-source", {"data": {"source": "webdataset"}}, ["data.source", "image_folder"]),
+    ("folder-without-root", {"data": {"source": "image_folder"}}, ["data.root"]),
+    ("csv-without-manifest", {"data": {"source": "csv", "root": "."}}, ["data.manifest"]),
+    ("mode-contradicts-metric", {"search": {"metric": "val_accuracy", "mode": "min"}}, ["search", "contradicts"]),
+    ("grace-over-max", {"search": {"grace_period": 5, "max_epochs": 2}}, ["grace_period"]),
+    ("bad-name", {"name": "my experiment!"}, ["name"]),
+    ("checkpoint-without-weights", {"teacher": {"source": "checkpoint", "arch": "resnet8"}}, ["teacher.weights", "missing"]),
+]
+
+
+@pytest.mark.parametrize("case_id,change,words", BAD, ids=[b[0] for b in BAD])
+def test_bad_config_exits_2_naming_the_key(tmp_path, run_cli, case_id, change, words):
+    if isinstance(change, str):
+        path = tmp_path / "bad.yaml"
+        path.write_text(change)
+    else:
+        cfg = tiny_config(tmp_path)
+        for key, value in change.items():
+            if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+                merged = dict(cfg[key])
+                for k, v in value.items():
+                    merged[k] = {**merged[k], **v} if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+                cfg[key] = merged
+            else:
+                cfg[key] = value
+        path = write_config(tmp_path, cfg, "bad.yaml")
+    code, out, err = run_cli("validate", path)
+    assert code == 2, (out, err)
+    assert "Traceback" not in err
+    line = err.strip()
+    assert len(line.splitlines()) == 1, line
+    assert str(path) in line
+    for word in words:
+        assert word in line, f"{word!r} not in {line!r}"
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["validate", "does/not/exist.yaml"], ["does/not/exist.yaml", "not found"]),
+    (["validate", "search_spaces/digits.yaml", "--set", "search.num_samples"], ["--set", "KEY=VALUE"]),
+    (["validate", "search_spaces/skin.yaml"], ["data.root", "data/skin", "subfolder per class", "--set data.root"]),
+    (["validate", "search_spaces/digits.yaml", "--set", "student.max_size_mb=1"], ["student.max_size_mb", "no candidate fits"]),
+    (["train", "search_spaces/digits.yaml", "--set", "search.space.alpha=2"], ["search.space.alpha"]),
+])
+def test_bad_invocations_exit_2(run_cli, argv, words):
+    code, _, err = run_cli(*argv)
+    assert code == 2, err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in err
+
+
+def test_load_config_raises_kdsearch_error(tmp_path):
+    with pytest.raises(KdsearchError, match="search.space.alpha"):
+        load_config(write_config(tmp_path, tiny_config(tmp_path, search={"space": {"alpha": 3}})))

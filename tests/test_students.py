@@ -1,0 +1,72 @@
+"""Every registered student: forward + backward at the sizes the configs use; sizes are the bytes torch.save writes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdsearch.config import load_config
+from kdsearch.students import cast_state_dict, create_student, list_students, student_size, vit_patch_size
+
+from conftest import SHIPPED
+
+CONFIG_SIZES = sorted({load_config(p).data.image_size for p in SHIPPED})
+
+
+def test_registry_has_the_zoo():
+    assert set(list_students()) == {
+        "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
+        "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2",
+        "resnet8", "resnet18", "vit_student"}
+
+
+@pytest.mark.parametrize("size", CONFIG_SIZES)
+@pytest.mark.parametrize("name", list_students())
+def test_forward_backward(name, size):
+    torch.manual_seed(0)
+    model = create_student(name, num_classes=7, image_size=size)
+    x = torch.randn(2, 3, size, size)
+    out = model(x)
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+    out.logsumexp(1).mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("name", list_students())
+def test_reported_size_is_the_saved_file(tmp_path, name, precision):
+    model = create_student(name, num_classes=10, image_size=32)
+    path = tmp_path / "student.pt"
+    torch.save(cast_state_dict(model, precision), path)
+    assert student_size(name, 10, 32).bytes(precision) == path.stat().st_size
+
+
+def test_size_limit_verdicts():
+    assert not student_size("efficientnet_b1", 10, 224).fits(25, "fp32")
+    assert student_size("efficientnet_b1", 10, 224).fits(25, "fp16")
+    assert not student_size("resnet18", 10, 32).fits(25, "fp32")
+    assert student_size("resnet8", 10, 32).fits(25, "fp32")
+
+
+def test_resnet8_has_the_cifar_stem_and_one_block_per_stage():
+    model = create_student("resnet8", 10, 32)
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, torch.nn.Identity)
+    assert [len(getattr(model, f"layer{i}")) for i in range(1, 5)] == [1, 1, 1, 1]
+
+
+def test_vit_student_shape():
+    model = create_student("vit_student", 10, 224)
+    assert len(model.blocks) == 6 and model.embed_dim == 192 and model.blocks[0].attn.num_heads == 3
+    assert (vit_patch_size(224), vit_patch_size(32), vit_patch_size(28)) == (16, 4, 4)
+
+
+def test_list_models_command(run_cli):
+    code, out, _ = run_cli("list-models", "--image-size", "32")
+    assert code == 0
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 3}
+    assert rows["efficientnet_b1"].split("│")[5].strip() == "no"  # fp32 over 25 MB
+    assert rows["resnet18"].split("│")[5].strip() == "no"
+    assert rows["resnet8"].split("│")[5].strip() == "yes"

@@ -1,0 +1,164 @@
+"""Teachers of every source load through the user's code path; bad teachers exit 2; outputs are computed once."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+
+from kdsearch.config import Config
+from kdsearch.data import load_dataset
+from kdsearch.errors import KdsearchError
+from kdsearch.teacher_cache import teacher_targets
+from kdsearch.teachers import build_teacher
+
+from conftest import tiny_config
+
+USER_MODEL = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class TinyNet(nn.Module):
+        def __init__(self, classes=10, hidden=16):
+            super().__init__()
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, hidden), nn.ReLU())
+            self.head = nn.Linear(hidden, classes)
+
+        def forward(self, x):
+            return self.head(self.body(x))
+""")
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "my_models.py").write_text(USER_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib, sys
+    sys.modules.pop("my_models", None)
+    return importlib.import_module("my_models")
+
+
+def cfg_with(tmp_path, teacher) -> Config:
+    return Config.model_validate(tiny_config(tmp_path, teacher=teacher))
+
+
+def test_module_class_checkpoint_teacher_loads(tmp_path, user_module):
+    torch.manual_seed(0)
+    net = user_module.TinyNet(classes=10, hidden=16)
+    torch.save(net.state_dict(), tmp_path / "tiny.pt")
+    cfg = cfg_with(tmp_path, {"source": "checkpoint", "arch": "my_models:TinyNet", "weights": str(tmp_path / "tiny.pt"),
+                              "arch_kwargs": {"classes": 10, "hidden": 16}})
+    data = load_dataset(cfg)
+    teacher = build_teacher(cfg, data, "cpu")
+    assert torch.equal(teacher.model.head.weight, net.head.weight)  # the saved weights, not a fresh init
+    assert teacher.logits(data.val.x[:4]).shape == (4, 10)
+
+
+def test_class_count_mismatch_names_both_counts(tmp_path, user_module):
+    torch.save(user_module.TinyNet(classes=7).state_dict(), tmp_path / "seven.pt")
+    cfg = cfg_with(tmp_path, {"source": "checkpoint", "arch": "my_models:TinyNet", "weights": str(tmp_path / "seven.pt"),
+                              "arch_kwargs": {"classes": 7}})
+    with pytest.raises(KdsearchError, match=r"outputs \(7,\) classes but the data has 10"):
+        build_teacher(cfg, load_dataset(cfg), "cpu")
+
+
+def test_registry_checkpoint_with_other_class_count(tmp_path):
+    from kdsearch.students import create_student
+
+    torch.save(create_student("resnet8", 5, 8).state_dict(), tmp_path / "r8.pt")
+    cfg = cfg_with(tmp_path, {"source": "checkpoint", "arch": "resnet8", "weights": str(tmp_path / "r8.pt")})
+    with pytest.raises(KdsearchError, match="checkpoint has 5 classes .* data has 10"):
+        build_teacher(cfg, load_dataset(cfg), "cpu")
+
+
+def test_timm_checkpoint_teacher(tmp_path):
+    import timm
+
+    net = timm.create_model("resnet10t", pretrained=False, num_classes=10)
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "timm.pt")  # wrapped checkpoints are unwrapped
+    cfg = cfg_with(tmp_path, {"source": "checkpoint", "arch": "resnet10t", "weights": str(tmp_path / "timm.pt"),
+                              "input": {"size": 32}})
+    data = load_dataset(cfg)
+    teacher = build_teacher(cfg, data, "cpu")
+    assert teacher.spec.size == 32
+    net.eval()
+    from kdsearch.transforms import to_input
+    assert torch.allclose(teacher.logits(data.val.x[:3]), net(to_input(data.val.x[:3], teacher.spec, 32)), atol=1e-5)
+
+
+def test_garbage_weights_exit_2(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x04 definitely not a checkpoint")
+    cfg = cfg_with(tmp_path, {"source": "checkpoint", "arch": "resnet8", "weights": str(tmp_path / "junk.pt")})
+    with pytest.raises(KdsearchError, match="teacher.weights .*not a loadable PyTorch weights file"):
+        build_teacher(cfg, load_dataset(cfg), "cpu")
+
+
+def test_unknown_arch_exit_2(tmp_path):
+    torch.save({}, tmp_path / "w.pt")
+    cfg = cfg_with(tmp_path, {"source": "checkpoint", "arch": "not_a_model_anywhere", "weights": str(tmp_path / "w.pt")})
+    with pytest.raises(KdsearchError, match="teacher.arch 'not_a_model_anywhere': unknown"):
+        build_teacher(cfg, load_dataset(cfg), "cpu")
+
+
+def test_torchscript_teacher_with_its_own_grayscale_input(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12 * 12, 10))
+    torch.jit.save(torch.jit.script(net), str(tmp_path / "t.pt"))
+    cfg = cfg_with(tmp_path, {"source": "torchscript", "path": str(tmp_path / "t.pt"),
+                              "input": {"size": 12, "channels": 1, "mean": [0.0], "std": [1.0]}})
+    data = load_dataset(cfg)
+    teacher = build_teacher(cfg, data, "cpu")
+    x = data.val.x[:2]
+    expected = net(torch.nn.functional.interpolate(x.float() / 255, size=(12, 12), mode="bilinear", antialias=True))
+    assert torch.allclose(teacher.logits(x), expected, atol=1e-5)
+
+
+def test_trained_teacher_is_cached(tmp_path, monkeypatch):
+    cfg = cfg_with(tmp_path, {"source": "train", "arch": "resnet8", "epochs": 1})
+    data = load_dataset(cfg)
+    first = build_teacher(cfg, data, "cpu")
+    import kdsearch.teachers as teachers
+
+    def no_training(*a, **k):
+        raise AssertionError("teacher trained twice")
+
+    monkeypatch.setattr(teachers, "fit_teacher", no_training)
+    second = build_teacher(cfg, data, "cpu")
+    assert first.fingerprint == second.fingerprint
+    for k, v in first.model.state_dict().items():
+        assert torch.equal(v, second.model.state_dict()[k])
+
+
+@pytest.mark.parametrize("augment,views", [("none", 3), ("standard", 3)])
+def test_teacher_outputs_computed_once_per_view(tmp_path, user_module, augment, views):
+    torch.save(user_module.TinyNet().state_dict(), tmp_path / "tiny.pt")
+    cfg = Config.model_validate(tiny_config(
+        tmp_path, data={"augment": augment},
+        teacher={"source": "checkpoint", "arch": "my_models:TinyNet", "weights": str(tmp_path / "tiny.pt"),
+                 "cache_views": views}))
+    data = load_dataset(cfg)
+    teacher = build_teacher(cfg, data, "cpu")
+    n, n_val = len(data.train.y), len(data.val.y)
+    expect_views = 1 if augment == "none" else views
+    first = teacher_targets(cfg, data, teacher, "cpu")
+    assert first.forward_passes == n * expect_views + n_val
+    assert first.views.shape[:2] == (expect_views, n) and first.logits.shape == (expect_views, n, 10)
+    # the cached logits are the teacher's on exactly the cached pixels
+    assert torch.allclose(first.logits[-1, :5], teacher.logits(first.views[-1, :5]), atol=1e-5)
+    if augment != "none":
+        assert not torch.equal(first.views[0], first.views[1])
+    again = teacher_targets(cfg, data, build_teacher(cfg, data, "cpu"), "cpu")
+    assert again.forward_passes == 0
+    assert torch.equal(again.logits, first.logits) and torch.equal(again.views, first.views)
+
+
+def test_corrupted_teacher_cache_is_rebuilt(tmp_path, user_module):
+    torch.save(user_module.TinyNet().state_dict(), tmp_path / "tiny.pt")
+    cfg = cfg_with(tmp_path, {"source": "checkpoint", "arch": "my_models:TinyNet", "weights": str(tmp_path / "tiny.pt")})
+    data = load_dataset(cfg)
+    teacher = build_teacher(cfg, data, "cpu")
+    first = teacher_targets(cfg, data, teacher, "cpu")
+    (cache,) = (cfg.output_dir / "teacher").glob("logits-*.pt")
+    cache.write_bytes(cache.read_bytes()[:100])
+    again = teacher_targets(cfg, data, teacher, "cpu")
+    assert again.forward_passes > 0 and torch.equal(again.logits, first.logits)
