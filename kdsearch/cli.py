@@ -33,6 +33,64 @@ DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 
 
 @app.command()
+def run(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted search of this config")] = False,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (or RAY_ADDRESS); default: local")] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """The search: Ray Tune + Optuna (TPE) + ASHA over the config's space; logs to MLflow; exports the best."""
+    from .export import export_best
+    from .tuner import run_search
+
+    cfg = load_config(config, set_ or [])
+    result = run_search(cfg, resume=resume, address=address, device=device)
+    t = result.trials
+    console.print(f"trials: {t['completed']} completed, {t['stopped_early']} stopped early by ASHA, "
+                  f"{t['errored']} errored; wall time {result.wall_seconds:.1f} s; teacher forward passes "
+                  f"{result.teacher_forward_passes}")
+    if result.best is None:
+        raise KdsearchError(f"{result.experiment_path}: no trial finished, nothing to export; "
+                            "continue with `kdsearch run CONFIG --resume`")
+    exported = export_best(cfg)
+    _print_export(cfg, exported)
+
+
+@app.command("export-best")
+def export_best_cmd(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    out: Annotated[Optional[Path], typer.Option(help="folder to write (default output.dir/best)")] = None,
+) -> None:
+    """Write the best finished trial of the config's search as a deployable student."""
+    from .export import export_best
+
+    cfg = load_config(config, set_ or [])
+    _print_export(cfg, export_best(cfg, out=out))
+
+
+def _print_export(cfg: Config, e) -> None:
+    metric = cfg.search.metric
+    table = Table(title=f"best student of {cfg.name}")
+    table.add_column("")
+    table.add_column("value")
+    for k, v in e.trial.config.items():
+        table.add_row(k, _fmt(v))
+    table.add_row(metric, f"{e.trial.metrics[metric]:.4f} (re-evaluated from the file: "
+                  f"{ {'val_macro_f1': e.metrics.macro_f1, 'val_accuracy': e.metrics.accuracy, 'val_loss': e.metrics.loss}[metric]:.4f})")
+    table.add_row("student.pt", f"{e.files['student.pt'] / 1e6:.2f} MB ({cfg.student.precision}, limit "
+                  f"{cfg.student.max_size_mb:g} MB)")
+    table.add_row("exported to", str(e.out_dir))
+    if e.registered:
+        table.add_row("MLflow model", e.registered)
+    console.print(table)
+    uri = cfg.tracking.uri
+    console.print(f"compare trials: mlflow ui --backend-store-uri {uri} --host 127.0.0.1" if "://" in uri and
+                  not uri.startswith("http") else f"compare trials at {uri}")
+
+
+@app.command()
 def train(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "auto") -> None:
     """One distillation run with fixed hyperparameters, no Ray (debugging and baselines)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -127,6 +127,7 @@ class Distiller:
             self.logits = prepared.targets.logits.to(self.device)
         else:
             self.x = data.train.x.to(self.device)
+            self.teacher.model.to(self.device)  # the live teacher runs next to the student
         # A fixed sample of training inputs for BatchNorm recalibration before each evaluation.
         first = (prepared.targets.views[0] if prepared.targets is not None else data.train.x)[:BN_SAMPLES]
         self._bn_inputs = [to_input(first[i:i + 128].to(self.device), self.spec, cfg.data.image_size)

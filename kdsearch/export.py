@@ -1,0 +1,169 @@
+"""Export the best finished trial as a deployable student (the contract's layout).
+
+Written into a temp folder, re-evaluated from the written files, then swapped
+in: a refused or crashed export leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import warnings
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._io import atomic_dir
+from .config import Config
+from .data import Dataset, load_dataset
+from .distill import Hparams
+from .engine import Metrics, evaluate
+from .errors import KdsearchError
+from .students import cast_state_dict, create_student
+from .teachers import student_spec
+from .trainable import STATE_FILE
+
+log = logging.getLogger("kdsearch")
+
+# How far the re-evaluated metric may drift from the trial's: fp32 files reproduce it exactly,
+# fp16 rounding can flip a borderline prediction or two.
+TOLERANCE = {"fp32": 1e-6, "fp16": 0.01}
+PACKAGES = ("kdsearch", "torch", "torchvision", "timm", "ray", "optuna", "mlflow", "scikit-learn", "pydantic", "onnx")
+
+
+@dataclass
+class BestTrial:
+    trial_id: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    checkpoint_dir: Path
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    trial: BestTrial
+    metrics: Metrics
+    files: dict[str, int]
+    registered: str | None
+
+
+def best_trial(cfg: Config) -> BestTrial:
+    """The best finished trial of the config's search, by its last reported metric."""
+    from ray import tune
+
+    from .tuner import experiment_path
+
+    path = experiment_path(cfg)
+    if not tune.Tuner.can_restore(str(path)):
+        raise KdsearchError(f"no search found at {path}; run `kdsearch run CONFIG` first (or check name/output.dir)")
+    metric, mode = cfg.search.metric, cfg.search.resolved_mode
+    analysis = tune.ExperimentAnalysis(str(path), default_metric=metric, default_mode=mode)
+    finished = [t for t in analysis.trials
+                if t.status == "TERMINATED" and t.checkpoint is not None and metric in (t.last_result or {})]
+    if not finished:
+        raise KdsearchError(f"{path}: no finished trial to export; let `kdsearch run CONFIG --resume` finish one")
+    pick = max if mode == "max" else min
+    best = pick(finished, key=lambda t: t.last_result[metric])
+    return BestTrial(best.trial_id, dict(best.config), dict(best.last_result), Path(best.checkpoint.path))
+
+
+def _metric_value(m: Metrics, metric: str) -> float:
+    return {"val_macro_f1": m.macro_f1, "val_accuracy": m.accuracy, "val_loss": m.loss}[metric]
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def export_best(cfg: Config, out: Path | None = None, data: Dataset | None = None,
+                search_state: dict[str, Any] | None = None, register: bool = True) -> ExportResult:
+    """Write student.pt, student.torchscript.pt, student.onnx (when onnx is installed) and model_card.json."""
+    from .tuner import STATE_FILE as SEARCH_STATE, experiment_path
+
+    trial = best_trial(cfg)
+    data = data if data is not None else load_dataset(cfg)
+    if search_state is None:
+        state_path = experiment_path(cfg) / SEARCH_STATE
+        search_state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    hp = Hparams.from_mapping(trial.config)
+    size, spec, metric, precision = cfg.data.image_size, student_spec(cfg), cfg.search.metric, cfg.student.precision
+    state = torch.load(trial.checkpoint_dir / STATE_FILE, weights_only=True, map_location="cpu")
+    model = create_student(hp.student, data.num_classes, size)
+    model.load_state_dict(state["model"])
+    out = Path(out) if out is not None else cfg.output_dir / "best"
+    with atomic_dir(out) as tmp:
+        torch.save(cast_state_dict(model, precision), tmp / "student.pt")
+        limit = cfg.student.max_size_mb * 1_000_000
+        if (tmp / "student.pt").stat().st_size > limit:
+            raise KdsearchError(f"student.max_size_mb {cfg.student.max_size_mb:g}: the exported {hp.student} is "
+                                f"{(tmp / 'student.pt').stat().st_size / 1e6:.2f} MB in {precision}; export refused")
+        # Everything below starts from the written file, so it checks what users get.
+        written = torch.load(tmp / "student.pt", weights_only=True)
+        model = create_student(hp.student, data.num_classes, size).eval()
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in written.items()})
+        example = torch.zeros(1, 3, size, size)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated but is what the contract ships
+            torch.jit.trace(model, example).save(str(tmp / "student.torchscript.pt"))
+            reloaded = torch.jit.load(str(tmp / "student.torchscript.pt"))
+        m = evaluate(reloaded, data.val.x, data.val.y, spec, size, data.num_classes, "cpu")
+        got, expected = _metric_value(m, metric), float(trial.metrics[metric])
+        if abs(got - expected) > TOLERANCE[precision]:
+            raise KdsearchError(f"{out}: the exported student scores {metric}={got:.6f} on val but its trial "
+                                f"reported {expected:.6f}; export refused (re-run `kdsearch export-best`)")
+        _export_onnx(model, example, tmp / "student.onnx")
+        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
+        files["model_card.json"] = 0
+        card = {
+            "student": hp.student,
+            "hyperparameters": hp.as_dict(),
+            "metrics": {"val_macro_f1": m.macro_f1, "val_accuracy": m.accuracy, "val_loss": m.loss,
+                        "val_per_class_f1": dict(zip(data.class_names, m.per_class_f1)),
+                        f"trial_{metric}": expected},
+            "files": {k: v for k, v in files.items() if k != "model_card.json"},
+            "size_limit_mb": cfg.student.max_size_mb,
+            "precision": precision,
+            "class_names": data.class_names,
+            "input": {"size": size, "channels": 3, "mean": list(spec.mean), "std": list(spec.std),
+                      "layout": "float32 NCHW, RGB scaled to [0, 1], then (x - mean) / std"},
+            "teacher": search_state.get("teacher", {}),
+            "data": {"source": cfg.data.source, "fingerprint": data.fingerprint, "train_images": len(data.train.y),
+                     "val_images": len(data.val.y)},
+            "trial_id": trial.trial_id,
+            "seed": cfg.seed,
+            "versions": _versions(),
+            "config": cfg.model_dump(mode="json", by_alias=True),
+        }
+        (tmp / "model_card.json").write_text(json.dumps(card, indent=2))
+        files["model_card.json"] = (tmp / "model_card.json").stat().st_size
+    registered = None
+    if register:
+        from .tracking import register_student
+
+        registered = register_student(cfg, model, example, out, search_state.get("parent_run_id"))
+    return ExportResult(out, trial, m, files, registered)
+
+
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        log.info("onnx not installed: skipping student.onnx (pip install 'kdsearch[onnx]')")
+        return
+    try:
+        torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    except Exception as e:  # an architecture the exporter cannot handle still gets its other files
+        log.warning("ONNX export failed (%s: %s); student.onnx not written", type(e).__name__, str(e)[:200])
+        path.unlink(missing_ok=True)

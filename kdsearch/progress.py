@@ -1,0 +1,71 @@
+"""A live terminal view of a search (trials, status, best so far), as a Tune callback on the driver."""
+
+from __future__ import annotations
+
+from ray import tune
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+
+class SearchProgress(tune.Callback):
+    def __init__(self, metric: str, mode: str, max_epochs: int):
+        self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
+        self.rows: dict[str, dict] = {}
+        self._live: Live | None = None
+
+    def __getstate__(self):  # Tune pickles callbacks with the experiment; a terminal handle does not travel
+        return {**self.__dict__, "_live": None}
+
+    def setup(self, **info) -> None:
+        self._live = Live(self.render(), console=Console(stderr=True), refresh_per_second=2)
+        self._live.start()
+
+    def _update(self, trial, status: str | None = None) -> None:
+        row = self.rows.setdefault(trial.trial_id, {"config": dict(trial.config), "epoch": 0, "value": None})
+        result = trial.last_result or {}
+        if self.metric in result:
+            row["epoch"], row["value"] = int(result.get("training_iteration", 0)), float(result[self.metric])
+        row["status"] = status or trial.status
+        if self._live is not None:
+            self._live.update(self.render())
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._update(trial, "RUNNING")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._update(trial, "RUNNING")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        done = int((trial.last_result or {}).get("training_iteration", 0))
+        self._update(trial, "done" if done >= self.max_epochs else "stopped (ASHA)")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._update(trial, "errored")
+
+    def on_experiment_end(self, trials, **info) -> None:
+        if self._live is not None:
+            self._live.stop()
+
+    def best(self) -> tuple[str, dict] | None:
+        scored = [(k, r) for k, r in self.rows.items() if r["value"] is not None]
+        if not scored:
+            return None
+        pick = max if self.mode == "max" else min
+        return pick(scored, key=lambda kv: kv[1]["value"])
+
+    def render(self) -> Table:
+        best = self.best()
+        caption = f"best so far: {best[0]} {self.metric}={best[1]['value']:.4f}" if best else "no results yet"
+        table = Table(title="kdsearch: trials", caption=caption)
+        for col in ("trial", "student", "alpha", "T", "lr", "epoch", self.metric, "status"):
+            table.add_column(col, justify="left" if col in ("trial", "student", "status") else "right")
+        for trial_id, r in self.rows.items():
+            c = r["config"]
+            table.add_row(trial_id, str(c.get("student")), _f(c.get("alpha")), _f(c.get("temperature")), _f(c.get("lr")),
+                          f"{r['epoch']}/{self.max_epochs}", _f(r["value"]), r["status"])
+        return table
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,47 @@
+"""The Ray Tune trainable: the one place that talks to Tune's session API (report, get_checkpoint).
+
+Each call to `tune.report` is one epoch, so ASHA's `training_iteration` counts
+epochs. A checkpoint (student + optimizer + scheduler + epoch) goes with every
+report, so a failed trial resumes from its last epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from .config import Config
+from .distill import Distiller, Hparams, Prepared
+
+STATE_FILE = "state.pt"
+
+# What a trial reports after each epoch (scalars; per-class F1 as a list).
+REPORTED = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_per_class_f1", "epoch_seconds",
+            "eval_seconds", "size_mb")
+
+
+def distill_trainable(config: dict[str, Any], cfg: Config, prepared: Prepared) -> None:
+    """Train one student with the hyperparameters Optuna picked, reporting every epoch."""
+    for name in ("ray.train", "ray.tune"):  # per-checkpoint INFO lines would drown the progress view
+        logging.getLogger(name).setLevel(logging.WARNING)
+    passes_before = prepared.teacher.forward_passes  # the count travels with the pickled teacher
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # Ray hides GPUs a trial did not ask for
+    torch.set_num_threads(max(1, int(cfg.search.resources_per_trial.cpu)))
+    distiller = Distiller(cfg, Hparams.from_mapping(config), prepared, device)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            distiller.load_state_dict(torch.load(Path(folder) / STATE_FILE, weights_only=True, map_location=device))
+    while distiller.epoch < cfg.search.max_epochs:
+        metrics = distiller.run_epoch()
+        report = {k: metrics[k] for k in REPORTED}
+        # live teacher only (0 when its outputs are cached); counts this trial's process since it started
+        report["teacher_forward_passes"] = prepared.teacher.forward_passes - passes_before
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(distiller.state_dict(), Path(folder) / STATE_FILE)
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))

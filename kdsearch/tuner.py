@@ -1,0 +1,155 @@
+"""`kdsearch run`: Ray Tune + Optuna (TPE) + ASHA over the config's space, under the size limit.
+
+The driver does the once-per-search work (data, size filter, teacher and its
+outputs), ships it to trials through the object store (`tune.with_parameters`),
+logs to MLflow through callbacks, and exports the best student at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from .config import Config
+from .distill import prepare
+from .errors import KdsearchError
+from .progress import SearchProgress
+from .space import tune_space
+from .students import student_size
+from .tracking import SearchTracker, check_store
+from .trainable import distill_trainable
+
+log = logging.getLogger("kdsearch")
+
+STATE_FILE = "kdsearch.json"  # search id and MLflow parent run, kept in the experiment folder for --resume
+
+
+def experiment_path(cfg: Config) -> Path:
+    return (cfg.output_dir / "ray" / cfg.name).resolve()
+
+
+@dataclass
+class SearchResult:
+    experiment_path: Path
+    trials: dict[str, int]
+    """completed / stopped_early / errored counts."""
+    best: dict[str, Any] | None
+    """trial_id, config, metrics of the best finished trial."""
+    wall_seconds: float
+    trial_seconds: float
+    """Sum over trials of their epoch and evaluation time."""
+    teacher_forward_passes: int
+    parent_run_id: str
+    students: list[str]
+
+
+def init_ray(address: str | None) -> None:
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
+                 configure_logging=True)
+    except ConnectionError as e:
+        raise KdsearchError(f"--address {address}: cannot reach a Ray cluster ({e}); start one with `ray start --head` "
+                            "or `ray up ray_cluster.yaml`, or drop --address to run locally") from None
+
+
+def run_search(cfg: Config, resume: bool = False, address: str | None = None, device: str = "auto") -> SearchResult:
+    """Run (or continue) the search and return its summary; raises KdsearchError on user errors."""
+    from .train import resolve_device
+
+    path = experiment_path(cfg)
+    state_file = path / STATE_FILE
+    if resume and not tune.Tuner.can_restore(str(path)):
+        raise KdsearchError(f"--resume: no search to continue at {path}; run without --resume to start one")
+    if not resume and path.exists() and any(path.iterdir()):
+        raise KdsearchError(f"a search named {cfg.name!r} already exists at {path}; continue it with --resume, "
+                            f"or move it away (mv {path} {path}.old) or set another name (--set name=...)")
+    check_store(cfg)
+    start = time.perf_counter()
+    prepared = prepare(cfg, resolve_device(device))
+    prepared.teacher.model.cpu()  # trials receive it through the object store and move it to their own device
+    log.info("students that fit %g MB in %s: %s", cfg.student.max_size_mb, cfg.student.precision,
+             ", ".join(prepared.students))
+
+    state = json.loads(state_file.read_text()) if resume and state_file.is_file() else {"search_id": uuid.uuid4().hex}
+    sizes = {s: student_size(s, prepared.data.num_classes, cfg.data.image_size).bytes(cfg.student.precision) / 1e6
+             for s in prepared.students}
+    tracker = SearchTracker(cfg, state["search_id"], sizes, prepared.data.class_names)
+    state["parent_run_id"] = tracker.start()
+    state["teacher"] = {**prepared.teacher.identity, **prepared.teacher_metrics}
+    path.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(json.dumps(state))
+
+    init_ray(address)
+    res = cfg.search.resources_per_trial
+    trainable = tune.with_resources(tune.with_parameters(distill_trainable, cfg=cfg, prepared=prepared),
+                                    {"cpu": res.cpu, "gpu": res.gpu})
+    metric, mode = cfg.search.metric, cfg.search.resolved_mode
+    if resume:
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=tune_space(cfg.search.space, prepared.students),
+            tune_config=tune.TuneConfig(
+                metric=metric, mode=mode,
+                search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.seed)),
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.search.max_epochs,
+                                        grace_period=cfg.search.grace_period,
+                                        reduction_factor=cfg.search.reduction_factor),
+                num_samples=cfg.search.num_samples,
+                max_concurrent_trials=cfg.search.max_concurrent,
+                time_budget_s=cfg.search.time_budget_s,
+            ),
+            run_config=tune.RunConfig(
+                name=cfg.name,
+                storage_path=str(path.parent),
+                failure_config=tune.FailureConfig(max_failures=2),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest epoch is all a resume needs
+                callbacks=[tracker, SearchProgress(metric, mode, cfg.search.max_epochs)],
+                verbose=0,
+            ),
+        )
+    results = tuner.fit()
+    wall = time.perf_counter() - start
+    summary = summarize(results, cfg)
+    live_passes = sum(int(r.metrics.get("teacher_forward_passes", 0)) for r in results if r.metrics)
+    teacher_passes = prepared.teacher.forward_passes + live_passes
+    best = summary.pop("best")
+    tracker.finish({"wall_seconds": wall, "teacher_forward_passes": teacher_passes,
+                    **{f"trials_{k}": v for k, v in summary["trials"].items()},
+                    **({f"best_{metric}": best["metrics"][metric]} if best else {})})
+    return SearchResult(path, summary["trials"], best, wall, summary["trial_seconds"], teacher_passes,
+                        state["parent_run_id"], prepared.students)
+
+
+def summarize(results, cfg: Config) -> dict[str, Any]:
+    """Trial outcomes and the best finished trial (by its last reported metric)."""
+    metric, mode = cfg.search.metric, cfg.search.resolved_mode
+    counts = {"completed": 0, "stopped_early": 0, "errored": 0}
+    best, trial_seconds = None, 0.0
+    for r in results:
+        m = r.metrics or {}
+        trial_seconds += float(m.get("time_total_s", 0.0))
+        if r.error is not None:
+            counts["errored"] += 1
+            continue
+        if metric not in m:
+            continue
+        counts["completed" if m.get("training_iteration", 0) >= cfg.search.max_epochs else "stopped_early"] += 1
+        better = best is None or (m[metric] > best["metrics"][metric] if mode == "max" else m[metric] < best["metrics"][metric])
+        if better:
+            best = {"trial_id": m.get("trial_id"), "config": dict(r.config), "metrics": dict(m)}
+    return {"trials": counts, "best": best, "trial_seconds": trial_seconds}
