@@ -91,6 +91,27 @@ def _print_export(cfg: Config, e) -> None:
 
 
 @app.command()
+def bench(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    out: Annotated[Optional[Path], typer.Option(help="JSON file to write (default output.dir/bench/bench.json)")] = None,
+    epochs: Annotated[int, typer.Option(help="epochs timed for the KD/CE epoch ratio")] = 3,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Measure teacher passes, KD vs CE epoch time, search efficiency and per-trial overhead (writes JSON)."""
+    from .bench import run_bench
+    from .train import resolve_device
+
+    cfg = load_config(config, set_ or [])
+    figures = run_bench(cfg, str(resolve_device(device)), epochs)
+    path = out or cfg.output_dir / "bench" / "bench.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=2))
+    console.print_json(json.dumps(figures))
+    console.print(f"written: {path}")
+
+
+@app.command()
 def train(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "auto") -> None:
     """One distillation run with fixed hyperparameters, no Ray (debugging and baselines)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

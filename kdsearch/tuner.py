@@ -47,8 +47,12 @@ class SearchResult:
     best: dict[str, Any] | None
     """trial_id, config, metrics of the best finished trial."""
     wall_seconds: float
+    fit_seconds: float
+    """Wall time of Tuner.fit alone (the trials), without the driver's preparation and export."""
     trial_seconds: float
-    """Sum over trials of their epoch and evaluation time."""
+    """Sum over trials of Tune's time_total_s: each trial's own running time."""
+    trial_epochs: int
+    """Epochs run, summed over trials."""
     teacher_forward_passes: int
     parent_run_id: str
     students: list[str]
@@ -112,6 +116,9 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
                 num_samples=cfg.search.num_samples,
                 max_concurrent_trials=cfg.search.max_concurrent,
                 time_budget_s=cfg.search.time_budget_s,
+                # A fresh worker per trial re-imports torch and re-fetches the data (seconds each); reusing the
+                # slots' workers keeps that to once per slot.
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=cfg.name,
@@ -122,7 +129,9 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
                 verbose=0,
             ),
         )
+    fit_start = time.perf_counter()
     results = tuner.fit()
+    fit_seconds = time.perf_counter() - fit_start
     wall = time.perf_counter() - start
     summary = summarize(results, cfg)
     live_passes = sum(int(r.metrics.get("teacher_forward_passes", 0)) for r in results if r.metrics)
@@ -131,18 +140,19 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     tracker.finish({"wall_seconds": wall, "teacher_forward_passes": teacher_passes,
                     **{f"trials_{k}": v for k, v in summary["trials"].items()},
                     **({f"best_{metric}": best["metrics"][metric]} if best else {})})
-    return SearchResult(path, summary["trials"], best, wall, summary["trial_seconds"], teacher_passes,
-                        state["parent_run_id"], prepared.students)
+    return SearchResult(path, summary["trials"], best, wall, fit_seconds, summary["trial_seconds"],
+                        summary["trial_epochs"], teacher_passes, state["parent_run_id"], prepared.students)
 
 
 def summarize(results, cfg: Config) -> dict[str, Any]:
     """Trial outcomes and the best finished trial (by its last reported metric)."""
     metric, mode = cfg.search.metric, cfg.search.resolved_mode
     counts = {"completed": 0, "stopped_early": 0, "errored": 0}
-    best, trial_seconds = None, 0.0
+    best, trial_seconds, trial_epochs = None, 0.0, 0
     for r in results:
         m = r.metrics or {}
         trial_seconds += float(m.get("time_total_s", 0.0))
+        trial_epochs += int(m.get("training_iteration", 0))
         if r.error is not None:
             counts["errored"] += 1
             continue
@@ -152,4 +162,4 @@ def summarize(results, cfg: Config) -> dict[str, Any]:
         better = best is None or (m[metric] > best["metrics"][metric] if mode == "max" else m[metric] < best["metrics"][metric])
         if better:
             best = {"trial_id": m.get("trial_id"), "config": dict(r.config), "metrics": dict(m)}
-    return {"trials": counts, "best": best, "trial_seconds": trial_seconds}
+    return {"trials": counts, "best": best, "trial_seconds": trial_seconds, "trial_epochs": trial_epochs}
