@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -129,6 +130,8 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
                 verbose=0,
             ),
         )
+    # Short epochs checkpoint often; Tune then snapshots its state often (cheap here) and warns each time.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     fit_start = time.perf_counter()
     results = tuner.fit()
     fit_seconds = time.perf_counter() - fit_start

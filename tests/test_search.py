@@ -1,0 +1,146 @@
+"""`kdsearch run` and `export-best` for real: Ray with 2 CPUs, Optuna, ASHA, a sqlite MLflow store, exported files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import ray
+import torch
+from mlflow.tracking import MlflowClient
+
+from kdsearch.config import Config
+from kdsearch.errors import KdsearchError
+from kdsearch.export import export_best
+from kdsearch.tuner import experiment_path, run_search
+
+from conftest import tiny_config
+
+
+def search_config(tmp, **search) -> Config:
+    return Config.model_validate(tiny_config(
+        tmp,
+        name="search",
+        # resnet18 (44.8 MB) is over the limit: it must be named and never trained
+        student={"candidates": ["shufflenet_v2_x0_5", "mobilenet_v3_small", "resnet18"]},
+        search={"num_samples": 6, "max_concurrent": 2, "max_epochs": 3, "grace_period": 1, "reduction_factor": 2,
+                "space": {"lr": {"choice": [3.0e-3, 2.0]},  # lr 2.0 diverges: ASHA has something to stop
+                          "alpha": {"uniform": [0.0, 1.0]}, "temperature": 4.0, "batch_size": 64,
+                          "weight_decay": 1.0e-4, "class_weight_power": 0.0}, **search},
+    ))
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def searched(ray_cluster, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("search")
+    cfg = search_config(tmp)
+    return cfg, run_search(cfg, device="cpu")
+
+
+def test_search_runs_every_trial_and_asha_stops_some(searched):
+    cfg, result = searched
+    assert sum(result.trials.values()) == 6 and result.trials["errored"] == 0
+    assert result.trials["stopped_early"] >= 1, result.trials
+    assert result.trials["completed"] >= 1
+    assert result.best["metrics"]["val_macro_f1"] > 0.2  # chance is 0.1; 3 tiny epochs at 8 px
+
+
+def test_size_filter_never_trains_an_over_limit_student(searched):
+    cfg, result = searched
+    assert result.students == ["shufflenet_v2_x0_5", "mobilenet_v3_small"]
+    configs = [json.loads(p.read_text().splitlines()[0])["config"]
+               for p in experiment_path(cfg).glob("*/result.json") if p.read_text().strip()]
+    assert len(configs) == 6 and {c["student"] for c in configs} <= set(result.students)
+
+
+def test_teacher_forward_passes_are_n_times_views_whatever_the_trials(searched):
+    cfg, result = searched
+    n = 1797  # digits: every image once (train views + val), computed before the trials
+    assert result.teacher_forward_passes == n
+    assert result.trial_epochs > 6  # many trial-epochs, still no teacher pass inside any trial
+
+
+def test_mlflow_has_a_parent_and_one_child_per_trial_with_epoch_metrics(searched):
+    cfg, result = searched
+    client = MlflowClient(cfg.tracking.uri)
+    exp = client.get_experiment_by_name(cfg.name)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("kdsearch.kind") == "search"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
+    assert len(parents) == 1 and parents[0].info.run_id == result.parent_run_id
+    assert len(children) == 6
+    assert parents[0].data.metrics["trials_stopped_early"] == result.trials["stopped_early"]
+    assert parents[0].data.metrics["teacher_forward_passes"] == 1797
+    ended = {c.data.tags["kdsearch.ended"] for c in children}
+    assert ended <= {"completed", "stopped_early"} and "stopped_early" in ended
+    for child in children:
+        assert {"alpha", "lr", "student", "temperature"} <= set(child.data.params)
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_macro_f1")]
+        assert steps == list(range(1, len(steps) + 1)) and steps  # one value per epoch, no duplicates
+        assert child.data.tags["student"] in ("shufflenet_v2_x0_5", "mobilenet_v3_small")
+
+
+def test_export_writes_every_file_and_reproduces_the_metric(searched, tmp_path):
+    cfg, result = searched
+    exported = export_best(cfg, out=tmp_path / "best")
+    names = sorted(p.name for p in (tmp_path / "best").iterdir())
+    assert names == ["model_card.json", "student.onnx", "student.pt", "student.torchscript.pt"]
+    card = json.loads((tmp_path / "best" / "model_card.json").read_text())
+    assert card["student"] == result.best["config"]["student"]
+    assert card["metrics"]["val_macro_f1"] == pytest.approx(result.best["metrics"]["val_macro_f1"], abs=1e-6)
+    assert card["files"]["student.pt"] == (tmp_path / "best" / "student.pt").stat().st_size <= 25_000_000
+    assert card["class_names"] == [str(i) for i in range(10)] and card["teacher"]["source"] == "train"
+    assert {"torch", "ray", "mlflow", "kdsearch"} <= set(card["versions"])
+    assert exported.registered.startswith("search-student/")
+
+    # the TorchScript file alone, in a Python that cannot import kdsearch, reproduces the val metric
+    from kdsearch.data import load_dataset
+    from kdsearch.transforms import to_input
+    from kdsearch.teachers import student_spec
+
+    data = load_dataset(cfg)
+    torch.save({"x": to_input(data.val.x, student_spec(cfg), 8), "y": data.val.y}, tmp_path / "val.pt")
+    script = (
+        "import sys; sys.modules['kdsearch'] = None\n"
+        "import torch; from sklearn.metrics import f1_score\n"
+        f"m = torch.jit.load(r'{tmp_path / 'best' / 'student.torchscript.pt'}')\n"
+        f"d = torch.load(r'{tmp_path / 'val.pt'}', weights_only=True)\n"
+        "pred = m(d['x']).argmax(1)\n"
+        "print(f1_score(d['y'].numpy(), pred.numpy(), average='macro'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert float(out.strip().splitlines()[-1]) == pytest.approx(card["metrics"]["val_macro_f1"], abs=1e-6)
+
+
+def test_over_limit_export_is_refused_and_the_previous_export_survives(searched, tmp_path):
+    cfg, result = searched
+    out = tmp_path / "best"
+    export_best(cfg, out=out, register=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    tight = cfg.model_copy(update={"student": cfg.student.model_copy(update={"max_size_mb": 0.1})})
+    with pytest.raises(KdsearchError, match="export refused"):
+        export_best(tight, out=out, register=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_existing_search_is_not_overwritten(searched):
+    cfg, _ = searched
+    with pytest.raises(KdsearchError, match="already exists .*--resume"):
+        run_search(cfg, device="cpu")
+
+
+def test_export_without_a_search_exits_2(tmp_path, run_cli):
+    from conftest import write_config
+
+    path = write_config(tmp_path, tiny_config(tmp_path, name="never-run"))
+    code, _, err = run_cli("export-best", path)
+    assert code == 2 and "no search found" in err and "Traceback" not in err
