@@ -183,6 +183,15 @@ class SearchTracker(_ray_callback_base()):
         self._client.set_tag(run_id, "kdsearch.ended", ended)
         self._client.set_terminated(run_id, status)
 
+    def on_experiment_end(self, trials, **info) -> None:
+        """A trial that started just before an interruption but never reached Tune's saved state is
+        suggested again under a new id on resume; its child run is an orphan and is deleted, so every
+        trial appears exactly once."""
+        known = {t.trial_id for t in trials}
+        for trial_id, run_id in self._children.items():
+            if trial_id not in known:
+                self._client.delete_run(run_id)
+
     def finish(self, summary: dict[str, float], status: str = "FINISHED") -> None:
         """Search-level metrics on the parent run, then close it."""
         from mlflow.entities import Metric
