@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Any
@@ -30,7 +31,13 @@ from .teachers import student_spec
 
 
 def epoch_ratio(cfg: Config, prepared, epochs: int = 3) -> dict[str, Any]:
-    """(b): the same student, views and optimizer; KD from cached logits vs plain CE, epochs interleaved."""
+    """(b): the same student, views and optimizer; KD from cached logits vs plain CE, epochs interleaved.
+
+    Timed with the threads a trial gets. On a shared machine epoch times drift by ±15% whichever
+    loss runs, so the figure is the median over epochs of KD/CE for adjacent (same-epoch) pairs,
+    which share the machine's state; order alternates each epoch.
+    """
+    torch.set_num_threads(max(1, int(cfg.search.resources_per_trial.cpu)))
     hp = default_hparams(cfg, prepared.students)
     data, targets, spec, size = prepared.data, prepared.targets, student_spec(cfg), cfg.data.image_size
     torch.manual_seed(cfg.seed)
@@ -49,9 +56,10 @@ def epoch_ratio(cfg: Config, prepared, epochs: int = 3) -> dict[str, Any]:
             stats = train_one_epoch(models[kind], batches, losses[kind], opts[kind])
             if epoch > 0:
                 seconds[kind].append(stats.seconds)
-    kd, ce = statistics.median(seconds["kd"]), statistics.median(seconds["ce"])
-    return {"student": hp.student, "batch_size": hp.batch_size, "kd_epoch_seconds": kd, "ce_epoch_seconds": ce,
-            "ratio": kd / ce, "epochs_timed": epochs}
+    pairs = [k / c for k, c in zip(seconds["kd"], seconds["ce"])]
+    return {"student": hp.student, "batch_size": hp.batch_size, "threads": torch.get_num_threads(),
+            "kd_epoch_seconds": statistics.median(seconds["kd"]), "ce_epoch_seconds": statistics.median(seconds["ce"]),
+            "ratio": statistics.median(pairs), "pair_ratios": pairs, "epochs_timed": epochs}
 
 
 def run_bench(cfg: Config, device: str = "cpu", epochs: int = 3) -> dict[str, Any]:
@@ -91,5 +99,5 @@ def run_bench(cfg: Config, device: str = "cpu", epochs: int = 3) -> dict[str, An
         "search_wall_seconds": result.wall_seconds,
         "trials": result.trials,
         "best": result.best["metrics"].get(cfg.search.metric) if result.best else None,
-        "machine": {"cpus": torch.get_num_threads(), "device": device, "torch": torch.__version__},
+        "machine": {"cpus": os.cpu_count(), "device": device, "torch": torch.__version__},
     }

@@ -95,7 +95,7 @@ def bench(
     config: ConfigArg,
     set_: SetOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="JSON file to write (default output.dir/bench/bench.json)")] = None,
-    epochs: Annotated[int, typer.Option(help="epochs timed for the KD/CE epoch ratio")] = 3,
+    epochs: Annotated[int, typer.Option(help="epochs timed for the KD/CE epoch ratio")] = 5,
     device: DeviceOpt = "auto",
 ) -> None:
     """Measure teacher passes, KD vs CE epoch time, search efficiency and per-trial overhead (writes JSON)."""

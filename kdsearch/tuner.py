@@ -76,9 +76,10 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
 
     path = experiment_path(cfg)
     state_file = path / STATE_FILE
-    if resume and not tune.Tuner.can_restore(str(path)):
+    restorable = tune.Tuner.can_restore(str(path))
+    if resume and not restorable:
         raise KdsearchError(f"--resume: no search to continue at {path}; run without --resume to start one")
-    if not resume and path.exists() and any(path.iterdir()):
+    if not resume and restorable:
         raise KdsearchError(f"a search named {cfg.name!r} already exists at {path}; continue it with --resume, "
                             f"or move it away (mv {path} {path}.old) or set another name (--set name=...)")
     check_store(cfg)

@@ -144,3 +144,15 @@ def test_export_without_a_search_exits_2(tmp_path, run_cli):
     path = write_config(tmp_path, tiny_config(tmp_path, name="never-run"))
     code, _, err = run_cli("export-best", path)
     assert code == 2 and "no search found" in err and "Traceback" not in err
+
+
+def test_live_teacher_does_n_passes_per_trial_epoch(ray_cluster, tmp_path):
+    """teacher.cache: false is the teacher-in-the-loop baseline: N forward passes per trial-epoch, none up front."""
+    cfg = Config.model_validate(tiny_config(
+        tmp_path, name="live", teacher={"source": "train", "arch": "resnet8", "epochs": 1, "cache": False},
+        search={"num_samples": 2, "max_concurrent": 2, "max_epochs": 2, "grace_period": 2,
+                "space": {"lr": 3.0e-3, "alpha": 0.5, "temperature": 4.0, "batch_size": 64, "weight_decay": 1e-4,
+                          "class_weight_power": 0.0}}))
+    result = run_search(cfg, device="cpu")
+    assert result.trial_epochs == 4
+    assert result.teacher_forward_passes == 4 * 1437  # digits train split, once per trial-epoch
