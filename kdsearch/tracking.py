@@ -6,20 +6,22 @@ are logged, never the environment.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .config import Config
 from .errors import KdsearchError
 
 
 def _client(cfg: Config):
-    import mlflow
+    # An explicit client, never mlflow.set_tracking_uri: that exports MLFLOW_TRACKING_URI into os.environ,
+    # where it would override the next config's tracking.uri in the same process (a notebook, a test).
     from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(cfg.tracking.uri)
     try:
         client = MlflowClient(cfg.tracking.uri)
         exp = client.get_experiment_by_name(cfg.name)
@@ -206,6 +208,23 @@ LOGGED = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "epoch_secon
           "teacher_forward_passes")
 
 
+@contextlib.contextmanager
+def _fluent_uri(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (log_model) pointed at `uri`, leaving the process's URI and environment as they were."""
+    import mlflow
+
+    env, previous = os.environ.get("MLFLOW_TRACKING_URI"), mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
 def register_student(cfg: Config, model, example, export_dir: Path, parent_run_id: str | None) -> str:
     """Log the exported student (and its folder) to MLflow and register it as `<name>-student`; returns 'name/version'."""
     import mlflow
@@ -215,7 +234,7 @@ def register_student(cfg: Config, model, example, export_dir: Path, parent_run_i
     name = f"{cfg.name}-student"
     run_id = parent_run_id or client.create_run(exp_id, run_name=f"export-{cfg.name}",
                                                 tags={"kdsearch.kind": "export"}).info.run_id
-    with mlflow.start_run(run_id=run_id):
+    with _fluent_uri(cfg.tracking.uri), mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(model, name="student", registered_model_name=name,
                                         input_example=example.numpy(),
                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])

@@ -20,6 +20,7 @@ import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.sample import Domain
 from ray.tune.search.optuna import OptunaSearch
 
 from .config import Config
@@ -106,12 +107,15 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     if resume:
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
+        space = tune_space(cfg.search.space, prepared.students)
+        # Optuna needs something to sample; a fully fixed space just repeats that configuration.
+        searchable = any(isinstance(v, Domain) for v in space.values())
         tuner = tune.Tuner(
             trainable,
-            param_space=tune_space(cfg.search.space, prepared.students),
+            param_space=space,
             tune_config=tune.TuneConfig(
                 metric=metric, mode=mode,
-                search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.seed)),
+                search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.seed)) if searchable else None,
                 scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.search.max_epochs,
                                         grace_period=cfg.search.grace_period,
                                         reduction_factor=cfg.search.reduction_factor),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -101,6 +102,7 @@ def test_export_writes_every_file_and_reproduces_the_metric(searched, tmp_path):
     assert card["class_names"] == [str(i) for i in range(10)] and card["teacher"]["source"] == "train"
     assert {"torch", "ray", "mlflow", "kdsearch"} <= set(card["versions"])
     assert exported.registered.startswith("search-student/")
+    assert os.environ.get("MLFLOW_TRACKING_URI") is None  # registering did not leak its URI into the environment
 
     # the TorchScript file alone, in a Python that cannot import kdsearch, reproduces the val metric
     from kdsearch.data import load_dataset
