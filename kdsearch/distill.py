@@ -122,14 +122,15 @@ class Distiller:
         steps = -(-len(data.train.y) // hp.batch_size) * cfg.search.max_epochs
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=steps)
         self.y = data.train.y.to(self.device)
-        if prepared.targets is not None:  # data on the device once, not per batch
+        self.cached = prepared.targets is not None
+        if self.cached:  # data on the device once, not per batch
             self.views = prepared.targets.views.to(self.device)
             self.logits = prepared.targets.logits.to(self.device)
         else:
             self.x = data.train.x.to(self.device)
             self.teacher.model.to(self.device)  # the live teacher runs next to the student
         # A fixed sample of training inputs for BatchNorm recalibration before each evaluation.
-        first = (prepared.targets.views[0] if prepared.targets is not None else data.train.x)[:BN_SAMPLES]
+        first = (prepared.targets.views[0] if self.cached else data.train.x)[:BN_SAMPLES]
         self._bn_inputs = [to_input(first[i:i + 128].to(self.device), self.spec, cfg.data.image_size)
                            for i in range(0, len(first), 128)]
         self.epoch = 0
@@ -137,7 +138,7 @@ class Distiller:
     def _batches(self):
         gen = epoch_generator(self.cfg.seed, self.epoch)
         bs, size = self.hp.batch_size, self.cfg.data.image_size
-        if hasattr(self, "views"):
+        if self.cached:
             return cached_batches(self.views, self.y, self.logits, bs, self.spec, size, gen)
         live = self.teacher.logits if self.hp.alpha > 0 else None
         return live_batches(self.x, self.y, bs, self.cfg.data.augment, self.spec, size, gen, teacher=live)

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from ray import tune
+
 from .config import Config
 from .errors import KdsearchError
 
@@ -88,13 +90,7 @@ TRIAL_TAG = "kdsearch.trial_id"
 SEARCH_TAG = "kdsearch.search_id"
 
 
-def _ray_callback_base():
-    from ray import tune
-
-    return tune.Callback
-
-
-class SearchTracker(_ray_callback_base()):
+class SearchTracker(tune.Callback):
     """A Tune callback on the driver: one MLflow parent run per search, one nested child run per trial.
 
     Child runs are created when a trial starts and get each epoch's metrics as
