@@ -41,9 +41,10 @@ def epoch_ratio(cfg: Config, prepared, epochs: int = 3) -> dict[str, Any]:
     hp = default_hparams(cfg, prepared.students)
     data, targets, spec, size = prepared.data, prepared.targets, student_spec(cfg), cfg.data.image_size
     torch.manual_seed(cfg.seed)
-    models = {"kd": create_student(hp.student, data.num_classes, size), "ce": None}
-    models["ce"] = create_student(hp.student, data.num_classes, size)
-    models["ce"].load_state_dict(models["kd"].state_dict())
+    kd_model = create_student(hp.student, data.num_classes, size)
+    ce_model = create_student(hp.student, data.num_classes, size)
+    ce_model.load_state_dict(kd_model.state_dict())  # both start from the same weights
+    models = {"kd": kd_model, "ce": ce_model}
     losses = {"kd": create_loss("kd", alpha=max(hp.alpha, 0.5), temperature=hp.temperature),
               "ce": create_loss("kd", alpha=0.0, temperature=1.0)}
     opts = {k: torch.optim.AdamW(m.parameters(), lr=hp.lr) for k, m in models.items()}

@@ -7,7 +7,7 @@ and never knows which loss it runs; `evaluate` returns scikit-learn metrics.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
@@ -70,10 +70,6 @@ class Metrics:
     macro_f1: float
     per_class_f1: list[float]
     confusion: list[list[int]]
-
-    def as_dict(self, prefix: str = "val_") -> dict:
-        d = asdict(self)
-        return {f"{prefix}{k}": v for k, v in d.items()}
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, loss: float) -> Metrics:

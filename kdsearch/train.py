@@ -57,7 +57,7 @@ def run_train(cfg: Config, device: torch.device, on_start: Callable[[Hparams, di
     }
     report = {
         "hparams": hp.as_dict(),
-        "final": {k: v for k, v in history[-1].items()},
+        "final": dict(history[-1]),
         "history": history,
         "teacher": {**prepared.teacher.identity, **prepared.teacher_metrics},
         "student": {"name": hp.student, "params": size.params, "precision": cfg.student.precision,
