@@ -71,6 +71,8 @@ def export_best_cmd(
 
 
 def _print_export(cfg: Config, e) -> None:
+    from .export import metric_value
+
     metric = cfg.search.metric
     table = Table(title=f"best student of {cfg.name}")
     table.add_column("")
@@ -78,7 +80,7 @@ def _print_export(cfg: Config, e) -> None:
     for k, v in e.trial.config.items():
         table.add_row(k, _fmt(v))
     table.add_row(metric, f"{e.trial.metrics[metric]:.4f} (re-evaluated from the file: "
-                  f"{ {'val_macro_f1': e.metrics.macro_f1, 'val_accuracy': e.metrics.accuracy, 'val_loss': e.metrics.loss}[metric]:.4f})")
+                  f"{metric_value(e.metrics, metric):.4f})")
     table.add_row("student.pt", f"{e.files['student.pt'] / 1e6:.2f} MB ({cfg.student.precision}, limit "
                   f"{cfg.student.max_size_mb:g} MB)")
     table.add_row("exported to", str(e.out_dir))

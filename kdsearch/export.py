@@ -72,7 +72,8 @@ def best_trial(cfg: Config) -> BestTrial:
     return BestTrial(best.trial_id, dict(best.config), dict(best.last_result), Path(best.checkpoint.path))
 
 
-def _metric_value(m: Metrics, metric: str) -> float:
+def metric_value(m: Metrics, metric: str) -> float:
+    """The value of a search metric name (config.METRIC_MODES) in evaluated Metrics."""
     return {"val_macro_f1": m.macro_f1, "val_accuracy": m.accuracy, "val_loss": m.loss}[metric]
 
 
@@ -118,7 +119,7 @@ def export_best(cfg: Config, out: Path | None = None, data: Dataset | None = Non
             torch.jit.trace(model, example).save(str(tmp / "student.torchscript.pt"))
             reloaded = torch.jit.load(str(tmp / "student.torchscript.pt"))
         m = evaluate(reloaded, data.val.x, data.val.y, spec, size, data.num_classes, "cpu")
-        got, expected = _metric_value(m, metric), float(trial.metrics[metric])
+        got, expected = metric_value(m, metric), float(trial.metrics[metric])
         if abs(got - expected) > TOLERANCE[precision]:
             raise KdsearchError(f"{out}: the exported student scores {metric}={got:.6f} on val but its trial "
                                 f"reported {expected:.6f}; export refused (re-run `kdsearch export-best`)")
