@@ -1,4 +1,4 @@
-"""Mini-batch feeders for the engine: (model input, labels, teacher logits or None).
+"""Mini-batch feeders for the engine: (model input, labels, teacher outputs or None).
 
 Two ways to get teacher logits: cached (the student trains on the exact views
 the teacher saw once, see teacher_cache.py) or live (the teacher runs on each
@@ -21,14 +21,18 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def cached_batches(views: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None, batch_size: int, spec: InputSpec,
-                   size: int, gen: torch.Generator) -> Iterator[Batch]:
-    """views uint8 [V, N, C, H, W], logits [V, N, K]: each image in one of its cached views, shuffled."""
+                   size: int, gen: torch.Generator, features: torch.Tensor | None = None) -> Iterator[Batch]:
+    """views uint8 [V, N, C, H, W], logits [V, N, (M,) K], features [V, N, D]: each image in one of its cached
+    views, shuffled. The teacher side of a batch is its logits, or (logits, features) when features are given."""
     n = views.shape[1]
     order = torch.randperm(n, generator=gen).to(views.device)
     pick = torch.randint(views.shape[0], (n,), generator=gen).to(views.device)
     for i in range(0, n, batch_size):
         idx, v = order[i:i + batch_size], pick[order[i:i + batch_size]]
-        yield to_input(views[v, idx], spec, size), y[idx], (logits[v, idx] if logits is not None else None)
+        teacher = logits[v, idx] if logits is not None else None
+        if features is not None:
+            teacher = (teacher, features[v, idx])
+        yield to_input(views[v, idx], spec, size), y[idx], teacher
 
 
 def live_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, level: str, spec: InputSpec, size: int,

@@ -49,7 +49,7 @@ def run(
     t = result.trials
     console.print(f"trials: {t['completed']} completed, {t['stopped_early']} stopped early by ASHA, "
                   f"{t['errored']} errored; wall time {result.wall_seconds:.1f} s; teacher forward passes "
-                  f"{result.teacher_forward_passes}")
+                  f"{result.teacher_forward_passes} ({result.teacher_seconds:.1f} s)")
     if result.best is None:
         raise KdsearchError(f"{result.experiment_path}: no trial finished, nothing to export; "
                             "continue with `kdsearch run CONFIG --resume`")
@@ -157,19 +157,23 @@ def train(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "auto") ->
 @app.command("train-teacher")
 def train_teacher(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "auto") -> None:
     """Train or load the config's teacher, cache it and its outputs under output.dir."""
+    import torch
+
     from .data import load_dataset
+    from .losses import teacher_log_probs
     from .teacher_cache import teacher_targets
-    from .teachers import build_teacher
+    from .teachers import build_teachers
     from .train import resolve_device
 
     cfg = load_config(config, set_ or [])
     dev = resolve_device(device)
     data = load_dataset(cfg)
-    teacher = build_teacher(cfg, data, dev)
+    teacher = build_teachers(cfg, data, dev)
     targets = teacher_targets(cfg, data, teacher, dev)
-    acc = float((targets.val_logits.argmax(1) == data.val.y).float().mean())
-    console.print(f"teacher {teacher.identity.get('arch', teacher.identity['source'])}: val accuracy {acc:.4f}; "
-                  f"{targets.forward_passes} forward passes this run; cached under {cfg.output_dir / 'teacher'}")
+    pred = teacher_log_probs(targets.val_logits, 1.0, torch.tensor(teacher.weights)).argmax(1)
+    acc = float((pred == data.val.y).float().mean())
+    console.print(f"teacher {teacher.name}: val accuracy {acc:.4f}; {targets.forward_passes} forward passes "
+                  f"({targets.seconds:.1f} s) this run; cached under {cfg.output_dir / 'teacher'}")
 
 
 @app.command()
@@ -191,10 +195,13 @@ def validate(
         cfg = load_config(path, set_ or [])
         try:
             check_sources(cfg.data)
-            for key in ("weights", "path"):
-                f = getattr(cfg.teacher, key, None)
-                if f is not None and not Path(f).is_file():
-                    raise KdsearchError(f"teacher.{key} {f}: file not found")
+            members = getattr(cfg.teacher, "members", None)
+            for where, t in ([(f"teacher.members.{i}", m) for i, m in enumerate(members)] if members
+                             else [("teacher", cfg.teacher)]):
+                for key in ("weights", "path"):
+                    f = getattr(t, key, None)
+                    if f is not None and not Path(f).is_file():
+                        raise KdsearchError(f"{where}.{key} {f}: file not found")
             fit, over = select_students(cfg, num_classes_hint(cfg.data))
         except KdsearchError as e:
             raise KdsearchError(f"{path}: {e}") from None

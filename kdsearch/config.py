@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -127,7 +128,10 @@ _SPACE_BOUNDS = {
     "weight_decay": dict(lo=0.0),
     "batch_size": dict(lo=1, integer=True),
     "class_weight_power": dict(lo=0.0),
+    "feature_weight": dict(lo=0.0),
 }
+
+FEATURE_LOSSES = ("mse", "cosine")
 
 
 class Space(_Model):
@@ -149,6 +153,12 @@ class Space(_Model):
     """adamw | sgd (momentum 0.9, Nesterov). AdamW is forgiving for students trained from scratch."""
     student: Param | None = None
     """Student architecture; unset = a choice over student.candidates that fit max_size_mb."""
+    feature_weight: Param = 0.0
+    """Weight of the FitNets-style feature term (teacher's penultimate features vs a learned linear map of the student's); 0 = off."""
+    feature_loss: Param = "mse"
+    """mse | cosine: how the mapped student features are compared with the teacher's."""
+    teacher_weights: list[Param] | None = None
+    """Ensemble teachers only: one weight per member (normalised to sum 1); unset = teacher.weights."""
 
     @field_validator(*_SPACE_BOUNDS, mode="after")
     @classmethod
@@ -163,6 +173,27 @@ class Space(_Model):
                 raise ValueError(f"unknown optimizer {x!r}; valid: {', '.join(OPTIMIZERS)}")
         return v
 
+    @field_validator("feature_loss", mode="after")
+    @classmethod
+    def _known_feature_loss(cls, v: Param) -> Param:
+        for x in v.values_to_check() if isinstance(v, Dist) else [v]:
+            if x not in FEATURE_LOSSES:
+                raise ValueError(f"unknown feature_loss {x!r}; valid: {', '.join(FEATURE_LOSSES)}")
+        return v
+
+    @field_validator("teacher_weights", mode="after")
+    @classmethod
+    def _weights_in_bounds(cls, v: list[Param] | None) -> list[Param] | None:
+        for w in v or []:
+            _check_param(w, lo=0.0)
+        return v
+
+    @property
+    def may_use_features(self) -> bool:
+        """Whether some trial can have feature_weight > 0 (then teacher features are cached too)."""
+        v = self.feature_weight
+        return any(x > 0 for x in v.values_to_check()) if isinstance(v, Dist) else v > 0
+
     @field_validator("student", mode="after")
     @classmethod
     def _known_student(cls, v: Param | None) -> Param | None:
@@ -174,10 +205,19 @@ class Space(_Model):
     def fixed(self) -> dict[str, Scalar]:
         """One value per key: fixed values as given, distributions at their midpoint/first choice."""
         out = {}
+        for name, v in self.entries().items():
+            out[name] = v.fixed_point() if isinstance(v, Dist) else v
+        return out
+
+    def entries(self) -> dict[str, Param]:
+        """Every set key as a flat name -> Param map; teacher_weights become teacher_weight_0, teacher_weight_1, ..."""
+        out = {}
         for name in type(self).model_fields:
             v = getattr(self, name)
-            if v is not None:
-                out[name] = v.fixed_point() if isinstance(v, Dist) else v
+            if name == "teacher_weights":
+                out.update({f"teacher_weight_{i}": w for i, w in enumerate(v or [])})
+            elif v is not None:
+                out[name] = v
         return out
 
 
@@ -281,8 +321,82 @@ class TorchscriptTeacher(_TeacherBase):
     """The TorchScript file."""
 
 
-# The seam for more teacher kinds (huggingface, ensemble): a model here plus a builder in teachers.py.
-TeacherConfig = Annotated[Union[TrainTeacher, CheckpointTeacher, TorchscriptTeacher], Field(discriminator="source")]
+class HuggingFaceTeacher(_TeacherBase):
+    """A Hugging Face model (hub id or local folder) loaded with `from_pretrained`, used in one of three modes."""
+
+    source: Literal["huggingface"]
+    model: str
+    """Hub id (google/medsiglip-448) or a local folder written by save_pretrained. Gated models read HF_TOKEN."""
+    mode: Literal["classifier", "zero_shot", "linear_probe"]
+    """classifier: the model's own head, its labels matched to the class names; zero_shot: image-text
+    similarity to one prompt per class (SigLIP/CLIP); linear_probe: logistic regression on frozen image embeddings."""
+    revision: str | None = None
+    """Hub branch, tag or commit to pin; unset = main."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Precision the teacher runs in; float16/bfloat16 halve memory and time on a GPU."""
+    batch_size: int = Field(64, ge=1)
+    """Images per teacher forward pass when its outputs are computed."""
+    prompt: str = "a photo of {label}"
+    """zero_shot: the text for each class; {label} is the class name with _ and - as spaces."""
+    prompts: dict[str, str | list[str]] | None = None
+    """zero_shot: per-class prompts (several are averaged), overriding `prompt` for the classes listed."""
+    label_map: dict[str, str] | None = None
+    """classifier: {teacher label: dataset class} where the names differ; unmatched names must be equal."""
+    class_weight_power: float = Field(1.0, ge=0.0)
+    """linear_probe: class weights (1/n_c)^power of the logistic regression; 1 = balanced, as macro-F1 wants."""
+
+    @field_validator("prompt")
+    @classmethod
+    def _has_label(cls, v: str) -> str:
+        if "{label}" not in v:
+            raise ValueError("prompt needs a {label} placeholder, e.g. 'a dermatoscopic image of {label}'")
+        return v
+
+
+_MemberConfig = Annotated[Union[TrainTeacher, CheckpointTeacher, TorchscriptTeacher, HuggingFaceTeacher],
+                          Field(discriminator="source")]
+
+
+def _default_source(v: Any) -> Any:
+    """A teacher section without `source` is a teacher trained here."""
+    return {**v, "source": "train"} if isinstance(v, dict) and "source" not in v else v
+
+
+class EnsembleTeacher(_Model):
+    """Several teachers distilled into one student: the target is their weighted mean probability at T."""
+
+    source: Literal["ensemble"]
+    members: list[Annotated[_MemberConfig, BeforeValidator(_default_source)]] = Field(min_length=2)
+    """Two or more teachers of any other source, each with its own input preprocessing."""
+    weights: list[float] | None = None
+    """One weight per member (normalised to sum 1); unset = equal. search.space.teacher_weights searches them."""
+    cache: bool = True
+    """Compute each member's outputs once and reuse them; false = the members run live on every batch."""
+    cache_views: int = Field(1, ge=1, le=64)
+    """Seeded augmented views cached per training image, shared by all members."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EnsembleTeacher":
+        if self.weights is not None:
+            if len(self.weights) != len(self.members):
+                raise ValueError(f"{len(self.weights)} weights for {len(self.members)} members; give one per member")
+            if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                raise ValueError("weights must be >= 0 with a positive sum")
+        for i, m in enumerate(self.members):
+            if {"cache", "cache_views"} & m.model_fields_set:
+                raise ValueError(f"members[{i}] sets cache/cache_views; set them on the ensemble, which caches "
+                                 "every member the same way")
+        return self
+
+    @property
+    def resolved_weights(self) -> tuple[float, ...]:
+        w = self.weights or [1.0] * len(self.members)
+        return tuple(x / sum(w) for x in w)
+
+
+# One builder per source in teachers.py (hf_teachers.py for huggingface).
+TeacherConfig = Annotated[Union[TrainTeacher, CheckpointTeacher, TorchscriptTeacher, HuggingFaceTeacher,
+                                EnsembleTeacher], Field(discriminator="source")]
 
 
 class StudentConfig(_Model):
@@ -378,9 +492,18 @@ class Config(_Model):
     @field_validator("teacher", mode="before")
     @classmethod
     def _default_source(cls, v: Any) -> Any:
-        if isinstance(v, dict) and "source" not in v:
-            return {**v, "source": "train"}
-        return v
+        return _default_source(v)
+
+    @model_validator(mode="after")
+    def _weights_match_members(self) -> "Config":
+        tw = self.search.space.teacher_weights
+        if tw is not None:
+            if not isinstance(self.teacher, EnsembleTeacher):
+                raise ValueError("search.space.teacher_weights needs teacher.source: ensemble")
+            if len(tw) != len(self.teacher.members):
+                raise ValueError(f"search.space.teacher_weights has {len(tw)} entries for "
+                                 f"{len(self.teacher.members)} teacher.members; give one per member")
+        return self
 
     @property
     def output_dir(self) -> Path:
@@ -445,7 +568,8 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
 
 # Tags of discriminated unions appear in pydantic's error locations; they are not keys.
 _UNION_TAGS: dict[str, Any] = {"dist": Dist, "fixed": None, "train": TrainTeacher, "checkpoint": CheckpointTeacher,
-                               "torchscript": TorchscriptTeacher}
+                               "torchscript": TorchscriptTeacher, "huggingface": HuggingFaceTeacher,
+                               "ensemble": EnsembleTeacher}
 
 
 def format_validation_error(e: ValidationError) -> str:
@@ -454,7 +578,7 @@ def format_validation_error(e: ValidationError) -> str:
     err = errors[0]
     loc = [str(p) for p in err["loc"]]
     key_parts = [p for p in loc if p not in _UNION_TAGS]
-    key = ".".join(key_parts) or "(top level)"
+    key = ".".join(key_parts)
     msg = err["msg"].removeprefix("Value error, ")
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     if err["type"] == "extra_forbidden":
@@ -466,13 +590,15 @@ def format_validation_error(e: ValidationError) -> str:
         return f"{key}: {msg}{more}"
     if err["type"] == "missing":
         return f"{key}: required key is missing; add it{more}"
-    return f"{key}: {msg}{more}"
+    return f"{key}: {msg}{more}" if key else f"{msg}{more}"  # model-level checks name their keys themselves
 
 
 def _fields_at(loc: list[str]) -> list[str]:
     """Field names of the model that `loc` points into (for 'did you mean')."""
     model: Any = Config
     for part in loc:
+        if part.isdigit():  # a list index: the element's tag (or model) follows
+            continue
         if part in _UNION_TAGS:
             model = _UNION_TAGS[part]
             continue

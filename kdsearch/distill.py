@@ -20,10 +20,10 @@ from .config import Config, Dist
 from .data import Dataset, load_dataset
 from .engine import classification_metrics, evaluate, recalibrate_bn, train_one_epoch
 from .errors import KdsearchError
-from .losses import class_weights, create_loss
-from .students import StudentSize, create_student, fitting_students, student_size
-from .teacher_cache import TeacherTargets, teacher_targets
-from .teachers import Teacher, build_teacher, student_spec
+from .losses import class_weights, create_loss, teacher_log_probs
+from .students import FeatureStudent, StudentSize, create_student, fitting_students, student_size
+from .teacher_cache import TeacherTargets, fit_heads, teacher_targets
+from .teachers import Teachers, build_teachers, student_spec
 from .transforms import to_input
 
 log = logging.getLogger("kdsearch")
@@ -43,12 +43,18 @@ class Hparams:
     batch_size: int
     class_weight_power: float
     optimizer: str = "adamw"
+    feature_weight: float = 0.0
+    feature_loss: str = "mse"
+    teacher_weights: tuple = ()
+    """Ensemble member weights for this trial (from teacher_weight_0, 1, ...); () = teacher.weights."""
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "Hparams":
         types = {f.name: f.type for f in fields(cls)}
         casts = {"float": float, "int": int, "str": str}
-        return cls(**{k: casts[types[k]](v) for k, v in values.items() if k in types})
+        kwargs = {k: casts[types[k]](v) for k, v in values.items() if k in types and types[k] in casts}
+        members = sorted((k for k in values if k.startswith("teacher_weight_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+        return cls(**kwargs, teacher_weights=tuple(float(values[k]) for k in members))
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,7 +65,7 @@ class Prepared:
     """What every run of a config shares: built once per search."""
 
     data: Dataset
-    teacher: Teacher
+    teacher: Teachers
     targets: TeacherTargets | None
     """Cached teacher outputs; None when teacher.cache is false (the teacher runs live)."""
     students: list[str]
@@ -94,14 +100,22 @@ def prepare(cfg: Config, device: torch.device | str) -> Prepared:
     for o in over:
         log.warning("student %s is %.1f MB in %s, over student.max_size_mb %g: never trained", o.name,
                     o.bytes(cfg.student.precision) / 1e6, cfg.student.precision, cfg.student.max_size_mb)
-    teacher = build_teacher(cfg, data, device)
-    targets = teacher_targets(cfg, data, teacher, device) if cfg.teacher.cache else None
-    if targets is not None:
+    teacher = build_teachers(cfg, data, device)
+    if cfg.search.space.may_use_features and not teacher.has_features:
+        kinds = ", ".join(m.identity["source"] for m in teacher.members if m.head is None)
+        raise KdsearchError(f"search.space.feature_weight: the teacher ({kinds}) exposes no penultimate features "
+                            "(TorchScript, or a model whose last linear layer is not its output); set feature_weight: 0")
+    if cfg.teacher.cache:
+        targets = teacher_targets(cfg, data, teacher, device)
         val = targets.val_logits
-        m = classification_metrics(data.val.y.numpy(), val.argmax(1).numpy(), data.num_classes,
-                                   float(torch.nn.functional.cross_entropy(val, data.val.y)))
     else:
-        m = evaluate(teacher.model, data.val.x, data.val.y, teacher.spec, teacher.spec.size, data.num_classes, device)
+        targets = None
+        fit_heads(teacher, data, device)
+        val = torch.cat([teacher.outputs(data.val.x[i:i + 256].to(device))[0].cpu() for i in range(0, len(data.val.x), 256)])
+    # an ensemble is scored by its combined prediction at T = 1 with its default weights
+    log_p = teacher_log_probs(val, 1.0, torch.tensor(teacher.weights))
+    m = classification_metrics(data.val.y.numpy(), log_p.argmax(1).numpy(), data.num_classes,
+                               float(torch.nn.functional.nll_loss(log_p, data.val.y)))
     return Prepared(data, teacher, targets, students, {"val_accuracy": m.accuracy, "val_macro_f1": m.macro_f1})
 
 
@@ -117,8 +131,19 @@ class Distiller:
         torch.manual_seed(cfg.seed)
         self.model = create_student(hp.student, data.num_classes, cfg.data.image_size).to(self.device)
         weight = class_weights(data.class_counts(), hp.class_weight_power).to(self.device)
-        self.loss = create_loss("kd", alpha=hp.alpha, temperature=hp.temperature, weight=weight)
-        self.optimizer = _optimizer(hp, self.model)
+        members = torch.tensor(hp.teacher_weights or prepared.teacher.weights, dtype=torch.float32)
+        if members.sum() <= 0:  # every searched weight at 0: fall back to equal weights
+            members = torch.ones_like(members)
+        self.loss = create_loss("kd", alpha=hp.alpha, temperature=hp.temperature, weight=weight,
+                                teacher_weights=members.to(self.device))
+        self.features = hp.feature_weight > 0
+        self.trainee = self.model  # what the optimizer trains: the student, plus an adapter for feature hints
+        if self.features:
+            teacher_dim = (prepared.targets.features.shape[-1] if prepared.targets is not None
+                           else sum(m.head.in_features for m in prepared.teacher.members))
+            self.trainee = FeatureStudent(self.model, teacher_dim).to(self.device)
+            self.loss = create_loss("kd+features", kd=self.loss, feature_weight=hp.feature_weight, kind=hp.feature_loss)
+        self.optimizer = _optimizer(hp, self.trainee)
         steps = -(-len(data.train.y) // hp.batch_size) * cfg.search.max_epochs
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=steps)
         self.y = data.train.y.to(self.device)
@@ -126,9 +151,10 @@ class Distiller:
         if self.cached:  # data on the device once, not per batch
             self.views = prepared.targets.views.to(self.device)
             self.logits = prepared.targets.logits.to(self.device)
+            self.teacher_features = prepared.targets.features.to(self.device) if self.features else None
         else:
             self.x = data.train.x.to(self.device)
-            self.teacher.model.to(self.device)  # the live teacher runs next to the student
+            self.teacher.to(self.device)  # the live teacher runs next to the student
         # A fixed sample of training inputs for BatchNorm recalibration before each evaluation.
         first = (prepared.targets.views[0] if self.cached else data.train.x)[:BN_SAMPLES]
         self._bn_inputs = [to_input(first[i:i + 128].to(self.device), self.spec, cfg.data.image_size)
@@ -139,13 +165,16 @@ class Distiller:
         gen = epoch_generator(self.cfg.seed, self.epoch)
         bs, size = self.hp.batch_size, self.cfg.data.image_size
         if self.cached:
-            return cached_batches(self.views, self.y, self.logits, bs, self.spec, size, gen)
-        live = self.teacher.logits if self.hp.alpha > 0 else None
+            return cached_batches(self.views, self.y, self.logits, bs, self.spec, size, gen, self.teacher_features)
+        if self.features:
+            live = lambda xb: self.teacher.outputs(xb, features=True)  # noqa: E731
+        else:
+            live = (lambda xb: self.teacher.outputs(xb)[0]) if self.hp.alpha > 0 else None
         return live_batches(self.x, self.y, bs, self.cfg.data.augment, self.spec, size, gen, teacher=live)
 
     def run_epoch(self) -> dict[str, Any]:
         """Train one epoch, evaluate on val; returns the metrics the search reports."""
-        stats = train_one_epoch(self.model, self._batches(), self.loss, self.optimizer, self.scheduler)
+        stats = train_one_epoch(self.trainee, self._batches(), self.loss, self.optimizer, self.scheduler)
         start = time.perf_counter()
         recalibrate_bn(self.model, self._bn_inputs)
         m = evaluate(self.model, self.data.val.x, self.data.val.y, self.spec, self.cfg.data.image_size,
@@ -165,11 +194,11 @@ class Distiller:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"model": self.trainee.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        self.trainee.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])

@@ -18,7 +18,8 @@ from torch import nn
 from .config import InputSpec
 from .transforms import to_input
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+# (model input, labels, teacher side): teacher logits, (logits, features) for feature hints, or None
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None]
 
 
 @dataclass

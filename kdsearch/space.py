@@ -23,6 +23,6 @@ def _domain(v: Any) -> Any:
 
 def tune_space(space: Space, students: list[str]) -> dict[str, Any]:
     """Every key of the space as a Tune domain; `student` ranges over the candidates that fit the size limit."""
-    out = {name: _domain(getattr(space, name)) for name in type(space).model_fields if name != "student"}
+    out = {name: _domain(v) for name, v in space.entries().items() if name != "student"}
     out["student"] = tune.choice(students) if len(students) > 1 else students[0]
     return out

@@ -135,6 +135,39 @@ def vit_student(num_classes: int, image_size: int) -> nn.Module:
 # --------------------------------------------------------------------------- sizes
 
 
+def final_linear(model: nn.Module) -> nn.Linear | None:
+    """The layer that produces the logits: timm's classifier, else the last nn.Linear registered."""
+    get = getattr(model, "get_classifier", None)
+    if callable(get) and isinstance(get(), nn.Linear):
+        return get()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+class FeatureStudent(nn.Module):
+    """A student that also returns its penultimate features mapped to the teacher's width (for FitNets hints).
+
+    forward(x) -> (logits, adapter(features)), where features are the input of
+    the student's final linear layer. Only `student` is exported; the adapter
+    exists for training.
+    """
+
+    def __init__(self, student: nn.Module, teacher_dim: int):
+        super().__init__()
+        self.student = student
+        self.head = final_linear(student)
+        self.adapter = nn.Linear(self.head.in_features, teacher_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        captured: list[torch.Tensor] = []
+        hook = self.head.register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
+        try:
+            logits = self.student(x)
+        finally:
+            hook.remove()
+        return logits, self.adapter(captured[-1].flatten(1))
+
+
 def cast_state_dict(model: nn.Module, precision: str) -> dict[str, torch.Tensor]:
     """The state_dict as exported: floating tensors in `precision`, integer buffers untouched."""
     dtype = {"fp32": torch.float32, "fp16": torch.float16}[precision]

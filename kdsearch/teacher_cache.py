@@ -1,9 +1,10 @@
 """Teacher outputs, computed once per (teacher, data, views) and kept on disk.
 
 With augmentation on, `teacher.cache_views` seeded augmented views of every
-training image are made once; the teacher scores each view once; the student
-then trains on exactly those pixels. Every run and search with the same key
-reuses the file and does no teacher forward passes.
+training image are made once; each teacher (each ensemble member, separately)
+scores each view once; the student then trains on exactly those pixels. Every
+run and search with the same key reuses the files and does no teacher forward
+passes; changing an ensemble's weights reuses them too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from .config import Config
 from ._io import fingerprint, load_cache, save_atomic
 from .data import Dataset
-from .teachers import Teacher
+from .teachers import Teacher, Teachers
 from .transforms import augment
 
 log = logging.getLogger("kdsearch")
@@ -27,11 +28,15 @@ class TeacherTargets:
     views: torch.Tensor
     """uint8 [V, N, C, H, W]: the training images as the student will see them."""
     logits: torch.Tensor
-    """float32 [V, N, K]: the teacher's logits for each view."""
+    """float32 [V, N, M, K]: each member's logits for each view (M = 1 for a single teacher)."""
     val_logits: torch.Tensor
-    """float32 [N_val, K]: the teacher on the (unaugmented) validation split."""
+    """float32 [N_val, M, K]: the members on the (unaugmented) validation split."""
+    features: torch.Tensor | None
+    """float32 [V, N, D]: penultimate features, members concatenated; None unless feature distillation may run."""
     forward_passes: int
-    """Teacher forward passes (images) this call made: 0 when the cache was hit."""
+    """Teacher forward passes (images) this call made: 0 when every cache was hit."""
+    seconds: float
+    """Wall seconds of those forward passes."""
 
 
 def num_views(cfg: Config) -> int:
@@ -51,23 +56,70 @@ def make_views(x: torch.Tensor, level: str, views: int, seed: int, chunk: int = 
     return out
 
 
-def teacher_targets(cfg: Config, data: Dataset, teacher: Teacher, device, batch_size: int = 256) -> TeacherTargets:
-    """Load or compute the teacher's logits for every cached view and the val split."""
-    n_views = num_views(cfg)
-    views_key = {"data": data.fingerprint, "augment": cfg.data.augment, "views": n_views, "seed": cfg.seed}
-    path = cfg.output_dir / "teacher" / f"logits-{fingerprint({'teacher': teacher.fingerprint, **views_key})}.pt"
-    views = make_views(data.train.x, cfg.data.augment, n_views, cfg.seed)
+def teacher_targets(cfg: Config, data: Dataset, teachers: Teachers, device, features: bool | None = None) -> TeacherTargets:
+    """Load or compute every member's logits (and features, when `features`) for every cached view and val."""
+    features = cfg.search.space.may_use_features if features is None else features
+    views = make_views(data.train.x, cfg.data.augment, num_views(cfg), cfg.seed)
+    passes, seconds = teachers.forward_passes, teachers.seconds
+    outs = [_member_targets(cfg, data, m, views, device, features) for m in teachers.members]
+    return TeacherTargets(
+        views,
+        torch.stack([o["logits"] for o in outs], dim=2),
+        torch.stack([o["val_logits"] for o in outs], dim=1),
+        torch.cat([o["features"] for o in outs], dim=-1) if features else None,
+        forward_passes=teachers.forward_passes - passes,
+        seconds=teachers.seconds - seconds,
+    )
+
+
+def _member_targets(cfg: Config, data: Dataset, teacher: Teacher, views: torch.Tensor, device,
+                    features: bool) -> dict:
+    key = {"teacher": teacher.fingerprint, "data": data.fingerprint, "augment": cfg.data.augment,
+           "views": views.shape[0], "seed": cfg.seed}
+    path = cfg.output_dir / "teacher" / f"logits-{fingerprint(key)}.pt"
     cached = load_cache(path)
-    if cached is not None and cached["logits"].shape[:2] == views.shape[:2]:
+    if (cached is not None and cached["logits"].shape[:2] == views.shape[:2]
+            and (not features or cached.get("features") is not None)):
         log.info("teacher outputs from cache %s", path)
-        return TeacherTargets(views, cached["logits"], cached["val_logits"], forward_passes=0)
+        teacher.identity.update(cached.get("fit") or {})
+        teacher.fit_head = None  # its outputs are known; a live run would refit it (fit_heads)
+        return cached
     before = teacher.forward_passes
-    logits = torch.stack([_score(teacher, v, device, batch_size) for v in views])
-    val_logits = _score(teacher, data.val.x, device, batch_size)
-    save_atomic({"logits": logits, "val_logits": val_logits}, path)
+    need = features or teacher.fit_head is not None  # a probe is fitted on the features of the first view
+    scored = [_score(teacher, v, device, need) for v in views]
+    val_logits, val_feats = _score(teacher, data.val.x, device, need)
+    logits = torch.stack([s[0] for s in scored])
+    feats = torch.stack([s[1] for s in scored]) if need else None
+    fit = None
+    if teacher.fit_head is not None:
+        fit = _fit(teacher, feats[0], data.train.y)
+        with torch.no_grad():
+            dev = teacher.head.weight.device
+            logits = torch.stack([teacher.head(f.to(dev)).float().cpu() for f in feats])
+            val_logits = teacher.head(val_feats.to(dev)).float().cpu()
+    out = {"logits": logits, "val_logits": val_logits, "features": feats if features else None, "fit": fit}
+    save_atomic(out, path)
     log.info("teacher outputs computed (%d forward passes) and cached at %s", teacher.forward_passes - before, path)
-    return TeacherTargets(views, logits, val_logits, forward_passes=teacher.forward_passes - before)
+    return out
 
 
-def _score(teacher: Teacher, x: torch.Tensor, device, batch_size: int) -> torch.Tensor:
-    return torch.cat([teacher.logits(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+def fit_heads(teachers: Teachers, data: Dataset, device) -> None:
+    """Fit the heads that are fitted here (linear probes) on the unaugmented train split: for a live teacher."""
+    for m in teachers.members:
+        if m.fit_head is not None:
+            _fit(m, _score(m, data.train.x, device, True)[1], data.train.y)
+
+
+def _fit(teacher: Teacher, feats: torch.Tensor, y: torch.Tensor) -> dict:
+    fit = teacher.fit_head(feats, y)
+    teacher.fit_head = None
+    teacher.identity.update(fit)
+    log.info("teacher head fitted: %s", fit)
+    return fit
+
+
+def _score(teacher: Teacher, x: torch.Tensor, device, features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    bs = teacher.batch_size
+    outs = [teacher.outputs(x[i:i + bs].to(device), features) for i in range(0, len(x), bs)]
+    logits = torch.cat([o[0].cpu() for o in outs])
+    return logits, (torch.cat([o[1].cpu() for o in outs]) if features else None)

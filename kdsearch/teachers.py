@@ -1,15 +1,18 @@
-"""Teachers: one builder per `teacher.source`, each returning a `Teacher`.
+"""Teachers: one builder per `teacher.source`, each returning a `Teacher`; `Teachers` is what a run distils from.
 
 A teacher sees the same uint8 pixels as the student, preprocessed per its own
-`InputSpec`. New kinds (huggingface, ensemble) plug in as another builder in
-`_BUILDERS` plus a config model in config.py.
+`InputSpec`. Wherever the model allows, a teacher is split at its final linear
+layer (`head`): the head's input is the teacher's penultimate feature vector
+(feature distillation), and a linear probe is just a head fitted later.
+Hugging Face teachers are built in hf_teachers.py.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,13 +20,21 @@ import torch
 from torch import nn
 
 from .batches import epoch_generator, live_batches
-from .config import CheckpointTeacher, Config, InputSpec, TorchscriptTeacher, TrainTeacher
+from .config import (
+    CheckpointTeacher,
+    Config,
+    EnsembleTeacher,
+    InputSpec,
+    TorchscriptTeacher,
+    TrainTeacher,
+)
 from ._io import file_sha256, fingerprint, load_cache, save_atomic
 from .data import Dataset
 from .engine import evaluate, train_one_epoch
 from .errors import KdsearchError
 from .losses import create_loss
-from .students import create_student, list_students
+from .students import create_student, final_linear, list_students
+from .transforms import to_input
 
 log = logging.getLogger("kdsearch")
 
@@ -37,17 +48,88 @@ class Teacher:
     """Changes whenever the teacher's outputs could: keys the teacher-output cache."""
     identity: dict[str, Any]
     """What the model card says about the teacher."""
+    head: nn.Linear | None = None
+    """The final linear layer (logits = head(features)); None where the model cannot be split (TorchScript)."""
+    fit_head: Callable[[torch.Tensor, torch.Tensor], dict[str, Any]] | None = None
+    """linear_probe: fits `head` from (train features, labels) and returns what to record; None = head is ready."""
+    batch_size: int = 256
+    """Images per forward pass when its outputs are computed."""
     forward_passes: int = 0
     """Images pushed through the teacher by this process."""
+    seconds: float = 0.0
+    """Wall seconds spent in the teacher's forward passes by this process."""
 
     @torch.no_grad()
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for a uint8 batch already on the teacher's device."""
-        from .transforms import to_input
-
+    def outputs(self, x: torch.Tensor, features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits [B, K], penultimate features [B, D] or None) for a uint8 batch on the teacher's device."""
         self.model.eval()
+        start = time.perf_counter()
         self.forward_passes += len(x)
-        return self.model(to_input(x, self.spec, self.spec.size)).float()
+        inp = to_input(x, self.spec, self.spec.size)
+        if not features or self.head is None:
+            logits, feats = self.model(inp), None
+        else:
+            captured: list[torch.Tensor] = []
+            hook = self.head.register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
+            try:
+                logits = self.model(inp)
+            finally:
+                hook.remove()
+            feats = captured[-1].float().flatten(1)
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
+        self.seconds += time.perf_counter() - start
+        return logits.float(), feats
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outputs(x)[0]
+
+
+@dataclass
+class Teachers:
+    """The teacher a run distils from: one model, or an ensemble's members with their weights."""
+
+    members: list[Teacher]
+    weights: tuple[float, ...]
+    """Default member weights, summing to 1 (search.space.teacher_weights may override them per trial)."""
+    identity: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """A short label for tags and summaries: the arch or model id, or the ensemble's members."""
+        def label(identity: dict) -> str:
+            return str(identity.get("arch") or identity.get("model") or identity["source"])
+        if self.identity.get("source") == "ensemble":
+            return "ensemble(" + " + ".join(label(m) for m in self.identity["members"]) + ")"
+        return label(self.identity)
+
+    @property
+    def forward_passes(self) -> int:
+        return sum(m.forward_passes for m in self.members)
+
+    @property
+    def seconds(self) -> float:
+        return sum(m.seconds for m in self.members)
+
+    @property
+    def has_features(self) -> bool:
+        return all(m.head is not None for m in self.members)
+
+    def without_models(self) -> "Teachers":
+        """What trials need when the outputs are cached: the weights and identity, no models to ship."""
+        return Teachers([], self.weights, self.identity)
+
+    def to(self, device) -> "Teachers":
+        for m in self.members:
+            m.model.to(device)
+        return self
+
+    def outputs(self, x: torch.Tensor, features: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits [B, M, K], features concatenated over members [B, sum D] or None)."""
+        outs = [m.outputs(x, features) for m in self.members]
+        logits = torch.stack([o[0] for o in outs], dim=1)
+        feats = torch.cat([o[1] for o in outs], dim=1) if features else None
+        return logits, feats
 
 
 def student_spec(cfg: Config) -> InputSpec:
@@ -55,14 +137,29 @@ def student_spec(cfg: Config) -> InputSpec:
     return InputSpec(size=cfg.data.image_size)
 
 
-def teacher_spec(cfg: Config) -> InputSpec:
-    spec = cfg.teacher.input or student_spec(cfg)
+def teacher_spec(t, cfg: Config) -> InputSpec:
+    spec = t.input or student_spec(cfg)
     return spec if spec.size is not None else spec.model_copy(update={"size": cfg.data.image_size})
 
 
-def build_teacher(cfg: Config, data: Dataset, device: torch.device | str) -> Teacher:
-    teacher = _BUILDERS[cfg.teacher.source](cfg, data, device)
-    _check_class_count(cfg, teacher, data.num_classes, device)
+def build_teachers(cfg: Config, data: Dataset, device: torch.device | str) -> Teachers:
+    """The config's teacher, or every member of its ensemble, loaded and checked against the data."""
+    t = cfg.teacher
+    if isinstance(t, EnsembleTeacher):
+        members = [build_teacher(cfg, data, device, m) for m in t.members]
+        identity = {"source": "ensemble", "members": [m.identity for m in members], "weights": list(t.resolved_weights)}
+        return Teachers(members, t.resolved_weights, identity)
+    member = build_teacher(cfg, data, device)
+    return Teachers([member], (1.0,), member.identity)
+
+
+def build_teacher(cfg: Config, data: Dataset, device: torch.device | str, t=None) -> Teacher:
+    """One teacher: `t` (an ensemble member's config) or cfg.teacher."""
+    t = t if t is not None else cfg.teacher
+    if isinstance(t, EnsembleTeacher):
+        raise ValueError("build_teacher builds one teacher; use build_teachers for an ensemble")
+    teacher = _BUILDERS[t.source](t, cfg, data, device)
+    _check_outputs(t, teacher, data.num_classes, device)
     return teacher
 
 
@@ -89,26 +186,35 @@ def create_model(arch: str, num_classes: int, image_size: int, kwargs: dict | No
                         "a timm model name, or package.module:ClassName")
 
 
-def _check_class_count(cfg: Config, teacher: Teacher, num_classes: int, device) -> None:
+def _check_outputs(t, teacher: Teacher, num_classes: int, device) -> None:
+    """A forward pass on a probe batch: the class count must match; the head split must reproduce the logits."""
     spec = teacher.spec
-    probe = torch.zeros(2, spec.channels, spec.size, spec.size, dtype=torch.uint8, device=device)
+    gen = torch.Generator().manual_seed(0)
+    probe = torch.randint(0, 256, (2, spec.channels, spec.size, spec.size), generator=gen, dtype=torch.uint8).to(device)
+    passes, seconds = teacher.forward_passes, teacher.seconds
     try:
-        out = teacher.logits(probe)
+        out, feats = teacher.outputs(probe, features=True)
     except Exception as e:
-        raise KdsearchError(f"teacher ({cfg.teacher.source}): forward pass on a {spec.channels}x{spec.size}x{spec.size} "
+        raise KdsearchError(f"teacher ({t.source}): forward pass on a {spec.channels}x{spec.size}x{spec.size} "
                             f"input failed ({type(e).__name__}: {e}); set teacher.input to what the model expects") from None
-    teacher.forward_passes -= 2  # the probe is not teacher work
+    teacher.forward_passes, teacher.seconds = passes, seconds  # the probe is not teacher work
     if out.ndim != 2 or out.shape[1] != num_classes:
-        raise KdsearchError(f"teacher ({cfg.teacher.source}): outputs {tuple(out.shape[1:])} classes but the data has "
+        raise KdsearchError(f"teacher ({t.source}): outputs {tuple(out.shape[1:])} classes but the data has "
                             f"{num_classes}; use a teacher trained on these classes")
+    if teacher.head is not None:
+        with torch.no_grad():
+            split_ok = feats is not None and torch.allclose(teacher.head(feats.to(teacher.head.weight.dtype)).float(),
+                                                            out, rtol=1e-3, atol=1e-3)
+        if not split_ok:  # the last linear layer is not the model's last step: no features from this teacher
+            log.info("teacher (%s): its last linear layer does not produce its logits; no feature distillation", t.source)
+            teacher.head = None
 
 
 # --------------------------------------------------------------------------- builders
 
 
-def _build_trained(cfg: Config, data: Dataset, device) -> Teacher:
-    t: TrainTeacher = cfg.teacher
-    spec = teacher_spec(cfg)
+def _build_trained(t: TrainTeacher, cfg: Config, data: Dataset, device) -> Teacher:
+    spec = teacher_spec(t, cfg)
     settings = t.model_dump(mode="json", exclude={"cache", "cache_views"})
     fp = fingerprint({"teacher": settings, "spec": spec.model_dump(mode="json"), "data": data.fingerprint,
                 "augment": cfg.data.augment, "seed": cfg.seed})
@@ -118,10 +224,10 @@ def _build_trained(cfg: Config, data: Dataset, device) -> Teacher:
     saved = load_cache(path)
     if saved is not None:
         model.load_state_dict(saved["state_dict"])
-        return Teacher(model.eval(), spec, fp, identity)
-    fit_teacher(model, t, spec, data, cfg.data.augment, cfg.seed, device)
-    save_atomic({"state_dict": model.state_dict()}, path)
-    return Teacher(model.eval(), spec, fp, identity)
+    else:
+        fit_teacher(model, t, spec, data, cfg.data.augment, cfg.seed, device)
+        save_atomic({"state_dict": model.state_dict()}, path)
+    return Teacher(model.eval(), spec, fp, identity, head=final_linear(model))
 
 
 def fit_teacher(model: nn.Module, t: TrainTeacher, spec: InputSpec, data: Dataset, augment_level: str, seed: int,
@@ -170,9 +276,8 @@ def _load_state_dict_file(path: Path, key: str) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _build_checkpoint(cfg: Config, data: Dataset, device) -> Teacher:
-    t: CheckpointTeacher = cfg.teacher
-    spec = teacher_spec(cfg)
+def _build_checkpoint(t: CheckpointTeacher, cfg: Config, data: Dataset, device) -> Teacher:
+    spec = teacher_spec(t, cfg)
     state = _load_state_dict_file(t.weights, "teacher.weights")
     model = create_model(t.arch, data.num_classes, spec.size, dict(t.arch_kwargs))
     expected = model.state_dict()
@@ -189,12 +294,11 @@ def _build_checkpoint(cfg: Config, data: Dataset, device) -> Teacher:
     fp = fingerprint({"arch": t.arch, "kwargs": t.arch_kwargs, "sha256": file_sha256(t.weights),
                 "spec": spec.model_dump(mode="json")})
     identity = {"source": "checkpoint", "arch": t.arch, "weights": str(t.weights), "fingerprint": fp}
-    return Teacher(model.to(device).eval(), spec, fp, identity)
+    return Teacher(model.to(device).eval(), spec, fp, identity, head=final_linear(model))
 
 
-def _build_torchscript(cfg: Config, data: Dataset, device) -> Teacher:
-    t: TorchscriptTeacher = cfg.teacher
-    spec = teacher_spec(cfg)
+def _build_torchscript(t: TorchscriptTeacher, cfg: Config, data: Dataset, device) -> Teacher:
+    spec = teacher_spec(t, cfg)
     if not t.path.is_file():
         raise KdsearchError(f"teacher.path {t.path}: file not found; give a model saved with torch.jit.save")
     try:
@@ -204,11 +308,18 @@ def _build_torchscript(cfg: Config, data: Dataset, device) -> Teacher:
                             "save the teacher with torch.jit.save(torch.jit.script(model), path)") from None
     fp = fingerprint({"sha256": file_sha256(t.path), "spec": spec.model_dump(mode="json")})
     identity = {"source": "torchscript", "path": str(t.path), "fingerprint": fp}
-    return Teacher(model.eval(), spec, fp, identity)
+    return Teacher(model.eval(), spec, fp, identity)  # a compiled graph: no head to split off
 
 
-_BUILDERS: dict[str, Callable[[Config, Dataset, Any], Teacher]] = {
+def _build_huggingface(t, cfg: Config, data: Dataset, device) -> Teacher:
+    from .hf_teachers import build_huggingface  # transformers is a heavy import; only HF teachers pay it
+
+    return build_huggingface(t, cfg, data, device)
+
+
+_BUILDERS: dict[str, Callable[[Any, Config, Dataset, Any], Teacher]] = {
     "train": _build_trained,
     "checkpoint": _build_checkpoint,
     "torchscript": _build_torchscript,
+    "huggingface": _build_huggingface,
 }

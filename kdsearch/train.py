@@ -53,6 +53,7 @@ def run_train(cfg: Config, device: torch.device, on_start: Callable[[Hparams, di
         "teacher_val_accuracy": prepared.teacher_metrics["val_accuracy"],
         "teacher_val_macro_f1": prepared.teacher_metrics["val_macro_f1"],
         "teacher_forward_passes": prepared.teacher.forward_passes,
+        "teacher_seconds": prepared.teacher.seconds,
         "wall_seconds": seconds,
     }
     report = {
@@ -72,7 +73,7 @@ def run_train(cfg: Config, device: torch.device, on_start: Callable[[Hparams, di
         (tmp / "metrics.json").write_text(json.dumps(report, indent=2))
         (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
         tags = {"student": hp.student, "size_mb": f"{size.bytes(cfg.student.precision) / 1e6:.3f}",
-                "teacher": str(prepared.teacher.identity.get("arch", prepared.teacher.identity["source"])),
+                "teacher": prepared.teacher.name,
                 "data_fingerprint": prepared.data.fingerprint}
         run_id = log_train_run(cfg, hp.as_dict(), tags, history, summary, prepared.data.class_names, tmp)
     return TrainResult(hp, prepared.teacher_metrics, history, out, run_id, seconds)

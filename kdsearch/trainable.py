@@ -29,7 +29,8 @@ def distill_trainable(config: dict[str, Any], cfg: Config, prepared: Prepared) -
     """Train one student with the hyperparameters Optuna picked, reporting every epoch."""
     for name in ("ray.train", "ray.tune"):  # per-checkpoint INFO lines would drown the progress view
         logging.getLogger(name).setLevel(logging.WARNING)
-    passes_before = prepared.teacher.forward_passes  # the count travels with the pickled teacher
+    # The counts travel with the pickled teacher (live teachers only; cached runs ship no models)
+    passes_before, seconds_before = prepared.teacher.forward_passes, prepared.teacher.seconds
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # Ray hides GPUs a trial did not ask for
     torch.set_num_threads(max(1, int(cfg.search.resources_per_trial.cpu)))
     distiller = Distiller(cfg, Hparams.from_mapping(config), prepared, device)
@@ -42,6 +43,7 @@ def distill_trainable(config: dict[str, Any], cfg: Config, prepared: Prepared) -
         report = {k: metrics[k] for k in REPORTED}
         # live teacher only (0 when its outputs are cached); counts this trial's process since it started
         report["teacher_forward_passes"] = prepared.teacher.forward_passes - passes_before
+        report["teacher_seconds"] = prepared.teacher.seconds - seconds_before
         with tempfile.TemporaryDirectory() as folder:
             torch.save(distiller.state_dict(), Path(folder) / STATE_FILE)
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,8 @@ class SearchResult:
     trial_epochs: int
     """Epochs run, summed over trials."""
     teacher_forward_passes: int
+    teacher_seconds: float
+    """Seconds the teacher ran for this search: computing cached outputs, or live inside trials."""
     parent_run_id: str
     students: list[str]
 
@@ -86,7 +88,10 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     check_store(cfg)
     start = time.perf_counter()
     prepared = prepare(cfg, resolve_device(device))
-    prepared.teacher.model.cpu()  # trials receive it through the object store and move it to their own device
+    # Trials get what they need through the object store: with cached outputs no teacher model at all (a
+    # MedSigLIP is gigabytes); a live teacher goes on the CPU and each trial moves it to its own device.
+    shipped = replace(prepared, teacher=prepared.teacher.without_models()) if prepared.targets is not None else prepared
+    prepared.teacher.to("cpu")
     log.info("students that fit %g MB in %s: %s", cfg.student.max_size_mb, cfg.student.precision,
              ", ".join(prepared.students))
 
@@ -101,7 +106,7 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
 
     init_ray(address)
     res = cfg.search.resources_per_trial
-    trainable = tune.with_resources(tune.with_parameters(distill_trainable, cfg=cfg, prepared=prepared),
+    trainable = tune.with_resources(tune.with_parameters(distill_trainable, cfg=cfg, prepared=shipped),
                                     {"cpu": res.cpu, "gpu": res.gpu})
     metric, mode = cfg.search.metric, cfg.search.resolved_mode
     if resume:
@@ -144,12 +149,16 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     summary = summarize(results, cfg)
     live_passes = sum(int(r.metrics.get("teacher_forward_passes", 0)) for r in results if r.metrics)
     teacher_passes = prepared.teacher.forward_passes + live_passes
+    # seconds of the last epoch's report count each trial once: its whole run in this process
+    teacher_seconds = prepared.teacher.seconds + sum(float(r.metrics.get("teacher_seconds", 0.0))
+                                                     for r in results if r.metrics)
     best = summary.pop("best")
-    tracker.finish({"wall_seconds": wall, "teacher_forward_passes": teacher_passes,
+    tracker.finish({"wall_seconds": wall, "teacher_forward_passes": teacher_passes, "teacher_seconds": teacher_seconds,
                     **{f"trials_{k}": v for k, v in summary["trials"].items()},
                     **({f"best_{metric}": best["metrics"][metric]} if best else {})})
     return SearchResult(path, summary["trials"], best, wall, fit_seconds, summary["trial_seconds"],
-                        summary["trial_epochs"], teacher_passes, state["parent_run_id"], prepared.students)
+                        summary["trial_epochs"], teacher_passes, teacher_seconds, state["parent_run_id"],
+                        prepared.students)
 
 
 def summarize(results, cfg: Config) -> dict[str, Any]:

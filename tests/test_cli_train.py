@@ -75,7 +75,7 @@ def test_teacher_and_data_caches_are_reused(trained, run_cli):
     tmp, cfg, _ = trained
     code, out, err = run_cli("train-teacher", write_config(tmp, cfg, "again.yaml"), "--device", "cpu")
     assert code == 0, err
-    assert "0 forward passes this run" in out  # logits came from the cache the train run wrote
+    assert "; 0 forward passes (0.0 s) this run" in out  # logits came from the cache the train run wrote
 
 
 def test_inspect_data(tmp_path, run_cli):

@@ -149,7 +149,8 @@ def test_export_without_a_search_exits_2(tmp_path, run_cli):
 
 
 def test_live_teacher_does_n_passes_per_trial_epoch(ray_cluster, tmp_path):
-    """teacher.cache: false is the teacher-in-the-loop baseline: N forward passes per trial-epoch, none up front."""
+    """teacher.cache: false is the teacher-in-the-loop baseline: N forward passes per trial-epoch, and up front
+    only the val split once (the teacher's own score)."""
     cfg = Config.model_validate(tiny_config(
         tmp_path, name="live", teacher={"source": "train", "arch": "resnet8", "epochs": 1, "cache": False},
         search={"num_samples": 2, "max_concurrent": 2, "max_epochs": 2, "grace_period": 2,
@@ -157,4 +158,4 @@ def test_live_teacher_does_n_passes_per_trial_epoch(ray_cluster, tmp_path):
                           "class_weight_power": 0.0}}))
     result = run_search(cfg, device="cpu")
     assert result.trial_epochs == 4
-    assert result.teacher_forward_passes == 4 * 1437  # digits train split, once per trial-epoch
+    assert result.teacher_forward_passes == 4 * 1437 + 360  # digits train split per trial-epoch + val once

@@ -11,7 +11,7 @@ from kdsearch.config import Config
 from kdsearch.data import load_dataset
 from kdsearch.errors import KdsearchError
 from kdsearch.teacher_cache import teacher_targets
-from kdsearch.teachers import build_teacher
+from kdsearch.teachers import build_teacher, build_teachers
 
 from conftest import tiny_config
 
@@ -137,17 +137,17 @@ def test_teacher_outputs_computed_once_per_view(tmp_path, user_module, augment, 
         teacher={"source": "checkpoint", "arch": "my_models:TinyNet", "weights": str(tmp_path / "tiny.pt"),
                  "cache_views": views}))
     data = load_dataset(cfg)
-    teacher = build_teacher(cfg, data, "cpu")
+    teachers = build_teachers(cfg, data, "cpu")
     n, n_val = len(data.train.y), len(data.val.y)
     expect_views = 1 if augment == "none" else views
-    first = teacher_targets(cfg, data, teacher, "cpu")
+    first = teacher_targets(cfg, data, teachers, "cpu")
     assert first.forward_passes == n * expect_views + n_val
-    assert first.views.shape[:2] == (expect_views, n) and first.logits.shape == (expect_views, n, 10)
+    assert first.views.shape[:2] == (expect_views, n) and first.logits.shape == (expect_views, n, 1, 10)
     # the cached logits are the teacher's on exactly the cached pixels
-    assert torch.allclose(first.logits[-1, :5], teacher.logits(first.views[-1, :5]), atol=1e-5)
+    assert torch.allclose(first.logits[-1, :5, 0], teachers.members[0].logits(first.views[-1, :5]), atol=1e-5)
     if augment != "none":
         assert not torch.equal(first.views[0], first.views[1])
-    again = teacher_targets(cfg, data, build_teacher(cfg, data, "cpu"), "cpu")
+    again = teacher_targets(cfg, data, build_teachers(cfg, data, "cpu"), "cpu")
     assert again.forward_passes == 0
     assert torch.equal(again.logits, first.logits) and torch.equal(again.views, first.views)
 
@@ -156,7 +156,7 @@ def test_corrupted_teacher_cache_is_rebuilt(tmp_path, user_module):
     torch.save(user_module.TinyNet().state_dict(), tmp_path / "tiny.pt")
     cfg = cfg_with(tmp_path, {"source": "checkpoint", "arch": "my_models:TinyNet", "weights": str(tmp_path / "tiny.pt")})
     data = load_dataset(cfg)
-    teacher = build_teacher(cfg, data, "cpu")
+    teacher = build_teachers(cfg, data, "cpu")
     first = teacher_targets(cfg, data, teacher, "cpu")
     (cache,) = (cfg.output_dir / "teacher").glob("logits-*.pt")
     cache.write_bytes(cache.read_bytes()[:100])

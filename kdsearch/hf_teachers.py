@@ -1,0 +1,288 @@
+"""Hugging Face teachers: `from_pretrained` models used as a classifier, zero-shot, or through a linear probe.
+
+Every mode ends in one `nn.Linear` head, so the teacher's features (the head's
+input) are there for feature distillation and a linear probe is a head fitted
+after the features are known (teacher_cache.py calls `fit_head`).
+
+Authentication is huggingface_hub's own: `HF_TOKEN` from the environment or
+the login cache. kdsearch never reads, prints or stores the token.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import Config, HuggingFaceTeacher, InputSpec
+from ._io import fingerprint
+from .data import Dataset
+from .errors import KdsearchError
+from .losses import class_weights
+from .students import final_linear
+from .teachers import Teacher, student_spec
+
+log = logging.getLogger("kdsearch")
+
+PROBE_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # inverse regularisation strengths tried by the linear probe
+
+
+def build_huggingface(t: HuggingFaceTeacher, cfg: Config, data: Dataset, device) -> Teacher:
+    spec = t.input or processor_spec(t) or student_spec(cfg)
+    if spec.size is None:
+        spec = spec.model_copy(update={"size": cfg.data.image_size})
+    build = {"classifier": _classifier, "zero_shot": _zero_shot, "linear_probe": _linear_probe}[t.mode]
+    model, head, fit_head, source = build(t, cfg, data, spec)
+    settings = t.model_dump(mode="json", exclude={"cache", "cache_views", "batch_size", "input", "model"})
+    fp = fingerprint({"weights": _weights_identity(t, source), "settings": settings, "spec": spec.model_dump(mode="json"),
+                      "classes": data.class_names, **({"data": data.fingerprint} if fit_head else {})})
+    identity = {"source": "huggingface", "model": t.model, "mode": t.mode, "revision": _commit(source) or t.revision,
+                "fingerprint": fp}
+    return Teacher(model.to(device).eval(), spec, fp, identity, head=head, fit_head=fit_head, batch_size=t.batch_size)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def pretrained(cls: Any, t: HuggingFaceTeacher) -> Any:
+    """`cls.from_pretrained(t.model)` with the hub's failures turned into one line naming the model and HF_TOKEN."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    kwargs: dict[str, Any] = {"revision": t.revision} if t.revision else {}
+    if t.dtype != "float32" and cls.__name__ != "AutoTokenizer" and cls.__name__ != "AutoImageProcessor":
+        kwargs["dtype"] = getattr(torch, t.dtype)
+    try:
+        return cls.from_pretrained(t.model, **kwargs)
+    except GatedRepoError:
+        raise KdsearchError(f"teacher.model {t.model}: gated on the Hugging Face hub; accept its terms at "
+                            f"https://huggingface.co/{t.model} and set HF_TOKEN (or run `hf auth login`)") from None
+    except RepositoryNotFoundError:
+        raise KdsearchError(f"teacher.model {t.model}: no such local folder or hub model (private and gated models "
+                            "also need HF_TOKEN); check the id or path") from None
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        gated = " gated:" if "gated" in str(e).lower() else ""
+        raise KdsearchError(f"teacher.model {t.model}:{gated} cannot load {cls.__name__} ({first[:200]}); give a local "
+                            "folder written by save_pretrained, or a hub id with network access and HF_TOKEN set "
+                            "for gated models") from None
+
+
+def processor_spec(t: HuggingFaceTeacher) -> InputSpec | None:
+    """Size and normalisation from the model's image processor; None when it has none."""
+    from transformers import AutoImageProcessor
+
+    try:
+        proc = pretrained(AutoImageProcessor, t)
+    except KdsearchError:
+        return None
+    size = getattr(proc, "crop_size", None) if getattr(proc, "do_center_crop", False) else None
+    size = size or getattr(proc, "size", None)
+    side = None
+    for key in ("height", "shortest_edge", "width"):
+        value = size.get(key) if hasattr(size, "get") else getattr(size, key, None)
+        if value:
+            side = int(value)
+            break
+    normalize = getattr(proc, "do_normalize", True)
+    mean = tuple(proc.image_mean) if normalize and getattr(proc, "image_mean", None) is not None else (0.0,)
+    std = tuple(proc.image_std) if normalize and getattr(proc, "image_std", None) is not None else (1.0,)
+    return InputSpec(size=side, channels=3, mean=mean, std=std)
+
+
+def _weights_identity(t: HuggingFaceTeacher, model: nn.Module) -> Any:
+    """A local folder by its files (name, size, mtime); a hub model by the commit it resolved to."""
+    folder = Path(t.model)
+    if folder.is_dir():
+        return sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+                      for p in folder.rglob("*") if p.is_file())
+    return {"id": t.model, "commit": _commit(model) or t.revision}
+
+
+def _commit(model: nn.Module) -> str | None:
+    return getattr(getattr(model, "config", None), "_commit_hash", None)
+
+
+class _Logits(nn.Module):
+    """An image classifier as pixel_values -> logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x.to(self.model.dtype)).logits
+
+
+class ImageEmbedder(nn.Module):
+    """pixel_values -> pooled image embedding (L2-normalised for zero-shot, as the model compares them)."""
+
+    def __init__(self, model: nn.Module, normalize: bool):
+        super().__init__()
+        self.model, self.normalize = model, normalize
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.model.dtype)
+        if hasattr(self.model, "get_image_features"):  # CLIP / SigLIP: the embedding the model compares with text
+            out = self.model.get_image_features(pixel_values=x)
+        else:  # a vision backbone (ViTModel, Dinov2Model, ...)
+            out = self.model(pixel_values=x)
+        if isinstance(out, torch.Tensor):
+            emb = out
+        elif getattr(out, "pooler_output", None) is not None:
+            emb = out.pooler_output
+        else:
+            emb = out.last_hidden_state.mean(dim=1)
+        emb = emb.float()
+        return F.normalize(emb, dim=-1) if self.normalize else emb
+
+
+# --------------------------------------------------------------------------- modes
+
+
+def _classifier(t: HuggingFaceTeacher, cfg: Config, data: Dataset, spec: InputSpec):
+    """The model's own head, its rows reordered (and cut) to the dataset's classes."""
+    from transformers import AutoModelForImageClassification
+
+    model = pretrained(AutoModelForImageClassification, t)
+    rows = match_labels(t, dict(model.config.id2label), data.class_names)
+    old = final_linear(model)
+    name = next(n for n, m in model.named_modules() if m is old)
+    head = nn.Linear(old.in_features, len(rows), bias=old.bias is not None, dtype=old.weight.dtype)
+    with torch.no_grad():
+        head.weight.copy_(old.weight[rows])
+        if old.bias is not None:
+            head.bias.copy_(old.bias[rows])
+    model.set_submodule(name, head)
+    return _Logits(model), head, None, model
+
+
+def _normalise(name: Any) -> str:
+    return " ".join(str(name).lower().replace("_", " ").replace("-", " ").split())
+
+
+def match_labels(t: HuggingFaceTeacher, id2label: dict[int, str], class_names: list[str]) -> list[int]:
+    """For each dataset class, the teacher's output index: names compared case- and _/- insensitively,
+    after `teacher.label_map` renames teacher labels."""
+    label_map = t.label_map or {}
+    unknown = sorted(set(label_map) - set(id2label.values()))
+    if unknown:
+        raise KdsearchError(f"teacher.label_map: {', '.join(map(repr, unknown))} not among the labels of {t.model} "
+                            f"({_preview(id2label.values())}); use the model's own label names as keys")
+    index = {}
+    for i, label in sorted(id2label.items(), key=lambda kv: int(kv[0])):
+        index.setdefault(_normalise(label_map.get(label, label)), int(i))
+    missing = [c for c in class_names if _normalise(c) not in index]
+    if missing:
+        raise KdsearchError(f"teacher.model {t.model}: has no label for class {', '.join(map(repr, missing))} "
+                            f"(its labels: {_preview(id2label.values())}); map them with teacher.label_map: "
+                            "{teacher label: class name}")
+    return [index[_normalise(c)] for c in class_names]
+
+
+def _preview(labels, n: int = 8) -> str:
+    labels = list(labels)
+    return ", ".join(map(repr, labels[:n])) + (f", ... ({len(labels)} in all)" if len(labels) > n else "")
+
+
+def class_prompts(t: HuggingFaceTeacher, class_names: list[str]) -> list[list[str]]:
+    """Per class, its prompt(s): teacher.prompts where given, else teacher.prompt with {label} filled in."""
+    prompts = t.prompts or {}
+    unknown = sorted(set(prompts) - set(class_names))
+    if unknown:
+        raise KdsearchError(f"teacher.prompts: {', '.join(map(repr, unknown))} not a class of the data "
+                            f"({_preview(class_names)}); key prompts by class name")
+    out = []
+    for c in class_names:
+        p = prompts.get(c, t.prompt.format(label=" ".join(c.replace("_", " ").replace("-", " ").split())))
+        out.append([p] if isinstance(p, str) else list(p))
+    return out
+
+
+def _zero_shot(t: HuggingFaceTeacher, cfg: Config, data: Dataset, spec: InputSpec):
+    """CLIP/SigLIP: logits = scale * cos(image, class text) + bias, as the model scores image-text pairs."""
+    from transformers import AutoModel, AutoTokenizer
+
+    model = pretrained(AutoModel, t)
+    if not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):
+        raise KdsearchError(f"teacher.mode zero_shot: {t.model} is a {type(model).__name__}, not an image-text model "
+                            "(SigLIP, CLIP); use mode linear_probe or classifier")
+    tokenizer = pretrained(AutoTokenizer, t)
+    max_len = getattr(getattr(model.config, "text_config", None), "max_position_embeddings", 64)
+    text = []
+    with torch.no_grad():
+        for prompts in class_prompts(t, data.class_names):
+            enc = tokenizer(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
+            # SigLIP was trained on max_length padding without a mask; pass what the tokenizer gives, as its card does
+            out = model.get_text_features(**{k: v for k, v in enc.items() if k in ("input_ids", "attention_mask")})
+            emb = out if isinstance(out, torch.Tensor) else out.pooler_output
+            text.append(F.normalize(F.normalize(emb.float(), dim=-1).mean(0), dim=-1))  # prompt ensembling
+        weight = torch.stack(text) * model.logit_scale.float().exp()
+        bias = getattr(model, "logit_bias", None)
+    head = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(bias.float().expand(weight.shape[0]) if bias is not None else torch.zeros(weight.shape[0]))
+    _drop_text_tower(model)
+    return nn.Sequential(ImageEmbedder(model, normalize=True), head), head, None, model
+
+
+def _linear_probe(t: HuggingFaceTeacher, cfg: Config, data: Dataset, spec: InputSpec):
+    """Frozen image embeddings -> a head fitted later by logistic regression (`fit_probe`)."""
+    from transformers import AutoModel
+
+    model = pretrained(AutoModel, t)
+    _drop_text_tower(model)
+    embedder = ImageEmbedder(model, normalize=False).eval()
+    with torch.no_grad():
+        dim = embedder(torch.zeros(1, spec.channels, spec.size, spec.size)).shape[1]
+    head = nn.Linear(dim, data.num_classes)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+
+    def fit_head(feats: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        return fit_probe(head, feats, y, data.num_classes, t.class_weight_power, cfg.seed)
+
+    return nn.Sequential(embedder, head), head, fit_head, model
+
+
+def _drop_text_tower(model: nn.Module) -> None:
+    """Image-only use needs no text encoder; freeing it saves about half a SigLIP's memory."""
+    if hasattr(model, "text_model") and hasattr(model, "vision_model"):
+        model.text_model = None
+
+
+def fit_probe(head: nn.Linear, feats: torch.Tensor, y: torch.Tensor, num_classes: int, power: float,
+              seed: int) -> dict[str, Any]:
+    """Standardise, fit scikit-learn's LogisticRegressionCV (C picked by macro-F1 on a held-out 20% of train,
+    class weights (1/n_c)^power), and write it into `head` so that head(feats) = its decision function."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedShuffleSplit
+    from sklearn.preprocessing import StandardScaler
+
+    x, labels = feats.double().numpy(), y.numpy()
+    scaler = StandardScaler().fit(x)
+    w = class_weights(torch.bincount(y, minlength=num_classes), power)
+    clf = LogisticRegressionCV(
+        Cs=list(PROBE_CS), cv=StratifiedShuffleSplit(n_splits=1, test_size=0.2, random_state=seed),
+        scoring="f1_macro", class_weight={c: float(w[c]) for c in range(num_classes)}, max_iter=2000,
+        random_state=seed,
+    ).fit(scaler.transform(x), labels)
+    coef, intercept = clf.coef_, clf.intercept_
+    if coef.shape[0] == 1:  # binary: one score s; logits [0, s] give softmax = the regression's sigmoid
+        coef = torch.cat([torch.zeros_like(torch.from_numpy(coef)), torch.from_numpy(coef)]).numpy()
+        intercept = [0.0, float(intercept[0])]
+    weight = torch.full((num_classes, x.shape[1]), 0.0, dtype=torch.float64)
+    bias = torch.full((num_classes,), -1e4, dtype=torch.float64)  # a class absent from train is never predicted
+    rows = torch.as_tensor(clf.classes_)
+    scale, mean = torch.from_numpy(scaler.scale_), torch.from_numpy(scaler.mean_)
+    weight[rows] = torch.from_numpy(coef) / scale
+    bias[rows] = torch.as_tensor(intercept, dtype=torch.float64) - weight[rows] @ mean
+    with torch.no_grad():
+        head.weight.copy_(weight.to(head.weight.dtype))
+        head.bias.copy_(bias.to(head.bias.dtype))
+    scores = next(iter(clf.scores_.values())).mean(axis=0)  # [n_Cs] macro-F1 on the held-out part
+    return {"probe_C": float(clf.C_[0]), "probe_holdout_macro_f1": float(scores.max())}
