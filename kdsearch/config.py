@@ -382,8 +382,8 @@ class EnsembleTeacher(_Model):
                 raise ValueError(f"{len(self.weights)} weights for {len(self.members)} members; give one per member")
             if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
                 raise ValueError("weights must be >= 0 with a positive sum")
-        for i, m in enumerate(self.members):
-            if {"cache", "cache_views"} & m.model_fields_set:
+        for i, m in enumerate(self.members):  # defaults pass, so a dumped config loads again
+            if not m.cache or m.cache_views != 1:
                 raise ValueError(f"members[{i}] sets cache/cache_views; set them on the ensemble, which caches "
                                  "every member the same way")
         return self

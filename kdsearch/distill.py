@@ -194,11 +194,16 @@ class Distiller:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.trainee.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "epoch": self.epoch}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "epoch": self.epoch}
+        if self.features:
+            state["adapter"] = self.trainee.adapter.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.trainee.load_state_dict(state["model"])
+        self.model.load_state_dict(state["model"])
+        if self.features:
+            self.trainee.adapter.load_state_dict(state["adapter"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])

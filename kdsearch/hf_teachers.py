@@ -32,15 +32,18 @@ PROBE_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # inverse regularisation strengths tri
 
 
 def build_huggingface(t: HuggingFaceTeacher, cfg: Config, data: Dataset, device) -> Teacher:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-file load bars would interleave with kdsearch's own output
     spec = t.input or processor_spec(t) or student_spec(cfg)
     if spec.size is None:
         spec = spec.model_copy(update={"size": cfg.data.image_size})
     build = {"classifier": _classifier, "zero_shot": _zero_shot, "linear_probe": _linear_probe}[t.mode]
-    model, head, fit_head, source = build(t, cfg, data, spec)
+    model, head, fit_head = build(t, cfg, data, spec)
     settings = t.model_dump(mode="json", exclude={"cache", "cache_views", "batch_size", "input", "model"})
-    fp = fingerprint({"weights": _weights_identity(t, source), "settings": settings, "spec": spec.model_dump(mode="json"),
+    fp = fingerprint({"weights": _weights_identity(t), "settings": settings, "spec": spec.model_dump(mode="json"),
                       "classes": data.class_names, **({"data": data.fingerprint} if fit_head else {})})
-    identity = {"source": "huggingface", "model": t.model, "mode": t.mode, "revision": _commit(source) or t.revision,
+    identity = {"source": "huggingface", "model": t.model, "mode": t.mode, "revision": _commit(t) or t.revision,
                 "fingerprint": fp}
     return Teacher(model.to(device).eval(), spec, fp, identity, head=head, fit_head=fit_head, batch_size=t.batch_size)
 
@@ -93,17 +96,23 @@ def processor_spec(t: HuggingFaceTeacher) -> InputSpec | None:
     return InputSpec(size=side, channels=3, mean=mean, std=std)
 
 
-def _weights_identity(t: HuggingFaceTeacher, model: nn.Module) -> Any:
+def _weights_identity(t: HuggingFaceTeacher) -> Any:
     """A local folder by its files (name, size, mtime); a hub model by the commit it resolved to."""
     folder = Path(t.model)
     if folder.is_dir():
         return sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
                       for p in folder.rglob("*") if p.is_file())
-    return {"id": t.model, "commit": _commit(model) or t.revision}
+    return {"id": t.model, "commit": _commit(t) or t.revision}
 
 
-def _commit(model: nn.Module) -> str | None:
-    return getattr(getattr(model, "config", None), "_commit_hash", None)
+def _commit(t: HuggingFaceTeacher) -> str | None:
+    """The hub commit the model was loaded from, read from the local hub cache (snapshots/<commit>/...)."""
+    if Path(t.model).is_dir():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(t.model, "config.json", revision=t.revision)
+    return Path(path).parent.name if isinstance(path, str) else None
 
 
 class _Logits(nn.Module):
@@ -157,7 +166,7 @@ def _classifier(t: HuggingFaceTeacher, cfg: Config, data: Dataset, spec: InputSp
         if old.bias is not None:
             head.bias.copy_(old.bias[rows])
     model.set_submodule(name, head)
-    return _Logits(model), head, None, model
+    return _Logits(model), head, None
 
 
 def _normalise(name: Any) -> str:
@@ -227,7 +236,7 @@ def _zero_shot(t: HuggingFaceTeacher, cfg: Config, data: Dataset, spec: InputSpe
         head.weight.copy_(weight)
         head.bias.copy_(bias.float().expand(weight.shape[0]) if bias is not None else torch.zeros(weight.shape[0]))
     _drop_text_tower(model)
-    return nn.Sequential(ImageEmbedder(model, normalize=True), head), head, None, model
+    return nn.Sequential(ImageEmbedder(model, normalize=True), head), head, None
 
 
 def _linear_probe(t: HuggingFaceTeacher, cfg: Config, data: Dataset, spec: InputSpec):
@@ -246,7 +255,7 @@ def _linear_probe(t: HuggingFaceTeacher, cfg: Config, data: Dataset, spec: Input
     def fit_head(feats: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         return fit_probe(head, feats, y, data.num_classes, t.class_weight_power, cfg.seed)
 
-    return nn.Sequential(embedder, head), head, fit_head, model
+    return nn.Sequential(embedder, head), head, fit_head
 
 
 def _drop_text_tower(model: nn.Module) -> None:
@@ -257,32 +266,38 @@ def _drop_text_tower(model: nn.Module) -> None:
 
 def fit_probe(head: nn.Linear, feats: torch.Tensor, y: torch.Tensor, num_classes: int, power: float,
               seed: int) -> dict[str, Any]:
-    """Standardise, fit scikit-learn's LogisticRegressionCV (C picked by macro-F1 on a held-out 20% of train,
-    class weights (1/n_c)^power), and write it into `head` so that head(feats) = its decision function."""
-    from sklearn.linear_model import LogisticRegressionCV
-    from sklearn.model_selection import StratifiedShuffleSplit
+    """Standardise; pick C by macro-F1 of scikit-learn's LogisticRegression on a held-out 20% of train (class
+    weights (1/n_c)^power); refit on all of train; write it into `head` so head(feats) = its decision function."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
     x, labels = feats.double().numpy(), y.numpy()
     scaler = StandardScaler().fit(x)
+    xs = scaler.transform(x)
     w = class_weights(torch.bincount(y, minlength=num_classes), power)
-    clf = LogisticRegressionCV(
-        Cs=list(PROBE_CS), cv=StratifiedShuffleSplit(n_splits=1, test_size=0.2, random_state=seed),
-        scoring="f1_macro", class_weight={c: float(w[c]) for c in range(num_classes)}, max_iter=2000,
-        random_state=seed,
-    ).fit(scaler.transform(x), labels)
+    cw = {c: float(w[c]) for c in range(num_classes)}
+    counts = torch.bincount(y)
+    stratify = labels if int(counts[counts > 0].min()) >= 2 else None
+    x_fit, x_hold, y_fit, y_hold = train_test_split(xs, labels, test_size=0.2, stratify=stratify, random_state=seed)
+
+    def probe(c: float, xx, yy) -> LogisticRegression:
+        return LogisticRegression(C=c, class_weight=cw, max_iter=2000, random_state=seed).fit(xx, yy)
+
+    scores = {c: float(f1_score(y_hold, probe(c, x_fit, y_fit).predict(x_hold), average="macro")) for c in PROBE_CS}
+    best = max(PROBE_CS, key=lambda c: scores[c])  # ties: the first, i.e. the strongest regularisation
+    clf = probe(best, xs, labels)
     coef, intercept = clf.coef_, clf.intercept_
     if coef.shape[0] == 1:  # binary: one score s; logits [0, s] give softmax = the regression's sigmoid
         coef = torch.cat([torch.zeros_like(torch.from_numpy(coef)), torch.from_numpy(coef)]).numpy()
         intercept = [0.0, float(intercept[0])]
-    weight = torch.full((num_classes, x.shape[1]), 0.0, dtype=torch.float64)
+    weight = torch.zeros((num_classes, x.shape[1]), dtype=torch.float64)
     bias = torch.full((num_classes,), -1e4, dtype=torch.float64)  # a class absent from train is never predicted
     rows = torch.as_tensor(clf.classes_)
-    scale, mean = torch.from_numpy(scaler.scale_), torch.from_numpy(scaler.mean_)
-    weight[rows] = torch.from_numpy(coef) / scale
-    bias[rows] = torch.as_tensor(intercept, dtype=torch.float64) - weight[rows] @ mean
+    weight[rows] = torch.from_numpy(coef) / torch.from_numpy(scaler.scale_)
+    bias[rows] = torch.as_tensor(intercept, dtype=torch.float64) - weight[rows] @ torch.from_numpy(scaler.mean_)
     with torch.no_grad():
         head.weight.copy_(weight.to(head.weight.dtype))
         head.bias.copy_(bias.to(head.bias.dtype))
-    scores = next(iter(clf.scores_.values())).mean(axis=0)  # [n_Cs] macro-F1 on the held-out part
-    return {"probe_C": float(clf.C_[0]), "probe_holdout_macro_f1": float(scores.max())}
+    return {"probe_C": best, "probe_holdout_macro_f1": scores[best]}
