@@ -167,8 +167,9 @@ def _source_files(d: DataConfig) -> list:
 
 
 def _require_dir(d: DataConfig) -> Path:
+    """data.root, which must be a folder (npz: a folder or the .npz file itself)."""
     root = Path(d.root)
-    if not root.is_dir():
+    if not (root.is_dir() or (d.source == "npz" and root.is_file())):
         layout = {
             "image_folder": "one subfolder per class holding its images (root/<class>/<image>)",
             "csv": f"the images and the manifest {d.manifest}",
@@ -176,7 +177,8 @@ def _require_dir(d: DataConfig) -> Path:
             "idx": "*-images-idx3-ubyte[.gz] and *-labels-idx1-ubyte[.gz] files",
             "cifar10": "the python batches data_batch_1..5 and test_batch",
         }[d.source]
-        raise KdsearchError(f"data.root {root}: folder not found; it should hold {layout}. "
+        what = "not found" if d.source == "npz" else "folder not found"
+        raise KdsearchError(f"data.root {root}: {what}; it should hold {layout}. "
                             f"Point data.root elsewhere with --set data.root=PATH")
     return root
 

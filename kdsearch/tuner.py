@@ -24,6 +24,7 @@ from ray.tune.search.sample import Domain
 from ray.tune.search.optuna import OptunaSearch
 
 from .config import Config
+from .data import check_sources
 from .distill import prepare
 from .errors import KdsearchError
 from .progress import SearchProgress
@@ -85,6 +86,7 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     if not resume and restorable:
         raise KdsearchError(f"a search named {cfg.name!r} already exists at {path}; continue it with --resume, "
                             f"or move it away (mv {path} {path}.old) or set another name (--set name=...)")
+    check_sources(cfg.data)  # missing data fails before anything (the MLflow store included) is created
     check_store(cfg)
     start = time.perf_counter()
     prepared = prepare(cfg, resolve_device(device))

@@ -10,7 +10,7 @@ import yaml
 from kdsearch.config import Config, Dist, load_config
 from kdsearch.errors import KdsearchError
 
-from conftest import SHIPPED, tiny_config, write_config
+from conftest import REPO, SHIPPED, tiny_config, write_config
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
@@ -24,7 +24,16 @@ def test_shipped_configs_validate(path):
 
 def test_shipped_configs_cover_the_contract_set():
     assert {p.name for p in SHIPPED} >= {"digits.yaml", "skin.yaml", "cifar10_resnet.yaml", "cifar10_vit.yaml",
-                                         "fashion_mnist.yaml"}
+                                         "fashion_mnist.yaml", "dermamnist.yaml"}
+
+
+def test_skin_config_is_the_medsiglip_headline():
+    cfg = load_config(REPO / "search_spaces" / "skin.yaml")
+    assert cfg.teacher.source == "huggingface" and cfg.teacher.model == "google/medsiglip-448"
+    assert cfg.teacher.mode == "linear_probe" and cfg.search.metric == "val_macro_f1"
+    assert cfg.data.source == "image_folder" and str(cfg.data.root) == "data/skin"
+    derma = load_config(REPO / "search_spaces" / "dermamnist.yaml")
+    assert len(derma.data.class_names) == 7 and derma.teacher == cfg.teacher
 
 
 def test_digits_validate_command_passes(run_cli):
@@ -88,6 +97,29 @@ BAD = [
     ("grace-over-max", {"search": {"grace_period": 5, "max_epochs": 2}}, ["grace_period"]),
     ("bad-name", {"name": "my experiment!"}, ["name"]),
     ("checkpoint-without-weights", {"teacher": {"source": "checkpoint", "arch": "resnet8"}}, ["teacher.weights", "missing"]),
+    ("hf-without-mode", {"teacher": {"source": "huggingface", "model": "m"}}, ["teacher.mode", "missing"]),
+    ("hf-unknown-mode", {"teacher": {"source": "huggingface", "model": "m", "mode": "few_shot"}},
+     ["teacher.mode", "zero_shot", "linear_probe"]),
+    ("prompt-without-label", {"teacher": {"source": "huggingface", "model": "m", "mode": "zero_shot",
+                                          "prompt": "a photo"}}, ["teacher.prompt", "{label}"]),
+    ("ensemble-of-one", {"teacher": {"source": "ensemble", "members": [{"arch": "resnet8"}]}},
+     ["teacher.members", "at least 2"]),
+    ("ensemble-weights-count", {"teacher": {"source": "ensemble", "members": [{"arch": "resnet8"}, {"arch": "resnet8"}],
+                                            "weights": [1.0]}}, ["teacher", "1 weights for 2 members"]),
+    ("ensemble-member-typo", {"teacher": {"source": "ensemble", "members": [{"arch": "resnet8", "epochz": 2},
+                                                                            {"arch": "resnet8"}]}},
+     ["teacher.members.0.epochz", "did you mean 'epochs'"]),
+    ("ensemble-member-cache", {"teacher": {"source": "ensemble", "members": [{"arch": "resnet8", "cache": False},
+                                                                             {"arch": "resnet8"}]}},
+     ["members[0]", "set them on the ensemble"]),
+    ("teacher-weights-without-ensemble", {"search": {"space": {"teacher_weights": [0.5, 0.5]}}},
+     ["search.space.teacher_weights", "ensemble"]),
+    ("teacher-weights-count", {"teacher": {"source": "ensemble", "members": [{"arch": "resnet8"}, {"arch": "resnet8"}]},
+                               "search": {"space": {"teacher_weights": [1.0]}}},
+     ["search.space.teacher_weights", "1 entries for 2"]),
+    ("feature-weight-negative", {"search": {"space": {"feature_weight": -1.0}}},
+     ["search.space.feature_weight", "outside"]),
+    ("feature-loss-unknown", {"search": {"space": {"feature_loss": "l1"}}}, ["search.space.feature_loss", "cosine"]),
 ]
 
 
@@ -99,7 +131,7 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, run_cli, case_id, change, w
     else:
         cfg = tiny_config(tmp_path)
         for key, value in change.items():
-            if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            if isinstance(value, dict) and isinstance(cfg.get(key), dict) and key != "teacher":
                 merged = dict(cfg[key])
                 for k, v in value.items():
                     merged[k] = {**merged[k], **v} if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
@@ -122,6 +154,8 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, run_cli, case_id, change, w
     (["validate", "does/not/exist.yaml"], ["does/not/exist.yaml", "not found"]),
     (["validate", "search_spaces/digits.yaml", "--set", "search.num_samples"], ["--set", "KEY=VALUE"]),
     (["validate", "search_spaces/skin.yaml"], ["data.root", "data/skin", "subfolder per class", "--set data.root"]),
+    (["train", "search_spaces/skin.yaml"], ["data.root", "data/skin", "subfolder per class", "--set data.root"]),
+    (["validate", "search_spaces/dermamnist.yaml"], ["data.root", "dermamnist_224.npz", "not found", "MedMNIST"]),
     (["validate", "search_spaces/digits.yaml", "--set", "student.max_size_mb=1"], ["student.max_size_mb", "no candidate fits"]),
     (["train", "search_spaces/digits.yaml", "--set", "search.space.alpha=2"], ["search.space.alpha"]),
 ])

@@ -117,6 +117,9 @@ def test_npz_medmnist_layout_keeps_its_val_and_test(tmp_path):
     assert (len(ds.train.y), len(ds.val.y), len(ds.test.y)) == (40, 10, 12)
     assert ds.train.x.shape[1:] == (3, 16, 16)
     assert torch.equal(ds.val.y, torch.from_numpy(va_y.ravel()))
+    # data.root may also name the .npz itself, as search_spaces/dermamnist.yaml does
+    by_file = load_dataset(cfg_for(tmp_path, source="npz", root=str(tmp_path / "dermamnist.npz")))
+    assert torch.equal(by_file.train.x, ds.train.x)
 
 
 def _write_idx(path, arr, gz):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdsearch.losses import KDLoss, class_weights, create_loss
+from kdsearch.losses import KDLoss, class_weights, create_loss, teacher_log_probs
 
 
 def _hand_kd(s, t, y, alpha, T, w):
@@ -71,3 +71,34 @@ def test_class_weights_power():
     assert torch.allclose(products, products[0].expand(3))  # w_c * n_c constant: balanced
     half = class_weights(counts, 0.5)
     assert half[2] / half[0] == pytest.approx(math.sqrt(10), rel=1e-5)
+
+
+def test_ensemble_target_is_the_weighted_mean_of_member_probabilities():
+    g = torch.Generator().manual_seed(1)
+    members = torch.randn(5, 3, 4, generator=g) * 3  # [B, M, K]
+    w = torch.tensor([0.2, 0.5, 0.3])
+    T = 2.5
+    expected = sum(w[m] * F.softmax(members[:, m] / T, dim=1) for m in range(3))
+    assert torch.allclose(teacher_log_probs(members, T, w).exp(), expected, atol=1e-6)
+    # unnormalised weights mean the same; one member is that member's softmax
+    assert torch.allclose(teacher_log_probs(members, T, w * 7), teacher_log_probs(members, T, w), atol=1e-6)
+    assert torch.allclose(teacher_log_probs(members[:, :1], T), F.log_softmax(members[:, 0] / T, dim=1))
+    # the KD loss with member logits equals the KD loss against the combined target
+    s, y = torch.randn(5, 4, generator=g), torch.tensor([0, 1, 2, 3, 0])
+    kd = create_loss("kd", alpha=0.7, temperature=T, teacher_weights=w)(s, y, members)
+    combined = T * teacher_log_probs(members, T, w)  # logits whose softmax at T is the ensemble target
+    assert kd.item() == pytest.approx(create_loss("kd", alpha=0.7, temperature=T)(s, y, combined).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mse", "cosine"])
+def test_feature_loss_adds_the_weighted_hint(kind):
+    g = torch.Generator().manual_seed(2)
+    s, t = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    fs, ft = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    kd = create_loss("kd", alpha=0.5, temperature=2.0)
+    loss = create_loss("kd+features", kd=kd, feature_weight=0.3, kind=kind)
+    hint = F.mse_loss(fs, ft) if kind == "mse" else (1 - F.cosine_similarity(fs, ft, dim=1)).mean()
+    assert loss((s, fs), y, (t, ft)).item() == pytest.approx((kd(s, y, t) + 0.3 * hint).item(), rel=1e-6)
+    # a student whose mapped features match the teacher's pays no hint
+    assert loss((s, ft), y, (t, ft)).item() == pytest.approx(kd(s, y, t).item(), abs=1e-6)
