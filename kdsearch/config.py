@@ -165,20 +165,13 @@ class Space(_Model):
     def _in_bounds(cls, v: Param, info) -> Param:
         return _check_param(v, **_SPACE_BOUNDS[info.field_name])
 
-    @field_validator("optimizer", mode="after")
+    @field_validator("optimizer", "feature_loss", mode="after")
     @classmethod
-    def _known_optimizer(cls, v: Param) -> Param:
+    def _known_name(cls, v: Param, info) -> Param:
+        valid = {"optimizer": OPTIMIZERS, "feature_loss": FEATURE_LOSSES}[info.field_name]
         for x in v.values_to_check() if isinstance(v, Dist) else [v]:
-            if x not in OPTIMIZERS:
-                raise ValueError(f"unknown optimizer {x!r}; valid: {', '.join(OPTIMIZERS)}")
-        return v
-
-    @field_validator("feature_loss", mode="after")
-    @classmethod
-    def _known_feature_loss(cls, v: Param) -> Param:
-        for x in v.values_to_check() if isinstance(v, Dist) else [v]:
-            if x not in FEATURE_LOSSES:
-                raise ValueError(f"unknown feature_loss {x!r}; valid: {', '.join(FEATURE_LOSSES)}")
+            if x not in valid:
+                raise ValueError(f"unknown {info.field_name} {x!r}; valid: {', '.join(valid)}")
         return v
 
     @field_validator("teacher_weights", mode="after")

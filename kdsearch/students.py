@@ -144,6 +144,17 @@ def final_linear(model: nn.Module) -> nn.Linear | None:
     return linears[-1] if linears else None
 
 
+def forward_with_features(model: nn.Module, head: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(model(x), the input `head` received during that call, flattened): logits and penultimate features."""
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
+    try:
+        logits = model(x)
+    finally:
+        hook.remove()
+    return logits, captured[-1].flatten(1)
+
+
 class FeatureStudent(nn.Module):
     """A student that also returns its penultimate features mapped to the teacher's width (for FitNets hints).
 
@@ -159,13 +170,8 @@ class FeatureStudent(nn.Module):
         self.adapter = nn.Linear(self.head.in_features, teacher_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        captured: list[torch.Tensor] = []
-        hook = self.head.register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
-        try:
-            logits = self.student(x)
-        finally:
-            hook.remove()
-        return logits, self.adapter(captured[-1].flatten(1))
+        logits, feats = forward_with_features(self.student, self.head, x)
+        return logits, self.adapter(feats)
 
 
 def cast_state_dict(model: nn.Module, precision: str) -> dict[str, torch.Tensor]:

@@ -33,7 +33,7 @@ from .data import Dataset
 from .engine import evaluate, train_one_epoch
 from .errors import KdsearchError
 from .losses import create_loss
-from .students import create_student, final_linear, list_students
+from .students import create_student, final_linear, forward_with_features, list_students
 from .transforms import to_input
 
 log = logging.getLogger("kdsearch")
@@ -69,13 +69,8 @@ class Teacher:
         if not features or self.head is None:
             logits, feats = self.model(inp), None
         else:
-            captured: list[torch.Tensor] = []
-            hook = self.head.register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
-            try:
-                logits = self.model(inp)
-            finally:
-                hook.remove()
-            feats = captured[-1].float().flatten(1)
+            logits, feats = forward_with_features(self.model, self.head, inp)
+            feats = feats.float()
         if x.is_cuda:
             torch.cuda.synchronize(x.device)
         self.seconds += time.perf_counter() - start
