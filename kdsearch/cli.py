@@ -154,6 +154,40 @@ def train(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "auto") ->
                   f"{cfg.tracking.uri}")
 
 
+@app.command()
+def report(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    seeds: Annotated[int, typer.Option(help="training seeds per arm; N > 1 gives mean and standard deviation")] = 1,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Teacher vs student without KD vs student with KD on the best config, plus the search's plots."""
+    from .report import run_report
+    from .train import resolve_device
+
+    if seeds < 1:
+        raise KdsearchError(f"--seeds {seeds}: give 1 or more")
+    cfg = load_config(config, set_ or [])
+    rep = run_report(cfg, seeds=seeds, device=resolve_device(device))
+    family = "vit" if "vit" in rep else "cnn"
+    f = rep[family]
+    table = Table(title=f"{cfg.name}: {rep['best_config']['student']} from {rep['best_config_from']}, "
+                        f"{len(rep['seeds'])} seed(s), {rep['epochs']} epochs")
+    for col in ("", "val accuracy", "val macro-F1"):
+        table.add_column(col, justify="left" if not col else "right")
+
+    def cell(key: str) -> str:
+        std = f" ± {f[key + '_std']:.4f}" if key + "_std" in f else ""
+        return f"{f[key]:.4f}{std}"
+
+    table.add_row("teacher", cell("teacher_accuracy"), cell("teacher_macro_f1"))
+    table.add_row("student without KD", cell("student_accuracy_without_kd"), cell("student_macro_f1_without_kd"))
+    table.add_row("student with KD", cell("student_accuracy_with_kd"), cell("student_macro_f1_with_kd"))
+    console.print(table)
+    console.print(f"report: {cfg.output_dir / 'report' / 'report.json'}; plots: {', '.join(rep['plots'])}; "
+                  f"logged to MLflow run {rep['mlflow_run_id']}")
+
+
 @app.command("train-teacher")
 def train_teacher(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "auto") -> None:
     """Train or load the config's teacher, cache it and its outputs under output.dir."""

@@ -122,13 +122,16 @@ def prepare(cfg: Config, device: torch.device | str) -> Prepared:
 class Distiller:
     """One student, one set of hyperparameters, trained an epoch at a time."""
 
-    def __init__(self, cfg: Config, hp: Hparams, prepared: Prepared, device: torch.device | str):
+    def __init__(self, cfg: Config, hp: Hparams, prepared: Prepared, device: torch.device | str,
+                 seed: int | None = None):
         self.cfg, self.hp, self.device = cfg, hp, torch.device(device)
+        self.seed = cfg.seed if seed is None else seed
+        """Seeds the student's initialisation and batch order; the split and views stay cfg.seed's."""
         data = prepared.data
         self.data, self.teacher = data, prepared.teacher
         self.spec = student_spec(cfg)
         self.size = student_size(hp.student, data.num_classes, cfg.data.image_size)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(self.seed)
         self.model = create_student(hp.student, data.num_classes, cfg.data.image_size).to(self.device)
         weight = class_weights(data.class_counts(), hp.class_weight_power).to(self.device)
         members = torch.tensor(hp.teacher_weights or prepared.teacher.weights, dtype=torch.float32)
@@ -162,7 +165,7 @@ class Distiller:
         self.epoch = 0
 
     def _batches(self):
-        gen = epoch_generator(self.cfg.seed, self.epoch)
+        gen = epoch_generator(self.seed, self.epoch)
         bs, size = self.hp.batch_size, self.cfg.data.image_size
         if self.cached:
             return cached_batches(self.views, self.y, self.logits, bs, self.spec, size, gen, self.teacher_features)
@@ -216,9 +219,10 @@ def _optimizer(hp: Hparams, model: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 def train_student(cfg: Config, hp: Hparams, prepared: Prepared, device, epochs: int | None = None,
-                  on_epoch: Callable[[dict[str, Any]], None] | None = None) -> tuple[Distiller, list[dict[str, Any]]]:
+                  on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                  seed: int | None = None) -> tuple[Distiller, list[dict[str, Any]]]:
     """Run `epochs` (default search.max_epochs) epochs; returns the distiller and per-epoch metrics."""
-    d = Distiller(cfg, hp, prepared, device)
+    d = Distiller(cfg, hp, prepared, device, seed)
     history = []
     for _ in range(epochs or cfg.search.max_epochs):
         history.append(d.run_epoch())

@@ -83,6 +83,29 @@ def log_train_run(cfg: Config, params: dict[str, Any], tags: dict[str, str], his
     return run_id
 
 
+def log_report(cfg: Config, folder: Path, figures: dict[str, float]) -> str:
+    """The report's files (under `report/`) and figures (as `report.*` metrics) on the search's parent run,
+    or on a run of its own when the config has no search yet."""
+    import json
+
+    from mlflow.entities import Metric
+
+    from .tuner import STATE_FILE, experiment_path
+
+    client, exp_id = _client(cfg)
+    state = experiment_path(cfg) / STATE_FILE
+    run_id = json.loads(state.read_text()).get("parent_run_id") if state.is_file() else None
+    own = run_id is None
+    if own:
+        run_id = client.create_run(exp_id, run_name="report", tags={"kdsearch.kind": "report"}).info.run_id
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(f"report.{k}", float(v), now, 0) for k, v in figures.items()])
+    client.log_artifacts(run_id, str(folder), artifact_path="report")
+    if own:
+        client.set_terminated(run_id)
+    return run_id
+
+
 # --------------------------------------------------------------------------- searches
 
 

@@ -1,0 +1,165 @@
+"""`kdsearch report CONFIG [--seeds N]`: teacher vs student without KD vs student with KD, plus the search's plots.
+
+The KD gain is measured, not assumed: the best configuration the search found
+is trained again with and without distillation (alpha = 0, feature_weight = 0)
+on the same budget (search.max_epochs), data, views and seeds. With N seeds
+the figures are means with standard deviations. Everything lands in
+`output.dir/report/` (report.json + PNGs) and on the search's MLflow parent run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from ._io import atomic_dir
+from .config import Config
+from .distill import Hparams, Prepared, default_hparams, prepare, train_student
+from .engine import Metrics, classification_metrics, evaluate
+from .losses import teacher_log_probs
+from .teachers import student_spec
+
+log = logging.getLogger("kdsearch")
+
+TOP_TRIALS = 5  # learning curves drawn
+
+
+def search_trials(cfg: Config) -> list[dict[str, Any]]:
+    """Every trial of the config's search: id, config, last result, per-epoch history, whether ASHA stopped it.
+    Empty when there is no search yet."""
+    from ray import tune
+
+    from .tuner import experiment_path
+
+    path = experiment_path(cfg)
+    if not tune.Tuner.can_restore(str(path)):
+        return []
+    analysis = tune.ExperimentAnalysis(str(path), default_metric=cfg.search.metric, default_mode=cfg.search.resolved_mode)
+    frames = analysis.trial_dataframes
+    out = []
+    for t in analysis.trials:
+        last = dict(t.last_result or {})
+        if cfg.search.metric not in last or t.trial_id not in frames:
+            continue
+        out.append({"trial_id": t.trial_id, "config": dict(t.config), "last": last, "history": frames[t.trial_id],
+                    "status": t.status, "errored": t.status == "ERROR",
+                    "stopped_early": int(last.get("training_iteration", 0)) < cfg.search.max_epochs})
+    return out
+
+
+def best_hparams(cfg: Config, trials: list[dict[str, Any]], students: list[str]) -> tuple[Hparams, str]:
+    """The best finished trial's hyperparameters, or the config's fixed point when there is no search."""
+    done = [t for t in trials if not t["errored"]]
+    if not done:
+        return default_hparams(cfg, students), "config defaults (no search found)"
+    pick = max if cfg.search.resolved_mode == "max" else min
+    best = pick(done, key=lambda t: t["last"][cfg.search.metric])
+    return Hparams.from_mapping(best["config"]), f"search trial {best['trial_id']}"
+
+
+def _teacher_metrics(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, device) -> tuple[Metrics, torch.Tensor]:
+    t = prepared.teacher
+    logits = torch.cat([t.outputs(x[i:i + 256].to(device))[0].cpu() for i in range(0, len(x), 256)])
+    log_p = teacher_log_probs(logits, 1.0, torch.tensor(t.weights))
+    pred = log_p.argmax(1)
+    return classification_metrics(y.numpy(), pred.numpy(), prepared.data.num_classes,
+                                  float(torch.nn.functional.nll_loss(log_p, y))), pred
+
+
+def _summary(runs: list[Metrics], prefix: str, suffix: str) -> dict[str, float]:
+    out = {}
+    for name, values in (("accuracy", [m.accuracy for m in runs]), ("macro_f1", [m.macro_f1 for m in runs])):
+        out[f"{prefix}_{name}{suffix}"] = statistics.fmean(values)
+        if len(values) > 1:
+            out[f"{prefix}_{name}{suffix}_std"] = statistics.stdev(values)
+    return out
+
+
+def run_report(cfg: Config, seeds: int = 1, device: str | torch.device = "cpu") -> dict[str, Any]:
+    from . import plots
+    from .tracking import log_report
+
+    prepared = prepare(cfg, device)
+    prepared.teacher.to(device)
+    data, spec, size = prepared.data, student_spec(cfg), cfg.data.image_size
+    trials = search_trials(cfg)
+    hp, source = best_hparams(cfg, trials, prepared.students)
+    without = replace(hp, alpha=0.0, feature_weight=0.0)
+    splits = {"val": data.val, **({"test": data.test} if data.test is not None else {})}
+    seed_list = [cfg.seed + i for i in range(seeds)]
+    results: dict[str, dict[str, list[Metrics]]] = {s: {"with_kd": [], "without_kd": []} for s in splits}
+    first_student = None
+    for seed in seed_list:
+        for kind, h in (("with_kd", hp), ("without_kd", without)):
+            log.info("report: training %s with seed %d (%s)", h.student, seed, kind)
+            d, _ = train_student(cfg, h, prepared, device, seed=seed)
+            for split, s in splits.items():
+                results[split][kind].append(evaluate(d.model, s.x, s.y, spec, size, data.num_classes, device))
+            if first_student is None and kind == "with_kd":
+                first_student = d.model
+
+    family = "vit" if hp.student.startswith("vit") else "cnn"
+    figures: dict[str, Any] = {}
+    teacher_val_pred = None
+    for split, s in splits.items():
+        tm, pred = _teacher_metrics(prepared, s.x, s.y, device)
+        teacher_val_pred = pred if split == "val" else teacher_val_pred
+        sfx = "" if split == "val" else "_test"
+        figures.update({f"teacher_accuracy{sfx}": tm.accuracy, f"teacher_macro_f1{sfx}": tm.macro_f1})
+        figures.update(_summary(results[split]["without_kd"], "student", "_without_kd" + sfx))
+        figures.update(_summary(results[split]["with_kd"], "student", "_with_kd" + sfx))
+        for name in ("accuracy", "macro_f1"):
+            figures[f"kd_gain_{name}{sfx}"] = (figures[f"student_{name}_with_kd{sfx}"]
+                                               - figures[f"student_{name}_without_kd{sfx}"])
+    # figures without suffix are on the val split, the one the search optimised; _test on the held-out test split
+
+    report = {
+        "config": cfg.name,
+        family: figures,
+        "best_config": hp.as_dict(),
+        "best_config_from": source,
+        "seeds": seed_list,
+        "epochs": cfg.search.max_epochs,
+        "splits": list(splits),
+        "teacher": prepared.teacher.identity,
+        "trials": len(trials),
+    }
+    out = cfg.output_dir / "report"
+    with atomic_dir(out) as tmp:
+        written = {}
+        if trials:
+            metric = cfg.search.metric
+            written["learning_curves"] = plots.learning_curves(trials, metric, cfg.search.resolved_mode,
+                                                               tmp / "learning_curves.png", TOP_TRIALS)
+            written["metric_vs_size"] = plots.metric_vs_size(trials, metric, cfg.student.max_size_mb,
+                                                             tmp / "metric_vs_size.png")
+            searched = [k for k in trials[0]["config"] if len({str(t["config"].get(k)) for t in trials}) > 1]
+            written["parallel_coordinates"] = plots.parallel_coordinates(trials, searched or list(trials[0]["config"]),
+                                                                         metric, tmp / "parallel_coordinates.png")
+        m = results["val"]["with_kd"][0]
+        written["confusion_matrix"] = plots.confusion(m.confusion, data.class_names,
+                                                      f"{hp.student} with KD, val (seed {seed_list[0]})",
+                                                      tmp / "confusion_matrix.png")
+        with torch.no_grad():
+            first_student.eval()
+            logits = torch.cat([first_student(_inp(data.val.x[i:i + 256], spec, size, device)).cpu()
+                                for i in range(0, len(data.val.x), 256)])
+        written["sample_predictions"] = plots.sample_predictions(data.val.x, data.val.y, teacher_val_pred,
+                                                                 logits.argmax(1), data.class_names,
+                                                                 tmp / "sample_predictions.png")
+        report["plots"] = {k: str(out / p.name) for k, p in written.items()}
+        (tmp / "report.json").write_text(json.dumps(report, indent=2))
+        report["mlflow_run_id"] = log_report(cfg, tmp, figures)
+    return report
+
+
+def _inp(x: torch.Tensor, spec, size: int, device) -> torch.Tensor:
+    from .transforms import to_input
+
+    return to_input(x.to(device), spec, size)
+
