@@ -1,0 +1,163 @@
+"""Seeing results after a real search: `kdsearch report`, the explore notebook, and a real MLflow server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+import ray
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from kdsearch.config import Config
+from kdsearch.distill import Hparams, prepare, train_student
+from kdsearch.engine import evaluate
+from kdsearch.export import export_best
+from kdsearch.report import run_report
+from kdsearch.teachers import student_spec
+from kdsearch.tuner import run_search
+
+from conftest import REPO, tiny_config, write_config
+
+PLOTS = {"learning_curves", "metric_vs_size", "parallel_coordinates", "confusion_matrix", "sample_predictions"}
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """A finished, exported tiny search on digits: 4 trials of up to 2 epochs, alpha searched."""
+    tmp = tmp_path_factory.mktemp("results")
+    raw = tiny_config(tmp, name="results", student={"candidates": ["shufflenet_v2_x0_5", "resnet8"]},
+                      search={"num_samples": 4, "max_concurrent": 2, "max_epochs": 2, "grace_period": 1,
+                              "reduction_factor": 2,
+                              "space": {"lr": 3.0e-3, "alpha": {"uniform": [0.2, 1.0]}, "temperature": 4.0,
+                                        "batch_size": 64, "weight_decay": 1e-4, "class_weight_power": 0.0}})
+    cfg = Config.model_validate(raw)
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        result = run_search(cfg, device="cpu")
+    finally:
+        ray.shutdown()
+    export_best(cfg)
+    return tmp, cfg, write_config(tmp, raw), result
+
+
+def test_report_measures_kd_against_the_same_config_without_kd(searched):
+    tmp, cfg, _, result = searched
+    rep = run_report(cfg, seeds=2, device="cpu")
+    f = rep["cnn"]
+    best = Hparams.from_mapping(result.best["config"])
+    assert rep["best_config"] == best.as_dict() and rep["best_config_from"].startswith("search trial")
+    assert rep["seeds"] == [0, 1] and rep["epochs"] == 2
+    for key in ("teacher_accuracy", "student_accuracy_without_kd", "student_accuracy_with_kd", "teacher_macro_f1",
+                "student_macro_f1_without_kd", "student_macro_f1_with_kd"):
+        assert 0.0 <= f[key] <= 1.0, key
+    assert "student_accuracy_with_kd_std" in f  # two seeds: a spread
+    # the teacher figure is the teacher's; the without-KD figure is the best config trained with alpha = 0
+    prepared = prepare(cfg, "cpu")
+    assert f["teacher_accuracy"] == pytest.approx(prepared.teacher_metrics["val_accuracy"])
+    accs = []
+    for seed in (0, 1):
+        d, _ = train_student(cfg, Hparams.from_mapping({**best.as_dict(), "alpha": 0.0}), prepared, "cpu", seed=seed)
+        accs.append(evaluate(d.model, prepared.data.val.x, prepared.data.val.y, student_spec(cfg),
+                             cfg.data.image_size, 10, "cpu").accuracy)
+    assert f["student_accuracy_without_kd"] == pytest.approx(sum(accs) / 2, abs=1e-9)
+    assert f["kd_gain_accuracy"] == pytest.approx(f["student_accuracy_with_kd"] - f["student_accuracy_without_kd"])
+    # files: report.json and the five plots, real PNGs; the same on the search's MLflow parent run
+    out = cfg.output_dir / "report"
+    assert json.loads((out / "report.json").read_text())["cnn"] == f
+    assert set(rep["plots"]) == PLOTS
+    for p in rep["plots"].values():
+        with Image.open(p) as img:
+            assert img.format == "PNG" and img.width > 200
+    client = MlflowClient(cfg.tracking.uri)
+    assert rep["mlflow_run_id"] == result.parent_run_id
+    logged = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
+    assert {"report/report.json", *(f"report/{p}.png" for p in PLOTS)} <= logged
+    run = client.get_run(result.parent_run_id)
+    assert run.data.metrics["report.student_accuracy_with_kd"] == pytest.approx(f["student_accuracy_with_kd"])
+
+
+def test_notebook_runs_top_to_bottom_on_the_search(searched):
+    import nbformat
+    from nbclient import NotebookClient
+
+    tmp, cfg, path, _ = searched
+    nb = nbformat.read(REPO / "notebooks" / "explore_search.ipynb", as_version=4)
+    env = {"KDSEARCH_CONFIG": str(path), "KDSEARCH_OUTPUT_DIR": str(cfg.output_dir),
+           "MLFLOW_TRACKING_URI": cfg.tracking.uri}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert f"config results: tracking {cfg.tracking.uri}" in text
+    assert "1 search run(s), 4 trials" in text
+    assert "correct on these images" in text
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 2  # the search plots and the prediction grid
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(base: str, endpoint: str, **params) -> dict:
+    url = f"{base}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _post(base: str, endpoint: str, body: dict) -> dict:
+    req = urllib.request.Request(f"{base}/api/2.0/mlflow/{endpoint}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_mlflow_server_shows_the_search(searched):
+    """`mlflow server` on loopback over the search's sqlite store; the REST API holds search, trials, params, epochs."""
+    _, cfg, _, result = searched
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", cfg.tracking.uri,
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                exp = _get(base, "experiments/get-by-name", experiment_name="results")["experiment"]
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not answer within 60 s")
+        runs = _post(base, "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
+        tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+        parents = [r for r, t in zip(runs, tags) if t.get("kdsearch.kind") == "search"]
+        children = [(r, t) for r, t in zip(runs, tags) if t.get("mlflow.parentRunId") == result.parent_run_id]
+        assert [p["info"]["run_id"] for p in parents] == [result.parent_run_id]
+        assert len(children) == 4
+        for run, tag in children:
+            params = {p["key"]: p["value"] for p in run["data"]["params"]}
+            assert {"alpha", "lr", "temperature", "student"} <= set(params)
+            history = _get(base, "metrics/get-history", run_id=run["info"]["run_id"], metric_key="val_macro_f1")
+            steps = sorted(m["step"] for m in history["metrics"])
+            assert steps == list(range(1, len(steps) + 1)) and 1 <= len(steps) <= 2  # one point per epoch
+            assert tag["kdsearch.ended"] in ("completed", "stopped_early")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
