@@ -187,6 +187,8 @@ class SearchTracker(tune.Callback):
         step = int(result["training_iteration"])
         if step <= self._last_step.get(trial.trial_id, 0):
             return  # already logged before an interruption: no duplicates on resume
+        if "node_id" in result and self._last_step.get(trial.trial_id, 0) == 0:
+            self._client.set_tag(run_id, "kdsearch.node_id", str(result["node_id"]))  # where it ran
         metrics = epoch_metrics([{**result, "epoch": step}], self.class_names)
         self._client.log_batch(run_id, metrics=[m for m in metrics if m.key in LOGGED or m.key.startswith("val_f1.")])
         self._last_step[trial.trial_id] = step

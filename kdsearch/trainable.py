@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import ray
 from ray import tune
 
 from .config import Config
@@ -34,6 +35,7 @@ def distill_trainable(config: dict[str, Any], cfg: Config, prepared: Prepared) -
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # Ray hides GPUs a trial did not ask for
     torch.set_num_threads(max(1, int(cfg.search.resources_per_trial.cpu)))
     distiller = Distiller(cfg, Hparams.from_mapping(config), prepared, device)
+    node_id = ray.get_runtime_context().get_node_id()
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -44,6 +46,7 @@ def distill_trainable(config: dict[str, Any], cfg: Config, prepared: Prepared) -
         # live teacher only (0 when its outputs are cached); counts this trial's process since it started
         report["teacher_forward_passes"] = prepared.teacher.forward_passes - passes_before
         report["teacher_seconds"] = prepared.teacher.seconds - seconds_before
+        report["node_id"] = node_id  # which Ray node ran it (a cluster spreads trials over nodes)
         with tempfile.TemporaryDirectory() as folder:
             torch.save(distiller.state_dict(), Path(folder) / STATE_FILE)
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
