@@ -95,6 +95,11 @@ def log_report(cfg: Config, folder: Path, figures: dict[str, float]) -> str:
     client, exp_id = _client(cfg)
     state = experiment_path(cfg) / STATE_FILE
     run_id = json.loads(state.read_text()).get("parent_run_id") if state.is_file() else None
+    if run_id is not None:
+        try:
+            client.get_run(run_id)
+        except Exception:  # the search's store was moved or deleted: the report gets a run of its own
+            run_id = None
     own = run_id is None
     if own:
         run_id = client.create_run(exp_id, run_name="report", tags={"kdsearch.kind": "report"}).info.run_id
