@@ -20,7 +20,7 @@ from kdsearch.errors import KdsearchError
 from kdsearch.teachers import build_teacher
 from kdsearch.transforms import to_input
 
-from conftest import REPO, tiny_config, write_config
+from conftest import tiny_config, write_config
 from hf_models import SIZE, tiny_siglip, tiny_vit_classifier
 
 DIGITS = [str(i) for i in range(10)]

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 import ray
-import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -128,11 +130,11 @@ def _post(base: str, endpoint: str, body: dict) -> dict:
         return json.loads(r.read())
 
 
-def test_mlflow_server_shows_the_search(searched):
-    """`mlflow server` on loopback over the search's sqlite store; the REST API holds search, trials, params, epochs."""
-    _, cfg, _, result = searched
+@contextlib.contextmanager
+def mlflow_server(uri: str):
+    """A real `mlflow server` on loopback over `uri`; yields (base URL, the experiment "results")."""
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", cfg.tracking.uri,
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
@@ -145,6 +147,16 @@ def test_mlflow_server_shows_the_search(searched):
                 time.sleep(0.5)
         else:
             pytest.fail("mlflow server did not answer within 60 s")
+        yield base, exp
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_mlflow_server_shows_the_search(searched):
+    """`mlflow server` on loopback over the search's sqlite store; the REST API holds search, trials, params, epochs."""
+    _, cfg, _, result = searched
+    with mlflow_server(cfg.tracking.uri) as (base, exp):
         runs = _post(base, "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
         tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
         parents = [r for r, t in zip(runs, tags) if t.get("kdsearch.kind") == "search"]
@@ -158,6 +170,26 @@ def test_mlflow_server_shows_the_search(searched):
             steps = sorted(m["step"] for m in history["metrics"])
             assert steps == list(range(1, len(steps) + 1)) and 1 <= len(steps) <= 2  # one point per epoch
             assert tag["kdsearch.ended"] in ("completed", "stopped_early")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_screenshot_of_the_trials_compare_view(searched, tmp_path):
+    """Headless Chromium renders MLflow's compare view of the search's trials (apt-get install chromium).
+    KDSEARCH_SCREENSHOT=docs/mlflow_compare.png keeps the picture (the README's)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    assert chromium, "needs Chromium: apt-get install -y chromium"
+    _, cfg, _, result = searched
+    client = MlflowClient(cfg.tracking.uri)
+    exp_id = client.get_experiment_by_name("results").experiment_id
+    children = [r.info.run_id for r in client.search_runs([exp_id])
+                if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
+    out = Path(os.environ.get("KDSEARCH_SCREENSHOT", tmp_path / "compare.png")).resolve()
+    with mlflow_server(cfg.tracking.uri) as (base, _):
+        query = urllib.parse.urlencode({"runs": json.dumps(children), "experiments": json.dumps([exp_id])})
+        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        "--window-size=1500,1100", "--virtual-time-budget=20000", f"--screenshot={out}",
+                        f"{base}/#/compare-runs?{query}"], check=True, capture_output=True, timeout=180)
+    with Image.open(out) as img:
+        assert img.size == (1500, 1100)
+        colours = img.convert("L").getcolors(maxcolors=1_000_000)
+    assert colours is not None and len(colours) > 50  # a rendered page, not a blank one
