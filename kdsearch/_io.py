@@ -30,17 +30,39 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temp file, then rename: a crash never leaves a half-written cache."""
+    """torch.save to a temp file, then rename, then record its SHA-256 beside it (`<file>.sha256`).
+
+    A crash never leaves a half-written cache; a crash between the two renames
+    leaves a checksum that does not match, so the file is rebuilt, not trusted.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(obj, tmp)
+    digest = file_sha256(tmp)
     os.replace(tmp, path)
+    tmp_sum = _checksum_path(tmp)
+    tmp_sum.write_text(digest + "\n")
+    os.replace(tmp_sum, _checksum_path(path))
 
 
 def load_cache(path: Path) -> Any | None:
-    """A cache file's content, or None when absent or unreadable (then it is rebuilt, never trusted)."""
+    """A cache file's content, or None when absent, unreadable or not matching its recorded SHA-256.
+
+    None means "rebuild it": a cache is never used unless it is byte for byte what was written
+    (a flipped bit in tensor data would load fine and silently change results).
+    """
     if not path.is_file():
+        return None
+    sums = _checksum_path(path)
+    expected = sums.read_text().strip() if sums.is_file() else None
+    if expected != file_sha256(path):
+        log.warning("cache %s does not match its checksum %s (corrupted or incomplete); rebuilding it", path,
+                    sums.name if expected else "(missing)")
         return None
     try:
         return torch.load(path, weights_only=True)

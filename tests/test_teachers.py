@@ -152,13 +152,37 @@ def test_teacher_outputs_computed_once_per_view(tmp_path, user_module, augment, 
     assert torch.equal(again.logits, first.logits) and torch.equal(again.views, first.views)
 
 
-def test_corrupted_teacher_cache_is_rebuilt(tmp_path, user_module):
+def _flip_byte_in_the_middle(path):
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_corrupted_teacher_cache_is_detected_and_rebuilt(tmp_path, user_module, damage):
+    """A truncated file fails to load; a flipped byte in tensor data loads fine, and only the SHA-256
+    recorded beside the file catches it. Either way the outputs are recomputed, never used."""
     torch.save(user_module.TinyNet().state_dict(), tmp_path / "tiny.pt")
     cfg = cfg_with(tmp_path, {"source": "checkpoint", "arch": "my_models:TinyNet", "weights": str(tmp_path / "tiny.pt")})
     data = load_dataset(cfg)
     teacher = build_teachers(cfg, data, "cpu")
     first = teacher_targets(cfg, data, teacher, "cpu")
     (cache,) = (cfg.output_dir / "teacher").glob("logits-*.pt")
-    cache.write_bytes(cache.read_bytes()[:100])
+    assert (cache.parent / (cache.name + ".sha256")).is_file()
+    if damage == "truncate":
+        cache.write_bytes(cache.read_bytes()[:100])
+    else:
+        _flip_byte_in_the_middle(cache)
+        assert torch.load(cache, weights_only=True)["logits"].shape == first.logits[:, :, 0].shape  # still loads
     again = teacher_targets(cfg, data, teacher, "cpu")
     assert again.forward_passes > 0 and torch.equal(again.logits, first.logits)
+    assert teacher_targets(cfg, data, teacher, "cpu").forward_passes == 0  # the rebuilt file is trusted again
+
+
+def test_corrupted_data_cache_is_decoded_again(tmp_path):
+    cfg = cfg_with(tmp_path, {"source": "train", "arch": "resnet8", "epochs": 1})
+    first = load_dataset(cfg)
+    (cache,) = (cfg.output_dir / "cache").glob("data-*.pt")
+    _flip_byte_in_the_middle(cache)
+    again = load_dataset(cfg)
+    assert torch.equal(again.train.x, first.train.x) and torch.equal(again.val.y, first.val.y)
