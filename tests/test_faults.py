@@ -1,0 +1,98 @@
+"""Faults inside a real search: a trial that raises, a trial whose worker is SIGKILLed. Each is restarted from
+its last checkpoint (FailureConfig(max_failures=2)); the search finishes; MLflow has each epoch once.
+
+The fault is injected the way it happens in the wild: by user code running inside the trial (a live teacher
+from a user module), not by a test hook in kdsearch."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+
+import pytest
+import ray
+import torch
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from kdsearch.config import Config
+from kdsearch.tuner import experiment_path, run_search
+
+from conftest import tiny_config
+
+FLAKY = textwrap.dedent('''
+    import os, signal
+    from torch import nn
+
+    class FlakyNet(nn.Module):
+        """A teacher that fails once, at its `fail_at`-th forward pass in a process, while `marker` exists."""
+
+        def __init__(self, marker, fail_at, kind, classes=10):
+            super().__init__()
+            self.marker, self.fail_at, self.kind, self.calls = marker, fail_at, kind, 0
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.ReLU())
+            self.head = nn.Linear(16, classes)
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == self.fail_at:
+                try:
+                    os.remove(self.marker)  # whoever removes it fails; the fault happens once per search
+                except FileNotFoundError:
+                    pass
+                else:
+                    if self.kind == "sigkill":
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    raise RuntimeError("injected fault")
+            return self.head(self.body(x))
+''')
+
+
+@pytest.fixture(scope="module")
+def user_code(tmp_path_factory):
+    """A user module on PYTHONPATH before Ray starts, so trial workers import it too."""
+    folder = tmp_path_factory.mktemp("usercode")
+    (folder / "flaky.py").write_text(FLAKY)
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), old]))
+    import sys
+    sys.path.insert(0, str(folder))
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield folder
+    ray.shutdown()
+    sys.path.remove(str(folder))
+    os.environ.pop("PYTHONPATH") if old is None else os.environ.__setitem__("PYTHONPATH", old)
+
+
+@pytest.mark.parametrize("kind", ["raise", "sigkill"])
+def test_a_failed_trial_resumes_from_its_checkpoint(user_code, tmp_path, kind):
+    import flaky
+
+    marker = tmp_path / "fail-once"
+    marker.touch()
+    # driver: 1 probe pass + 2 val batches; a trial: 23 batches an epoch (1,437 / 64). Pass 30 falls in epoch 2.
+    kwargs = {"marker": str(marker), "fail_at": 30, "kind": kind}
+    torch.save(flaky.FlakyNet(**kwargs).state_dict(), tmp_path / "w.pt")
+    cfg = Config.model_validate(tiny_config(
+        tmp_path, name=f"fault-{kind}",
+        teacher={"source": "checkpoint", "arch": "flaky:FlakyNet", "weights": str(tmp_path / "w.pt"),
+                 "arch_kwargs": kwargs, "cache": False},  # live: the teacher runs inside the trials
+        search={"num_samples": 2, "max_concurrent": 2, "max_epochs": 3, "grace_period": 3,
+                "space": {"lr": 3.0e-3, "alpha": 0.5, "temperature": 4.0, "batch_size": 64, "weight_decay": 1e-4,
+                          "class_weight_power": 0.0}}))
+    result = run_search(cfg, device="cpu")
+    assert not marker.exists()  # the fault did happen
+    assert result.trials == {"completed": 2, "stopped_early": 0, "errored": 0}
+    analysis = tune.ExperimentAnalysis(str(experiment_path(cfg)))
+    assert sorted(t.num_failures for t in analysis.trials) == [0, 1]
+    for trial_id, df in analysis.trial_dataframes.items():
+        # resumed, not restarted: the distiller's own epoch counter continues from the checkpoint
+        assert list(df["epoch"]) == list(df["training_iteration"]) == [1, 2, 3], trial_id
+    client = MlflowClient(cfg.tracking.uri)
+    exp = client.get_experiment_by_name(cfg.name)
+    children = [r for r in client.search_runs([exp.experiment_id])
+                if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
+    assert len(children) == 2
+    for r in children:
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_macro_f1")] == [1, 2, 3]
+        assert r.data.tags["kdsearch.ended"] == "completed"
