@@ -105,3 +105,26 @@ def test_train_with_no_fitting_student_writes_nothing(tmp_path, run_cli):
     code, _, err = run_cli("train", path)
     assert code == 2 and "student.max_size_mb" in err and "Traceback" not in err
     assert not (tmp_path / "out" / "train").exists()
+
+
+SECRETS = {"HF_TOKEN": "hf_sentinel_1a2b", "AWS_SECRET_ACCESS_KEY": "aws_sentinel_3c4d",
+           "OPENAI_API_KEY": "key_sentinel_5e6f", "DB_PASSWORD": "pw_sentinel_7a8b", "MY_SECRET": "secret_sentinel_9c0d"}
+
+
+def test_secret_environment_never_reaches_the_store_outputs_or_logs(tmp_path, run_cli, monkeypatch):
+    """Variables whose names hold TOKEN, KEY, SECRET or PASSWORD: set sentinels, run `kdsearch train`,
+    then grep every byte kdsearch wrote (MLflow store and artifacts, output.dir) and printed. (Searches:
+    test_hf_teachers.py greps a whole Ray search for HF_TOKEN the same way.)"""
+    for k, v in SECRETS.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir(tmp_path)  # a sqlite store keeps its artifacts in ./mlruns: under tmp_path too
+    cfg = tiny_config(tmp_path, search={"max_epochs": 1})
+    code, out, err = run_cli("train", write_config(tmp_path, cfg), "--device", "cpu")
+    assert code == 0, err
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    names = {p.name for p in written}
+    assert {"mlflow.db", "metrics.json", "config.yaml"} <= names
+    assert any("mlruns" in p.parts for p in written)  # the run's artifacts were searched too
+    for value in SECRETS.values():
+        assert value not in out + err
+        assert [p for p in written if value.encode() in p.read_bytes()] == []

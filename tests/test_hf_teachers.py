@@ -194,6 +194,7 @@ def test_gated_model_exits_2_and_the_token_reaches_only_the_hub(tmp_path):
 @pytest.mark.parametrize("mode", ["classifier", "zero_shot", "linear_probe"])
 def test_every_mode_drives_train_and_the_token_is_never_written(tmp_path, hf, run_cli, monkeypatch, mode):
     monkeypatch.setenv("HF_TOKEN", SENTINEL)
+    monkeypatch.chdir(tmp_path)  # the sqlite store's artifacts (./mlruns) land in tmp_path and are grepped too
     path = write_config(tmp_path, tiny_config(tmp_path, teacher=hf_teacher(hf, mode)))
     code, out, err = run_cli("train", path)
     assert code == 0, err
@@ -289,6 +290,7 @@ def test_search_with_an_ensemble_of_all_three_modes(ray_cluster, tmp_path, hf, m
     from kdsearch.tuner import run_search
 
     monkeypatch.setenv("HF_TOKEN", SENTINEL)
+    monkeypatch.chdir(tmp_path)  # the registered model's artifacts (./mlruns) are grepped too
     members = [hf_teacher(hf, m) for m in ("classifier", "zero_shot", "linear_probe")]
     cfg = Config.model_validate(tiny_config(
         tmp_path, name="hf-search", teacher={"source": "ensemble", "members": members},
@@ -310,4 +312,4 @@ def test_search_with_an_ensemble_of_all_three_modes(ray_cluster, tmp_path, hf, m
     again = run_search(cfg.model_copy(update={"name": "hf-search-2"}), device="cpu")
     assert again.teacher_forward_passes == 0  # a later search reuses every member's cached outputs
     leaks = [p for p in tmp_path.rglob("*") if p.is_file() and SENTINEL.encode() in p.read_bytes()]
-    assert leaks == []
+    assert leaks == [] and (tmp_path / "mlruns").is_dir()
