@@ -222,20 +222,14 @@ def validate(
         return
     if not configs:
         raise KdsearchError("validate: name at least one config file (or pass --schema)")
-    from .data import check_sources, num_classes_hint
+    from .data import num_classes_hint
     from .distill import select_students
+    from .preflight import preflight
 
     for path in configs:
         cfg = load_config(path, set_ or [])
         try:
-            check_sources(cfg.data)
-            members = getattr(cfg.teacher, "members", None)
-            for where, t in ([(f"teacher.members.{i}", m) for i, m in enumerate(members)] if members
-                             else [("teacher", cfg.teacher)]):
-                for key in ("weights", "path"):
-                    f = getattr(t, key, None)
-                    if f is not None and not Path(f).is_file():
-                        raise KdsearchError(f"{where}.{key} {f}: file not found")
+            preflight(cfg)
             fit, over = select_students(cfg, num_classes_hint(cfg.data))
         except KdsearchError as e:
             raise KdsearchError(f"{path}: {e}") from None

@@ -86,6 +86,18 @@ def check_sources(d: DataConfig) -> None:
     _source_files(d)
 
 
+def source_image_count(d: DataConfig) -> int:
+    """Images the source holds, counted without decoding (0 where that needs a full read)."""
+    if d.source == "image_folder":
+        return len(_image_folder_files(Path(d.root)))
+    if d.source == "csv":
+        return len(_csv_rows(d)[1])
+    if d.source == "npz":
+        with np.load(_npz_path(Path(d.root)), allow_pickle=False) as z:
+            return sum(len(z[k]) for k in z.files if k.endswith("_labels"))
+    return 0  # digits, idx, cifar10: fixed, small sets
+
+
 def num_classes_hint(d: DataConfig) -> int:
     """Class count without decoding images (for size checks in `validate`)."""
     if d.class_names is not None:

@@ -254,7 +254,7 @@ def fit_teacher(model: nn.Module, t: TrainTeacher, spec: InputSpec, data: Datase
     return best_metrics
 
 
-def _load_state_dict_file(path: Path, key: str) -> dict[str, torch.Tensor]:
+def load_state_dict_file(path: Path, key: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise KdsearchError(f"{key} {path}: file not found; give the path of a saved state_dict (torch.save)")
     try:
@@ -273,7 +273,7 @@ def _load_state_dict_file(path: Path, key: str) -> dict[str, torch.Tensor]:
 
 def _build_checkpoint(t: CheckpointTeacher, cfg: Config, data: Dataset, device) -> Teacher:
     spec = teacher_spec(t, cfg)
-    state = _load_state_dict_file(t.weights, "teacher.weights")
+    state = load_state_dict_file(t.weights, "teacher.weights")
     model = create_model(t.arch, data.num_classes, spec.size, dict(t.arch_kwargs))
     expected = model.state_dict()
     for k, v in state.items():

@@ -17,8 +17,8 @@ import yaml
 
 from ._io import atomic_dir
 from .config import Config
-from .data import check_sources
 from .distill import Hparams, default_hparams, prepare, train_student
+from .preflight import preflight
 from .students import cast_state_dict
 from .tracking import check_store, log_train_run
 
@@ -42,9 +42,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 def run_train(cfg: Config, device: torch.device, on_start: Callable[[Hparams, dict], None] | None = None,
               on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     start = time.perf_counter()
-    check_sources(cfg.data)  # missing data fails before anything (the MLflow store included) is created
-    check_store(cfg)
+    preflight(cfg)  # config, data paths, teacher files, size limit, output.dir, MLflow: before anything is written
     prepared = prepare(cfg, device)
+    check_store(cfg)
     hp = default_hparams(cfg, prepared.students)
     if on_start:
         on_start(hp, prepared.teacher_metrics)

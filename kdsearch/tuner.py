@@ -24,9 +24,9 @@ from ray.tune.search.sample import Domain
 from ray.tune.search.optuna import OptunaSearch
 
 from .config import Config
-from .data import check_sources
 from .distill import prepare
 from .errors import KdsearchError
+from .preflight import preflight
 from .progress import SearchProgress
 from .space import tune_space
 from .students import student_size
@@ -86,10 +86,10 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     if not resume and restorable:
         raise KdsearchError(f"a search named {cfg.name!r} already exists at {path}; continue it with --resume, "
                             f"or move it away (mv {path} {path}.old) or set another name (--set name=...)")
-    check_sources(cfg.data)  # missing data fails before anything (the MLflow store included) is created
-    check_store(cfg)
+    preflight(cfg)  # config, data paths, teacher files, size limit, output.dir, MLflow: before anything is written
     start = time.perf_counter()
     prepared = prepare(cfg, resolve_device(device))
+    check_store(cfg)
     # Trials get what they need through the object store: with cached outputs no teacher model at all (a
     # MedSigLIP is gigabytes); a live teacher goes on the CPU and each trial moves it to its own device.
     shipped = replace(prepared, teacher=prepared.teacher.without_models()) if prepared.targets is not None else prepared
