@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from kdsearch.config import Config
+from kdsearch.tracking import TRIAL_TAG
 from kdsearch.tuner import experiment_path, run_search
 
 from conftest import tiny_config
@@ -35,6 +36,8 @@ FLAKY = textwrap.dedent('''
 
         def forward(self, x):
             self.calls += 1
+            if self.kind == "batch32" and len(x) == 32:  # every trial that picked batch_size 32, every time
+                raise RuntimeError("injected fault (batch of 32)")
             if self.calls == self.fail_at:
                 try:
                     os.remove(self.marker)  # whoever removes it fails; the fault happens once per search
@@ -96,3 +99,30 @@ def test_a_failed_trial_resumes_from_its_checkpoint(user_code, tmp_path, kind):
     for r in children:
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val_macro_f1")] == [1, 2]
         assert r.data.tags["kdsearch.ended"] == "completed"
+
+
+def test_a_trial_that_keeps_failing_is_marked_errored_and_the_search_goes_on(user_code, tmp_path):
+    import flaky
+
+    kwargs = {"marker": str(tmp_path / "unused"), "fail_at": 0, "kind": "batch32"}
+    torch.save(flaky.FlakyNet(**kwargs).state_dict(), tmp_path / "w.pt")
+    cfg = Config.model_validate(tiny_config(
+        tmp_path, name="fault-errored",
+        teacher={"source": "checkpoint", "arch": "flaky:FlakyNet", "weights": str(tmp_path / "w.pt"),
+                 "arch_kwargs": kwargs, "cache": False},
+        search={"num_samples": 4, "max_concurrent": 2, "max_epochs": 1, "grace_period": 1,
+                "space": {"lr": 3.0e-3, "alpha": 0.5, "temperature": 4.0, "batch_size": {"choice": [64, 32]},
+                          "weight_decay": 1e-4, "class_weight_power": 0.0}}))
+    result = run_search(cfg, device="cpu")
+    analysis = tune.ExperimentAnalysis(str(experiment_path(cfg)))
+    failing = {t.trial_id for t in analysis.trials if t.config["batch_size"] == 32}
+    assert failing and len(failing) < 4, "the seeded search must pick both batch sizes"
+    assert {t.trial_id for t in analysis.trials if t.status == "ERROR"} == failing
+    assert all(t.num_failures == 3 for t in analysis.trials if t.trial_id in failing)  # 1 + max_failures=2 retries
+    assert result.trials["errored"] == len(failing) and result.trials["completed"] == 4 - len(failing)
+    assert result.best is not None and result.best["config"]["batch_size"] == 64
+    client = MlflowClient(cfg.tracking.uri)
+    exp = client.get_experiment_by_name(cfg.name)
+    ended = {r.data.tags[TRIAL_TAG]: r.data.tags["kdsearch.ended"] for r in client.search_runs([exp.experiment_id])
+             if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id}
+    assert ended == {t.trial_id: "errored" if t.trial_id in failing else "completed" for t in analysis.trials}

@@ -134,6 +134,22 @@ def test_over_limit_export_is_refused_and_the_previous_export_survives(searched,
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def test_a_crash_during_export_leaves_the_previous_export_intact(searched, tmp_path, monkeypatch):
+    cfg, _ = searched
+    out = tmp_path / "best"
+    export_best(cfg, out=out, register=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def crash(*args, **kwargs):  # after student.pt is written, before the TorchScript file: a mid-export crash
+        raise MemoryError("killed mid-export")
+
+    monkeypatch.setattr(torch.jit, "trace", crash)
+    with pytest.raises(MemoryError):
+        export_best(cfg, out=out, register=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # no half-written temp folder left behind
+
+
 def test_existing_search_is_not_overwritten(searched):
     cfg, _ = searched
     with pytest.raises(KdsearchError, match="already exists .*--resume"):
