@@ -27,7 +27,7 @@ def preflight(cfg: Config) -> None:
     if classes < 2:
         raise KdsearchError(f"data.root {cfg.data.root}: found {classes} class; a classifier needs at least two "
                             "(one subfolder or label per class)")
-    check_teacher_files(cfg)
+    check_teacher_files(cfg, classes)
     from .distill import select_students
 
     select_students(cfg, classes)
@@ -61,16 +61,17 @@ def check_output_dir(cfg: Config) -> None:
                             f"{need / 1e9:.1f} GB; free some space, point output.dir elsewhere, or lower data.image_size")
 
 
-def check_teacher_files(cfg: Config) -> None:
-    """Checkpoint weights load as a state_dict (weights_only); TorchScript files exist."""
-    from .teachers import load_state_dict_file
+def check_teacher_files(cfg: Config, num_classes: int) -> None:
+    """Checkpoint weights load (weights_only) into their architecture with `num_classes` outputs; TorchScript
+    files exist."""
+    from .teachers import load_checkpoint_model, teacher_spec
 
     t = cfg.teacher
     members = [(f"teacher.members.{i}", m) for i, m in enumerate(t.members)] if isinstance(t, EnsembleTeacher) \
         else [("teacher", t)]
     for where, m in members:
         if isinstance(m, CheckpointTeacher):
-            load_state_dict_file(Path(m.weights), f"{where}.weights")
+            load_checkpoint_model(m, num_classes, teacher_spec(m, cfg).size, where)
         elif isinstance(m, TorchscriptTeacher) and not Path(m.path).is_file():
             raise KdsearchError(f"{where}.path {m.path}: file not found; give a model saved with torch.jit.save")
 

@@ -271,21 +271,27 @@ def load_state_dict_file(path: Path, key: str) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _build_checkpoint(t: CheckpointTeacher, cfg: Config, data: Dataset, device) -> Teacher:
-    spec = teacher_spec(t, cfg)
-    state = load_state_dict_file(t.weights, "teacher.weights")
-    model = create_model(t.arch, data.num_classes, spec.size, dict(t.arch_kwargs))
+def load_checkpoint_model(t: CheckpointTeacher, num_classes: int, size: int, key: str = "teacher") -> nn.Module:
+    """The architecture with the checkpoint's weights; exit 2 when the file, the class count or the arch is wrong."""
+    state = load_state_dict_file(t.weights, f"{key}.weights")
+    model = create_model(t.arch, num_classes, size, dict(t.arch_kwargs))
     expected = model.state_dict()
     for k, v in state.items():
-        if k in expected and expected[k].shape != v.shape and expected[k].shape[:1] == (data.num_classes,):
-            raise KdsearchError(f"teacher.weights {t.weights}: the checkpoint has {v.shape[0]} classes ({k}) but the "
-                                f"data has {data.num_classes}; use a teacher trained on these classes")
+        if k in expected and expected[k].shape != v.shape and expected[k].shape[:1] == (num_classes,):
+            raise KdsearchError(f"{key}.weights {t.weights}: the checkpoint has {v.shape[0]} classes ({k}) but the "
+                                f"data has {num_classes}; use a teacher trained on these classes")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[1:2] or [str(e)]
-        raise KdsearchError(f"teacher.weights {t.weights}: does not match teacher.arch {t.arch} ({first[0].strip()}); "
+        raise KdsearchError(f"{key}.weights {t.weights}: does not match {key}.arch {t.arch} ({first[0].strip()}); "
                             "check that arch and weights belong together") from None
+    return model
+
+
+def _build_checkpoint(t: CheckpointTeacher, cfg: Config, data: Dataset, device) -> Teacher:
+    spec = teacher_spec(t, cfg)
+    model = load_checkpoint_model(t, data.num_classes, spec.size)
     fp = fingerprint({"arch": t.arch, "kwargs": t.arch_kwargs, "sha256": file_sha256(t.weights),
                 "spec": spec.model_dump(mode="json")})
     identity = {"source": "checkpoint", "arch": t.arch, "weights": str(t.weights), "fingerprint": fp}
