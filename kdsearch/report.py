@@ -62,9 +62,14 @@ def best_hparams(cfg: Config, trials: list[dict[str, Any]], students: list[str])
     return Hparams.from_mapping(best["config"]), f"search trial {best['trial_id']}"
 
 
-def _teacher_metrics(prepared: Prepared, x: torch.Tensor, y: torch.Tensor, device) -> tuple[Metrics, torch.Tensor]:
+def _teacher_metrics(prepared: Prepared, split: str, x: torch.Tensor, y: torch.Tensor,
+                     device) -> tuple[Metrics, torch.Tensor]:
+    """The teacher on a split: val from its cached outputs when there are some, else a forward pass."""
     t = prepared.teacher
-    logits = torch.cat([t.outputs(x[i:i + 256].to(device))[0].cpu() for i in range(0, len(x), 256)])
+    if split == "val" and prepared.targets is not None:
+        logits = prepared.targets.val_logits
+    else:
+        logits = torch.cat([t.outputs(x[i:i + 256].to(device))[0].cpu() for i in range(0, len(x), 256)])
     log_p = teacher_log_probs(logits, 1.0, torch.tensor(t.weights))
     pred = log_p.argmax(1)
     return classification_metrics(y.numpy(), pred.numpy(), prepared.data.num_classes,
@@ -107,7 +112,7 @@ def run_report(cfg: Config, seeds: int = 1, device: str | torch.device = "cpu") 
     figures: dict[str, Any] = {}
     teacher_val_pred = None
     for split, s in splits.items():
-        tm, pred = _teacher_metrics(prepared, s.x, s.y, device)
+        tm, pred = _teacher_metrics(prepared, split, s.x, s.y, device)
         teacher_val_pred = pred if split == "val" else teacher_val_pred
         sfx = "" if split == "val" else "_test"
         figures.update({f"teacher_accuracy{sfx}": tm.accuracy, f"teacher_macro_f1{sfx}": tm.macro_f1})

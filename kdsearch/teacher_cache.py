@@ -81,8 +81,10 @@ def _member_targets(cfg: Config, data: Dataset, teacher: Teacher, views: torch.T
     if (cached is not None and cached["logits"].shape[:2] == views.shape[:2]
             and (not features or cached.get("features") is not None)):
         log.info("teacher outputs from cache %s", path)
+        if cached.get("head") is not None and teacher.fit_head is not None:
+            teacher.head.load_state_dict(cached["head"])  # the fitted probe, for anything scored later (a test split)
+            teacher.fit_head = None
         teacher.identity.update(cached.get("fit") or {})
-        teacher.fit_head = None  # its outputs are known; a live run would refit it (fit_heads)
         return cached
     before = teacher.forward_passes
     need = features or teacher.fit_head is not None  # a probe is fitted on the features of the first view
@@ -97,7 +99,9 @@ def _member_targets(cfg: Config, data: Dataset, teacher: Teacher, views: torch.T
             dev = teacher.head.weight.device
             logits = torch.stack([teacher.head(f.to(dev)).float().cpu() for f in feats])
             val_logits = teacher.head(val_feats.to(dev)).float().cpu()
-    out = {"logits": logits, "val_logits": val_logits, "features": feats if features else None, "fit": fit}
+    head = {k: v.detach().cpu() for k, v in teacher.head.state_dict().items()} if fit is not None else None
+    out = {"logits": logits, "val_logits": val_logits, "features": feats if features else None, "fit": fit,
+           "head": head}
     save_atomic(out, path)
     log.info("teacher outputs computed (%d forward passes) and cached at %s", teacher.forward_passes - before, path)
     return out

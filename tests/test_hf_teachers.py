@@ -142,6 +142,11 @@ def test_linear_probe_beats_chance_with_one_pass_per_view(tmp_path, hf):
     assert again.targets.forward_passes == 0
     assert torch.equal(again.targets.logits, prepared.targets.logits)
     assert again.teacher_metrics == prepared.teacher_metrics
+    # the fitted probe comes back with the cached outputs, so the teacher can still score new images (a test split)
+    fitted, restored = member.head.weight, again.teacher.members[0].head.weight
+    assert fitted.abs().sum() > 0 and torch.equal(restored, fitted)
+    x = prepared.data.val.x[:8]
+    assert torch.allclose(again.teacher.members[0].logits(x), member.logits(x), atol=1e-5)
 
 
 def test_unreachable_hub_model_exits_2_naming_hf_token(tmp_path, run_cli):
