@@ -222,15 +222,12 @@ def validate(
         return
     if not configs:
         raise KdsearchError("validate: name at least one config file (or pass --schema)")
-    from .data import num_classes_hint
-    from .distill import select_students
     from .preflight import preflight
 
     for path in configs:
         cfg = load_config(path, set_ or [])
         try:
-            preflight(cfg)
-            fit, over = select_students(cfg, num_classes_hint(cfg.data))
+            fit, over = preflight(cfg)
         except KdsearchError as e:
             raise KdsearchError(f"{path}: {e}") from None
         dropped = f"; over the limit: {', '.join(o.name for o in over)}" if over else ""

@@ -21,7 +21,8 @@ from .errors import KdsearchError
 HEADROOM = 1.2  # free disk wanted over the data cache's estimated size
 
 
-def preflight(cfg: Config) -> None:
+def preflight(cfg: Config) -> tuple[list[str], list]:
+    """Every check below; returns (students that fit, those over the limit) for callers that report them."""
     check_sources(cfg.data)
     classes = num_classes_hint(cfg.data)
     if classes < 2:
@@ -30,9 +31,10 @@ def preflight(cfg: Config) -> None:
     check_teacher_files(cfg, classes)
     from .distill import select_students
 
-    select_students(cfg, classes)
+    students = select_students(cfg, classes)
     check_output_dir(cfg)
     check_store_reachable(cfg.tracking.uri)
+    return students
 
 
 def _existing_ancestor(path: Path) -> Path:
