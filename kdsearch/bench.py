@@ -24,7 +24,7 @@ from .batches import cached_batches, epoch_generator
 from .config import Config
 from .distill import default_hparams, prepare
 from .engine import train_one_epoch
-from .losses import create_loss
+from .losses import create_loss, cross_entropy_loss
 from .students import create_student
 from .teacher_cache import teacher_targets
 from .teachers import student_spec
@@ -45,14 +45,14 @@ def epoch_ratio(cfg: Config, prepared, epochs: int = 3) -> dict[str, Any]:
     ce_model = create_student(hp.student, data.num_classes, size)
     ce_model.load_state_dict(kd_model.state_dict())  # both start from the same weights
     models = {"kd": kd_model, "ce": ce_model}
-    losses = {"kd": create_loss("kd", alpha=max(hp.alpha, 0.5), temperature=hp.temperature),
-              "ce": create_loss("kd", alpha=0.0, temperature=1.0)}
+    losses = {"kd": create_loss(hp.loss, alpha=max(hp.alpha, 0.5), temperature=hp.temperature, dkd_beta=hp.dkd_beta),
+              "ce": cross_entropy_loss()}
     opts = {k: torch.optim.AdamW(m.parameters(), lr=hp.lr) for k, m in models.items()}
     seconds: dict[str, list[float]] = {"kd": [], "ce": []}
     for epoch in range(epochs + 1):  # epoch 0 warms up allocators and kernels; not counted
         for kind in (("kd", "ce") if epoch % 2 else ("ce", "kd")):  # alternate who goes first
             logits = targets.logits if kind == "kd" else None
-            batches = cached_batches(targets.views, data.train.y, logits, hp.batch_size, spec, size,
+            batches = cached_batches(targets.views, data.pool().y, logits, hp.batch_size, spec, size,
                                      epoch_generator(cfg.seed, epoch))
             stats = train_one_epoch(models[kind], batches, losses[kind], opts[kind])
             if epoch > 0:
@@ -77,7 +77,7 @@ def run_bench(cfg: Config, device: str = "cpu", epochs: int = 3) -> dict[str, An
     result = run_search(bench_cfg, device=device)
     slots = min(cfg.search.max_concurrent, int(ray.cluster_resources().get("CPU", 1) // cfg.search.resources_per_trial.cpu))
     n_trials = sum(result.trials.values())
-    n_train = len(prepared.data.train.y)
+    n_train = len(prepared.data.pool().y)  # labeled and transfer images: what the teacher scores per view
     return {
         "config": cfg.name,
         "train_images": n_train,

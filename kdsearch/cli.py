@@ -47,6 +47,7 @@ def run(
     cfg = load_config(config, set_ or [])
     result = run_search(cfg, resume=resume, address=address, device=device)
     t = result.trials
+    console.print(_counts_line(result.images))
     console.print(f"trials: {t['completed']} completed, {t['stopped_early']} stopped early by ASHA, "
                   f"{t['errored']} errored; wall time {result.wall_seconds:.1f} s; teacher forward passes "
                   f"{result.teacher_forward_passes} ({result.teacher_seconds:.1f} s)")
@@ -125,9 +126,12 @@ def train(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "auto") ->
                         TextColumn("{task.description}"), console=err_console)
     task = progress.add_task("", total=cfg.search.max_epochs)
 
-    def on_start(hp, teacher_metrics):
-        err_console.print(f"teacher val accuracy {teacher_metrics['val_accuracy']:.4f}, "
-                          f"macro-F1 {teacher_metrics['val_macro_f1']:.4f}")
+    def on_start(hp, prepared):
+        t, b = prepared.teacher_metrics, prepared.baseline_metrics
+        err_console.print(_counts_line(prepared.data.counts()))
+        err_console.print(f"teacher val accuracy {t['val_accuracy']:.4f}, macro-F1 {t['val_macro_f1']:.4f} "
+                          f"(majority-class baseline: accuracy {b['val_accuracy']:.4f}, macro-F1 "
+                          f"{b['val_macro_f1']:.4f})")
         err_console.print("hyperparameters: " + ", ".join(f"{k}={_fmt(v)}" for k, v in hp.as_dict().items()))
         progress.start()
 
@@ -232,6 +236,15 @@ def validate(
             raise KdsearchError(f"{path}: {e}") from None
         dropped = f"; over the limit: {', '.join(o.name for o in over)}" if over else ""
         console.print(f"{path}: ok ({len(fit)} student(s) fit {cfg.student.max_size_mb:g} MB{dropped})")
+        if cfg.data.label_budget is not None:
+            console.print(f"  data.label_budget: {cfg.data.label_budget} labeled images per class for the student; "
+                          "the rest of the train split are transfer images")
+        if cfg.data.unlabeled is not None:
+            from .data import unlabeled_image_count
+
+            n = unlabeled_image_count(cfg.data.unlabeled)
+            console.print(f"  data.unlabeled: {n if n else 'its'} transfer images from {cfg.data.unlabeled.root}"
+                          + ("" if n else " (counted when decoded)"))
 
 
 @app.command("inspect-data")
@@ -242,12 +255,13 @@ def inspect_data_cmd(config: ConfigArg, set_: SetOpt = None) -> None:
     cfg = load_config(config, set_ or [])
     summary, out = inspect_data(cfg)
     table = Table(title=f"{cfg.name}: {cfg.data.source} data")
-    for col in ("class", "train", "val", "weight (power 1)"):
+    for col in ("class", "labeled", "val", "weight (power 1)"):
         table.add_column(col, justify="left" if col == "class" else "right")
     weights = summary["suggested_class_weights"]["power_1.0"]
     for name in summary["classes"]:
         table.add_row(name, str(summary["train_counts"][name]), str(summary["val_counts"][name]), f"{weights[name]:.3f}")
     console.print(table)
+    console.print(_counts_line(summary["images"]))
     console.print(f"imbalance ratio (largest/smallest class): {summary['imbalance_ratio']:.2f}")
     if "original_sizes" in summary:
         w, h = summary["original_sizes"]["width"], summary["original_sizes"]["height"]
@@ -283,6 +297,18 @@ def list_models(
         table.add_row(name, f"{s.params:,}", f"{s.fp32_bytes / 1e6:.2f}", f"{s.fp16_bytes / 1e6:.2f}",
                       _yes(s.fits(max_size_mb, "fp32")), _yes(s.fits(max_size_mb, "fp16")))
     console.print(table)
+
+
+def _counts_line(c: dict[str, int]) -> str:
+    """labeled / transfer / val / test image counts, as `inspect-data`, `validate`, `train` and `run` show them."""
+    where = []
+    if c["transfer_from_label_budget"]:
+        where.append(f"{c['transfer_from_label_budget']} from data.label_budget")
+    if c["transfer_from_unlabeled"]:
+        where.append(f"{c['transfer_from_unlabeled']} from data.unlabeled")
+    source = f" ({', '.join(where)})" if where else ""
+    return (f"images: {c['labeled']} labeled, {c['transfer']} transfer{source}, {c['val']} val, "
+            f"{c['test']} test")
 
 
 def _yes(b: bool) -> str:

@@ -129,6 +129,7 @@ _SPACE_BOUNDS = {
     "batch_size": dict(lo=1, integer=True),
     "class_weight_power": dict(lo=0.0),
     "feature_weight": dict(lo=0.0),
+    "dkd_beta": dict(lo=0.0, lo_open=True),
 }
 
 FEATURE_LOSSES = ("mse", "cosine")
@@ -157,6 +158,10 @@ class Space(_Model):
     """Weight of the FitNets-style feature term (teacher's penultimate features vs a learned linear map of the student's); 0 = off."""
     feature_loss: Param = "mse"
     """mse | cosine: how the mapped student features are compared with the teacher's."""
+    loss: Param = "kd"
+    """The distillation term D (kd | dist | kd_ls | dkd), weighed by alpha against CE_w. kd is Hinton's, the common baseline."""
+    dkd_beta: Param = 1.0
+    """dkd only: weight of the non-target-class term (Zhao et al. use 0.5-8 depending on the pair); 1 = KD's balance."""
     teacher_weights: list[Param] | None = None
     """Ensemble teachers only: one weight per member (normalised to sum 1); unset = teacher.weights."""
 
@@ -165,10 +170,12 @@ class Space(_Model):
     def _in_bounds(cls, v: Param, info) -> Param:
         return _check_param(v, **_SPACE_BOUNDS[info.field_name])
 
-    @field_validator("optimizer", "feature_loss", mode="after")
+    @field_validator("optimizer", "feature_loss", "loss", mode="after")
     @classmethod
     def _known_name(cls, v: Param, info) -> Param:
-        valid = {"optimizer": OPTIMIZERS, "feature_loss": FEATURE_LOSSES}[info.field_name]
+        from .losses import list_losses  # the registry pulls in torch; import late
+
+        valid = {"optimizer": OPTIMIZERS, "feature_loss": FEATURE_LOSSES, "loss": list_losses()}[info.field_name]
         for x in v.values_to_check() if isinstance(v, Dist) else [v]:
             if x not in valid:
                 raise ValueError(f"unknown {info.field_name} {x!r}; valid: {', '.join(valid)}")
@@ -246,6 +253,11 @@ class DataConfig(_Model):
     """Share of the training images held out for validation (stratified, seeded) when the source has no val split."""
     augment: Literal["none", "standard", "strong"] = "standard"
     """none | standard (shift + flip) | strong (standard + colour jitter + erasing). Standard is a safe default for natural and medical images."""
+    label_budget: int | None = Field(None, ge=1)
+    """Labeled training images per class the student gets (seeded, stratified); the rest of the train split become
+    transfer images (teacher outputs, no label). null = every label. A teacher trained here still sees every label."""
+    unlabeled: "UnlabeledConfig | None" = None
+    """Extra images without labels, used as transfer images: the teacher labels them softly for the student."""
 
     @model_validator(mode="after")
     def _needs_root(self) -> "DataConfig":
@@ -254,6 +266,28 @@ class DataConfig(_Model):
         if self.source == "csv" and not self.manifest:
             raise ValueError("data.source csv needs data.manifest: a CSV with columns path,label")
         return self
+
+
+class UnlabeledConfig(_Model):
+    """Images without labels: a folder (with or without subfolders), a csv with a `path` column, an npz of images,
+    or IDX image files. Unreadable files are skipped and named."""
+
+    source: Literal["image_folder", "csv", "npz", "idx"] = "image_folder"
+    """image_folder: every image under root, subfolders included; csv: `manifest` with a path column; npz: its
+    `images` array (or every *_images array); idx: every *-images-idx3-ubyte[.gz] file under root."""
+    root: Path
+    """Folder holding the images (npz and idx: the file itself may be named)."""
+    manifest: str | None = None
+    """csv only: a file with a `path` column (a `label` column, if any, is ignored); paths relative to root."""
+
+    @model_validator(mode="after")
+    def _needs_manifest(self) -> "UnlabeledConfig":
+        if self.source == "csv" and not self.manifest:
+            raise ValueError("data.unlabeled.source csv needs data.unlabeled.manifest: a CSV with a path column")
+        return self
+
+
+DataConfig.model_rebuild()
 
 
 class InputSpec(_Model):
@@ -276,6 +310,9 @@ class _TeacherBase(_Model):
     """Seeded augmented views cached per training image; the student trains on exactly these. 1 keeps the cache as small as the data."""
     input: InputSpec | None = None
     """The teacher's own input size/channels/normalisation; unset = the student's."""
+    min_val_macro_f1: float | None = Field(None, ge=0.0, le=1.0)
+    """Refuse to distil (exit 2, before any student trains) from a teacher whose val macro-F1 is below this; unset =
+    only a warning when it is no better than predicting the majority class."""
 
 
 class TrainTeacher(_TeacherBase):
@@ -367,6 +404,8 @@ class EnsembleTeacher(_Model):
     """Compute each member's outputs once and reuse them; false = the members run live on every batch."""
     cache_views: int = Field(1, ge=1, le=64)
     """Seeded augmented views cached per training image, shared by all members."""
+    min_val_macro_f1: float | None = Field(None, ge=0.0, le=1.0)
+    """Refuse to distil (exit 2) from an ensemble whose combined val macro-F1 is below this; unset = only a warning."""
 
     @model_validator(mode="after")
     def _consistent(self) -> "EnsembleTeacher":
@@ -379,6 +418,9 @@ class EnsembleTeacher(_Model):
             if not m.cache or m.cache_views != 1:
                 raise ValueError(f"members[{i}] sets cache/cache_views; set them on the ensemble, which caches "
                                  "every member the same way")
+            if m.min_val_macro_f1 is not None:
+                raise ValueError(f"members[{i}] sets min_val_macro_f1; set it on the ensemble, whose combined "
+                                 "prediction is what the student learns")
         return self
 
     @property

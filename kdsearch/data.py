@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import train_test_split
 
-from .config import Config, DataConfig
+from .config import Config, DataConfig, UnlabeledConfig
 from ._io import fingerprint, load_cache, save_atomic
 from .errors import KdsearchError
+from .losses import UNLABELED
 
 log = logging.getLogger("kdsearch")
 
@@ -48,6 +49,11 @@ class Dataset:
     """Identifies the files, decode settings and split; keys the teacher cache."""
     unreadable: list[str] = field(default_factory=list)
     orig_sizes: torch.Tensor | None = None  # int [N_all, 2] (width, height) before resizing
+    labeled: torch.Tensor | None = None
+    """bool [N_train]: whose label the student gets (data.label_budget); None = every train image's."""
+    unlabeled: torch.Tensor | None = None
+    """uint8 [N_u, C, S, S]: data.unlabeled's images, in the train split's channels."""
+    unlabeled_fingerprint: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -58,7 +64,33 @@ class Dataset:
         return self.train.x.shape[1]
 
     def class_counts(self) -> torch.Tensor:
-        return torch.bincount(self.train.y, minlength=self.num_classes)
+        """Labeled images per class, as the student sees them (what its CE class weights follow)."""
+        y = self.train.y if self.labeled is None else self.train.y[self.labeled]
+        return torch.bincount(y, minlength=self.num_classes)
+
+    @property
+    def pool_fingerprint(self) -> str:
+        """Identifies the images the student trains on (train split + unlabeled): keys the teacher-output cache."""
+        if self.unlabeled_fingerprint is None:
+            return self.fingerprint
+        return fingerprint({"data": self.fingerprint, "unlabeled": self.unlabeled_fingerprint})
+
+    def pool(self) -> Split:
+        """The student's training images: the train split, then data.unlabeled's images. Labels are the train
+        split's where the student may see them, else UNLABELED (transfer images: the teacher's outputs only)."""
+        y = self.train.y if self.labeled is None else torch.where(self.labeled, self.train.y, UNLABELED)
+        if self.unlabeled is None:
+            return Split(self.train.x, y)
+        extra = torch.full((len(self.unlabeled),), UNLABELED, dtype=torch.int64)
+        return Split(torch.cat([self.train.x, self.unlabeled]), torch.cat([y, extra]))
+
+    def counts(self) -> dict[str, int]:
+        """labeled / transfer / val / test image counts."""
+        n_labeled = len(self.train.y) if self.labeled is None else int(self.labeled.sum())
+        n_extra = 0 if self.unlabeled is None else len(self.unlabeled)
+        return {"labeled": n_labeled, "transfer": len(self.train.y) - n_labeled + n_extra,
+                "transfer_from_label_budget": len(self.train.y) - n_labeled, "transfer_from_unlabeled": n_extra,
+                "val": len(self.val.y), "test": 0 if self.test is None else len(self.test.y)}
 
 
 # --------------------------------------------------------------------------- public entry
@@ -78,7 +110,46 @@ def load_dataset(cfg: Config) -> Dataset:
         save_atomic(decoded, cache)
     for name in decoded["unreadable"]:
         log.warning("skipped unreadable image: %s", name)
-    return _split(decoded, d, cfg.seed, key)
+    data = _split(decoded, d, cfg.seed, key)
+    if d.label_budget is not None:
+        data.labeled = label_budget_mask(data.train.y, d.label_budget, cfg.seed)
+    if d.unlabeled is not None:
+        data.unlabeled, data.unlabeled_fingerprint, bad = _load_unlabeled(cfg, data.channels)
+        data.unreadable += bad
+    return data
+
+
+def label_budget_mask(y: torch.Tensor, budget: int, seed: int) -> torch.Tensor:
+    """Keep `budget` labels per class (all of a smaller class), picked with a seeded generator.
+
+    scikit-learn's stratified splitters keep class *proportions*; a fixed count
+    per class is what a labeling budget means, hence these few lines.
+    """
+    rng = np.random.default_rng(seed)
+    y_np = y.numpy()
+    mask = np.zeros(len(y_np), dtype=bool)
+    for c in np.unique(y_np):
+        members = np.flatnonzero(y_np == c)
+        mask[rng.choice(members, size=min(budget, len(members)), replace=False)] = True
+    return torch.from_numpy(mask)
+
+
+def stratified_sample(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Indices of a seeded sample of `n` items whose label histogram follows y's (sorted).
+
+    Datasets are often stored class by class (an image folder is read one
+    subfolder after another), so "the first n" is a sample of one or two classes.
+    Falls back to a plain seeded sample where stratifying is impossible (a class
+    with a single item, or n below the number of classes).
+    """
+    if n >= len(y):
+        return torch.arange(len(y))
+    idx = np.arange(len(y))
+    try:
+        picked, _ = train_test_split(idx, train_size=n, stratify=y.numpy(), random_state=seed)
+    except ValueError:
+        picked = np.random.default_rng(seed).choice(idx, size=n, replace=False)
+    return torch.from_numpy(np.sort(picked))
 
 
 def check_sources(d: DataConfig) -> None:
@@ -96,6 +167,16 @@ def source_image_count(d: DataConfig) -> int:
         with np.load(_npz_path(Path(d.root)), allow_pickle=False) as z:
             return sum(len(z[k]) for k in z.files if k.endswith("_labels"))
     return 0  # digits, idx, cifar10: fixed, small sets
+
+
+def unlabeled_image_count(u: UnlabeledConfig) -> int:
+    """Images data.unlabeled holds, counted without decoding where that is cheap (folders, csv), else 0."""
+    if u.source == "image_folder":
+        return len(_unlabeled_folder_files(_require_unlabeled_root(u)))
+    if u.source == "csv":
+        return len(_unlabeled_csv_paths(u))
+    _unlabeled_files(u)  # the files exist
+    return 0
 
 
 def num_classes_hint(d: DataConfig) -> int:
@@ -155,6 +236,22 @@ def _split(dec: dict, d: DataConfig, seed: int, key: str) -> Dataset:
 def _stat(p: Path) -> list:
     st = p.stat()
     return [str(p), st.st_size, st.st_mtime_ns]
+
+
+def _unlabeled_files(u: UnlabeledConfig) -> list:
+    root = _require_unlabeled_root(u)
+    if u.source == "image_folder":
+        return [_stat(p) for p in _unlabeled_folder_files(root)]
+    if u.source == "csv":
+        return [_stat(_manifest_path(u, "data.unlabeled"))] + [_stat(root / p) for p in _unlabeled_csv_paths(u)]
+    if u.source == "npz":
+        return [_stat(_npz_path(root, "data.unlabeled.root"))]
+    return [_stat(p) for p in _unlabeled_idx_files(root)]
+
+
+def check_unlabeled(u: UnlabeledConfig) -> None:
+    """data.unlabeled's files exist, without decoding anything."""
+    _unlabeled_files(u)
 
 
 def _source_files(d: DataConfig) -> list:
@@ -232,12 +329,13 @@ def _decode_image_folder(d: DataConfig) -> dict:
     return out
 
 
-def _manifest_path(d: DataConfig) -> Path:
+def _manifest_path(d: DataConfig | UnlabeledConfig, key: str = "data") -> Path:
     path = Path(d.manifest)
     path = path if path.is_absolute() else Path(d.root) / path
     if not path.is_file():
-        raise KdsearchError(f"data.manifest {path}: file not found; give a CSV with columns path,label "
-                            "(paths relative to data.root)")
+        columns = "path,label" if key == "data" else "path"
+        raise KdsearchError(f"{key}.manifest {path}: file not found; give a CSV with column(s) {columns} "
+                            f"(paths relative to {key}.root)")
     return path
 
 
@@ -316,13 +414,13 @@ def _decode_digits(d: DataConfig) -> dict:
     return _from_arrays(d, {"train": (x, digits.target)})
 
 
-def _npz_path(root: Path) -> Path:
+def _npz_path(root: Path, key: str = "data.root") -> Path:
     if root.is_file():
         return root
     found = sorted(root.glob("*.npz"))
     if len(found) != 1:
-        raise KdsearchError(f"data.root {root}: expected exactly one .npz file (MedMNIST layout), found {len(found)}; "
-                            "point data.root at the .npz file")
+        raise KdsearchError(f"{key} {root}: expected exactly one .npz file, found {len(found)}; "
+                            f"point {key} at the .npz file")
     return found[0]
 
 
@@ -419,6 +517,96 @@ def _decode_cifar10(d: DataConfig) -> dict:
     if names and d.class_names is None:
         out["class_names"] = names[:len(out["class_names"])]
     return out
+
+
+# --------------------------------------------------------------------------- unlabeled images
+
+
+def _require_unlabeled_root(u: UnlabeledConfig) -> Path:
+    root = Path(u.root)
+    if root.is_dir() or (u.source in ("npz", "idx") and root.is_file()):
+        return root
+    layout = {"image_folder": "images, in subfolders or not", "csv": f"the images and the manifest {u.manifest}",
+              "npz": "an .npz with an images array", "idx": "*-images-idx3-ubyte[.gz] files"}[u.source]
+    raise KdsearchError(f"data.unlabeled.root {root}: not found; it should hold {layout}. "
+                        "Point it elsewhere with --set data.unlabeled.root=PATH")
+
+
+def _unlabeled_folder_files(root: Path) -> list[Path]:
+    exts = {e.lower() for e in Image.registered_extensions()}
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def _unlabeled_csv_paths(u: UnlabeledConfig) -> list[str]:
+    root, manifest = _require_unlabeled_root(u), _manifest_path(u, "data.unlabeled")
+    with manifest.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise KdsearchError(f"data.unlabeled.manifest {manifest}: needs a header with a path column "
+                                f"(found {reader.fieldnames})")
+        paths = [r["path"] for r in reader]
+    missing = [p for p in paths if not (root / p).is_file()]
+    if missing:
+        raise KdsearchError(f"data.unlabeled.manifest {manifest}: {len(missing)} listed file(s) missing under {root}, "
+                            f"e.g. {', '.join(missing[:3])}; fix the paths or data.unlabeled.root")
+    return paths
+
+
+def _unlabeled_idx_files(root: Path) -> list[Path]:
+    files = [root] if root.is_file() else sorted(root.glob("*-images-idx3-ubyte*"))
+    if not files:
+        raise KdsearchError(f"data.unlabeled.root {root}: no *-images-idx3-ubyte[.gz] file; point it at the IDX "
+                            "images file or its folder")
+    return files
+
+
+def _decode_unlabeled(u: UnlabeledConfig, size: int) -> dict:
+    root = _require_unlabeled_root(u)
+    if u.source in ("image_folder", "csv"):
+        paths = (_unlabeled_folder_files(root) if u.source == "image_folder"
+                 else [root / p for p in _unlabeled_csv_paths(u)])
+        out = _decode_files(paths, [UNLABELED] * len(paths), size, root)
+        return {"x": out["train_x"], "unreadable": out["unreadable"]}
+    if u.source == "npz":
+        path = _npz_path(root, "data.unlabeled.root")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                keys = ["images"] if "images" in z.files else sorted(k for k in z.files if k.endswith("images"))
+                if not keys:
+                    raise KdsearchError(f"data.unlabeled.root {path}: needs an `images` array (or *_images arrays); "
+                                        f"found {z.files}")
+                arrays = [z[k] for k in keys]
+        except (ValueError, OSError) as e:
+            raise KdsearchError(f"data.unlabeled.root {path}: not a readable .npz ({e})") from None
+    else:
+        arrays = [_read_idx(p) for p in _unlabeled_idx_files(root)]
+    return {"x": torch.cat([_resize_tensor(a, size) for a in arrays]), "unreadable": []}
+
+
+def _load_unlabeled(cfg: Config, channels: int) -> tuple[torch.Tensor, str, list[str]]:
+    """data.unlabeled decoded (cached like the labeled data) in `channels`; (images, fingerprint, unreadable)."""
+    u = cfg.data.unlabeled
+    key = fingerprint({"format": CACHE_FORMAT, "unlabeled": u.source, "size": cfg.data.image_size,
+                       "manifest": u.manifest, "files": _unlabeled_files(u)})
+    cache = cfg.output_dir / "cache" / f"unlabeled-{key}.pt"
+    decoded = load_cache(cache)
+    if decoded is None:
+        decoded = _decode_unlabeled(u, cfg.data.image_size)
+        if len(decoded["x"]) == 0:
+            extra = f" ({len(decoded['unreadable'])} unreadable)" if decoded["unreadable"] else ""
+            raise KdsearchError(f"data.unlabeled.root {u.root}: no readable images found{extra}; check the folder "
+                                "and data.unlabeled.source")
+        save_atomic(decoded, cache)
+    for name in decoded["unreadable"]:
+        log.warning("skipped unreadable unlabeled image: %s", name)
+    x = decoded["x"]
+    if x.shape[1] == 1 and channels == 3:
+        x = x.expand(-1, 3, -1, -1).contiguous()
+    elif x.shape[1] == 3 and channels == 1:  # ITU-R 601 luma, as PIL's convert("L")
+        luma = torch.tensor([0.299, 0.587, 0.114])[None, :, None, None]
+        x = (x.float() * luma).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    return x, key, [f"unlabeled: {n}" for n in decoded["unreadable"]]
 
 
 _DECODERS = {

@@ -17,10 +17,10 @@ import torch
 
 from .batches import cached_batches, epoch_generator, live_batches
 from .config import Config, Dist
-from .data import Dataset, load_dataset
-from .engine import classification_metrics, evaluate, recalibrate_bn, train_one_epoch
+from .data import Dataset, load_dataset, stratified_sample
+from .engine import Metrics, classification_metrics, evaluate, recalibrate_bn, train_one_epoch
 from .errors import KdsearchError
-from .losses import class_weights, create_loss, teacher_log_probs
+from .losses import UNLABELED, FeatureHintLoss, class_weights, create_loss, teacher_log_probs
 from .students import FeatureStudent, StudentSize, create_student, fitting_students, student_size
 from .teacher_cache import TeacherTargets, fit_heads, teacher_targets
 from .teachers import Teachers, build_teachers, student_spec
@@ -29,6 +29,7 @@ from .transforms import to_input
 log = logging.getLogger("kdsearch")
 
 BN_SAMPLES = 512  # images for BatchNorm recalibration: enough for stable statistics, ~10% of a digits epoch
+TEACHER_MARGIN = 0.05  # a teacher within this much macro-F1 of the majority-class baseline gets a warning
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class Hparams:
     optimizer: str = "adamw"
     feature_weight: float = 0.0
     feature_loss: str = "mse"
+    loss: str = "kd"
+    """The distillation term D: kd | dist | kd_ls | dkd."""
+    dkd_beta: float = 1.0
     teacher_weights: tuple = ()
     """Ensemble member weights for this trial (from teacher_weight_0, 1, ...); () = teacher.weights."""
 
@@ -71,6 +75,8 @@ class Prepared:
     students: list[str]
     """Candidates that fit the size limit."""
     teacher_metrics: dict[str, float]
+    baseline_metrics: dict[str, float]
+    """The majority-class baseline on val: what a teacher must beat to be worth copying."""
 
 
 def select_students(cfg: Config, num_classes: int) -> tuple[list[str], list[StudentSize]]:
@@ -116,7 +122,33 @@ def prepare(cfg: Config, device: torch.device | str) -> Prepared:
     log_p = teacher_log_probs(val, 1.0, torch.tensor(teacher.weights))
     m = classification_metrics(data.val.y.numpy(), log_p.argmax(1).numpy(), data.num_classes,
                                float(torch.nn.functional.nll_loss(log_p, data.val.y)))
-    return Prepared(data, teacher, targets, students, {"val_accuracy": m.accuracy, "val_macro_f1": m.macro_f1})
+    teacher_metrics = {"val_accuracy": m.accuracy, "val_macro_f1": m.macro_f1}
+    baseline = majority_baseline(data)
+    check_teacher(cfg, teacher_metrics, baseline)
+    return Prepared(data, teacher, targets, students, teacher_metrics,
+                    {"val_accuracy": baseline.accuracy, "val_macro_f1": baseline.macro_f1})
+
+
+def majority_baseline(data: Dataset) -> Metrics:
+    """Every val image predicted as the most frequent class among the student's labeled images."""
+    pred = torch.full_like(data.val.y, int(data.class_counts().argmax()))
+    return classification_metrics(data.val.y.numpy(), pred.numpy(), data.num_classes, float("nan"))
+
+
+def check_teacher(cfg: Config, teacher: dict[str, float], baseline: Metrics) -> None:
+    """Say how the teacher compares with the majority baseline; refuse one under teacher.min_val_macro_f1."""
+    log.info("teacher val accuracy %.4f, macro-F1 %.4f; majority-class baseline accuracy %.4f, macro-F1 %.4f",
+             teacher["val_accuracy"], teacher["val_macro_f1"], baseline.accuracy, baseline.macro_f1)
+    floor = cfg.teacher.min_val_macro_f1
+    if floor is not None and teacher["val_macro_f1"] < floor:
+        raise KdsearchError(f"teacher.min_val_macro_f1 {floor:g}: the teacher scores val macro-F1 "
+                            f"{teacher['val_macro_f1']:.4f} (majority-class baseline {baseline.macro_f1:.4f}); "
+                            "distillation would copy its mistakes. Check that its classes are in the data's order "
+                            "and that it was trained for these images, or lower teacher.min_val_macro_f1")
+    if teacher["val_macro_f1"] <= baseline.macro_f1 + TEACHER_MARGIN:
+        log.warning("the teacher (val macro-F1 %.4f) is no better than predicting the majority class (%.4f): "
+                    "distillation will copy its mistakes. Check its class order and input preprocessing; set "
+                    "teacher.min_val_macro_f1 to stop such runs", teacher["val_macro_f1"], baseline.macro_f1)
 
 
 class Distiller:
@@ -137,31 +169,38 @@ class Distiller:
         members = torch.tensor(hp.teacher_weights or prepared.teacher.weights, dtype=torch.float32)
         if members.sum() <= 0:  # every searched weight at 0: fall back to equal weights
             members = torch.ones_like(members)
-        self.loss = create_loss("kd", alpha=hp.alpha, temperature=hp.temperature, weight=weight,
-                                teacher_weights=members.to(self.device))
+        self.loss = create_loss(hp.loss, alpha=hp.alpha, temperature=hp.temperature, weight=weight,
+                                teacher_weights=members.to(self.device), dkd_beta=hp.dkd_beta)
         self.features = hp.feature_weight > 0
         self.trainee = self.model  # what the optimizer trains: the student, plus an adapter for feature hints
         if self.features:
             teacher_dim = (prepared.targets.features.shape[-1] if prepared.targets is not None
                            else sum(m.head.in_features for m in prepared.teacher.members))
             self.trainee = FeatureStudent(self.model, teacher_dim).to(self.device)
-            self.loss = create_loss("kd+features", kd=self.loss, feature_weight=hp.feature_weight, kind=hp.feature_loss)
+            self.loss = FeatureHintLoss(self.loss, hp.feature_weight, hp.feature_loss)
+        pool = data.pool()
+        # With alpha = 0 a transfer image carries no signal at all: train on the labeled images only.
+        train_idx = (pool.y != UNLABELED).nonzero().flatten() if hp.alpha == 0 and hp.feature_weight == 0 else None
+        if train_idx is not None and len(train_idx) == len(pool.y):
+            train_idx = None
+        pick = (lambda t: t) if train_idx is None else (lambda t: t[:, train_idx])  # noqa: E731  [V, N, ...]
+        self.y = (pool.y if train_idx is None else pool.y[train_idx]).to(self.device)
         self.optimizer = _optimizer(hp, self.trainee)
-        steps = -(-len(data.train.y) // hp.batch_size) * cfg.search.max_epochs
+        steps = -(-len(self.y) // hp.batch_size) * cfg.search.max_epochs
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=steps)
-        self.y = data.train.y.to(self.device)
         self.cached = prepared.targets is not None
         if self.cached:  # data on the device once, not per batch
-            self.views = prepared.targets.views.to(self.device)
-            self.logits = prepared.targets.logits.to(self.device)
-            self.teacher_features = prepared.targets.features.to(self.device) if self.features else None
+            self.views = pick(prepared.targets.views).to(self.device)
+            self.logits = pick(prepared.targets.logits).to(self.device)
+            self.teacher_features = pick(prepared.targets.features).to(self.device) if self.features else None
         else:
-            self.x = data.train.x.to(self.device)
+            self.x = pick(pool.x[None])[0].to(self.device)
             self.teacher.to(self.device)  # the live teacher runs next to the student
-        # A fixed sample of training inputs for BatchNorm recalibration before each evaluation.
-        first = (prepared.targets.views[0] if self.cached else data.train.x)[:BN_SAMPLES]
-        self._bn_inputs = [to_input(first[i:i + 128].to(self.device), self.spec, cfg.data.image_size)
-                           for i in range(0, len(first), 128)]
+        # BatchNorm is recalibrated before each evaluation on a fixed, class-stratified sample of the student's
+        # training images (transfer images as one more stratum): the same images for every trial of a search.
+        bn = (prepared.targets.views[0] if self.cached else pool.x)[stratified_sample(pool.y, BN_SAMPLES, cfg.seed)]
+        self._bn_inputs = [to_input(bn[i:i + 128].to(self.device), self.spec, cfg.data.image_size)
+                           for i in range(0, len(bn), 128)]
         self.epoch = 0
 
     def _batches(self):

@@ -37,6 +37,7 @@ def summarize(data: Dataset) -> dict[str, Any]:
         "train_counts": dict(zip(data.class_names, counts.tolist())),
         "val_counts": dict(zip(data.class_names, val_counts.tolist())),
         "test_images": len(data.test.y) if data.test is not None else 0,
+        "images": data.counts(),  # labeled / transfer / val / test
         "imbalance_ratio": float(nonzero.max() / nonzero.min()),
         "channels": data.channels,
         "stored_size": list(data.train.x.shape[-2:]),

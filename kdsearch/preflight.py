@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from .config import CheckpointTeacher, Config, EnsembleTeacher, TorchscriptTeacher
-from .data import check_sources, num_classes_hint, source_image_count
+from .data import check_sources, check_unlabeled, num_classes_hint, source_image_count, unlabeled_image_count
 from .errors import KdsearchError
 
 HEADROOM = 1.2  # free disk wanted over the data cache's estimated size
@@ -24,6 +24,8 @@ HEADROOM = 1.2  # free disk wanted over the data cache's estimated size
 def preflight(cfg: Config) -> tuple[list[str], list]:
     """Every check below; returns (students that fit, those over the limit) for callers that report them."""
     check_sources(cfg.data)
+    if cfg.data.unlabeled is not None:
+        check_unlabeled(cfg.data.unlabeled)
     classes = num_classes_hint(cfg.data)
     if classes < 2:
         raise KdsearchError(f"data.root {cfg.data.root}: found {classes} class; a classifier needs at least two "
@@ -56,7 +58,8 @@ def check_output_dir(cfg: Config) -> None:
     if not os.access(base, os.W_OK | os.X_OK):
         raise KdsearchError(f"output.dir {out}: {base} is not writable; set output.dir (or KDSEARCH_OUTPUT_DIR) to a "
                             "folder you can write")
-    need = source_image_count(cfg.data) * 3 * cfg.data.image_size ** 2 * HEADROOM  # uint8 RGB per image
+    images = source_image_count(cfg.data) + (unlabeled_image_count(cfg.data.unlabeled) if cfg.data.unlabeled else 0)
+    need = images * 3 * cfg.data.image_size ** 2 * HEADROOM  # uint8 RGB per image
     free = shutil.disk_usage(base).free
     if need > free:
         raise KdsearchError(f"output.dir {out}: {free / 1e9:.1f} GB free, the decoded images need about "

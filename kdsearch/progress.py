@@ -58,11 +58,11 @@ class SearchProgress(tune.Callback):
         best = self.best()
         caption = f"best so far: {best[0]} {self.metric}={best[1]['value']:.4f}" if best else "no results yet"
         table = Table(title="kdsearch: trials", caption=caption)
-        for col in ("trial", "student", "alpha", "T", "lr", "epoch", self.metric, "status"):
-            table.add_column(col, justify="left" if col in ("trial", "student", "status") else "right")
+        for col in ("trial", "student", "loss", "alpha", "T", "lr", "epoch", self.metric, "status"):
+            table.add_column(col, justify="left" if col in ("trial", "student", "loss", "status") else "right")
         for trial_id, r in self.rows.items():
             c = r["config"]
-            table.add_row(trial_id, str(c.get("student")), _f(c.get("alpha")), _f(c.get("temperature")), _f(c.get("lr")),
+            table.add_row(trial_id, str(c.get("student")), str(c.get("loss", "kd")), _f(c.get("alpha")), _f(c.get("temperature")), _f(c.get("lr")),
                           f"{r['epoch']}/{self.max_epochs}", _f(r["value"]), r["status"])
         return table
 

@@ -26,7 +26,8 @@ log = logging.getLogger("kdsearch")
 @dataclass
 class TeacherTargets:
     views: torch.Tensor
-    """uint8 [V, N, C, H, W]: the training images as the student will see them."""
+    """uint8 [V, N, C, H, W]: the student's training images (`Dataset.pool()`: labeled and transfer) as it will
+    see them."""
     logits: torch.Tensor
     """float32 [V, N, M, K]: each member's logits for each view (M = 1 for a single teacher)."""
     val_logits: torch.Tensor
@@ -59,7 +60,7 @@ def make_views(x: torch.Tensor, level: str, views: int, seed: int, chunk: int = 
 def teacher_targets(cfg: Config, data: Dataset, teachers: Teachers, device, features: bool | None = None) -> TeacherTargets:
     """Load or compute every member's logits (and features, when `features`) for every cached view and val."""
     features = cfg.search.space.may_use_features if features is None else features
-    views = make_views(data.train.x, cfg.data.augment, num_views(cfg), cfg.seed)
+    views = make_views(data.pool().x, cfg.data.augment, num_views(cfg), cfg.seed)
     passes, seconds = teachers.forward_passes, teachers.seconds
     outs = [_member_targets(cfg, data, m, views, device, features) for m in teachers.members]
     return TeacherTargets(
@@ -74,7 +75,7 @@ def teacher_targets(cfg: Config, data: Dataset, teachers: Teachers, device, feat
 
 def _member_targets(cfg: Config, data: Dataset, teacher: Teacher, views: torch.Tensor, device,
                     features: bool) -> dict:
-    key = {"teacher": teacher.fingerprint, "data": data.fingerprint, "augment": cfg.data.augment,
+    key = {"teacher": teacher.fingerprint, "data": data.pool_fingerprint, "augment": cfg.data.augment,
            "views": views.shape[0], "seed": cfg.seed}
     path = cfg.output_dir / "teacher" / f"logits-{fingerprint(key)}.pt"
     cached = load_cache(path)
@@ -94,7 +95,7 @@ def _member_targets(cfg: Config, data: Dataset, teacher: Teacher, views: torch.T
     feats = torch.stack([s[1] for s in scored]) if need else None
     fit = None
     if teacher.fit_head is not None:
-        fit = _fit(teacher, feats[0], data.train.y)
+        fit = _fit(teacher, feats[0][:len(data.train.y)], data.train.y)  # fitted here: on every train label
         with torch.no_grad():
             dev = teacher.head.weight.device
             logits = torch.stack([teacher.head(f.to(dev)).float().cpu() for f in feats])

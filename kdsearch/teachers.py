@@ -32,7 +32,7 @@ from ._io import file_sha256, fingerprint, load_cache, save_atomic
 from .data import Dataset
 from .engine import evaluate, train_one_epoch
 from .errors import KdsearchError
-from .losses import create_loss
+from .losses import cross_entropy_loss
 from .students import create_student, final_linear, forward_with_features, list_students
 from .transforms import to_input
 
@@ -230,7 +230,7 @@ def fit_teacher(model: nn.Module, t: TrainTeacher, spec: InputSpec, data: Datase
     """Cross-entropy on the train split; keeps the weights of the best val accuracy; stops after `patience` flat epochs."""
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=1e-4)
-    loss = create_loss("kd", alpha=0.0, temperature=1.0)
+    loss = cross_entropy_loss()
     x, y = data.train.x.to(device), data.train.y.to(device)
     best, best_state, flat = -1.0, None, 0
     best_metrics: dict[str, float] = {}

@@ -17,7 +17,7 @@ import yaml
 
 from ._io import atomic_dir
 from .config import Config
-from .distill import Hparams, default_hparams, prepare, train_student
+from .distill import Hparams, Prepared, default_hparams, prepare, train_student
 from .preflight import preflight
 from .students import cast_state_dict
 from .tracking import check_store, log_train_run
@@ -39,7 +39,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def run_train(cfg: Config, device: torch.device, on_start: Callable[[Hparams, dict], None] | None = None,
+def run_train(cfg: Config, device: torch.device, on_start: Callable[[Hparams, Prepared], None] | None = None,
               on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     start = time.perf_counter()
     preflight(cfg)  # config, data paths, teacher files, size limit, output.dir, MLflow: before anything is written
@@ -47,13 +47,14 @@ def run_train(cfg: Config, device: torch.device, on_start: Callable[[Hparams, di
     check_store(cfg)
     hp = default_hparams(cfg, prepared.students)
     if on_start:
-        on_start(hp, prepared.teacher_metrics)
+        on_start(hp, prepared)
     distiller, history = train_student(cfg, hp, prepared, device, on_epoch=on_epoch)
     seconds = time.perf_counter() - start
     size = distiller.size
     summary = {
         "teacher_val_accuracy": prepared.teacher_metrics["val_accuracy"],
         "teacher_val_macro_f1": prepared.teacher_metrics["val_macro_f1"],
+        "baseline_val_macro_f1": prepared.baseline_metrics["val_macro_f1"],
         "teacher_forward_passes": prepared.teacher.forward_passes,
         "teacher_seconds": prepared.teacher.seconds,
         "wall_seconds": seconds,
@@ -66,6 +67,7 @@ def run_train(cfg: Config, device: torch.device, on_start: Callable[[Hparams, di
         "student": {"name": hp.student, "params": size.params, "precision": cfg.student.precision,
                     "size_bytes": size.bytes(cfg.student.precision)},
         "class_names": prepared.data.class_names,
+        "images": prepared.data.counts(),
         "data_fingerprint": prepared.data.fingerprint,
         **summary,
     }

@@ -61,6 +61,8 @@ class SearchResult:
     """Seconds the teacher ran for this search: computing cached outputs, or live inside trials."""
     parent_run_id: str
     students: list[str]
+    images: dict[str, int]
+    """labeled / transfer / val / test image counts."""
 
 
 def init_ray(address: str | None) -> None:
@@ -160,7 +162,7 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
                     **({f"best_{metric}": best["metrics"][metric]} if best else {})})
     return SearchResult(path, summary["trials"], best, wall, fit_seconds, summary["trial_seconds"],
                         summary["trial_epochs"], teacher_passes, teacher_seconds, state["parent_run_id"],
-                        prepared.students)
+                        prepared.students, prepared.data.counts())
 
 
 def summarize(results, cfg: Config) -> dict[str, Any]:
