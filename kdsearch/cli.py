@@ -175,7 +175,7 @@ def report(
     rep = run_report(cfg, seeds=seeds, device=resolve_device(device))
     family = "vit" if "vit" in rep else "cnn"
     f = rep[family]
-    table = Table(title=f"{cfg.name}: {rep['best_config']['student']} from {rep['best_config_from']}, "
+    table = Table(title=f"{cfg.name}: {rep['best_config']['student']} (loss {rep['loss']}) from {rep['best_config_from']}, "
                         f"{len(rep['seeds'])} seed(s), {rep['epochs']} epochs")
     for col in ("", "val accuracy", "val macro-F1"):
         table.add_column(col, justify="left" if not col else "right")
@@ -186,8 +186,18 @@ def report(
 
     table.add_row("teacher", cell("teacher_accuracy"), cell("teacher_macro_f1"))
     table.add_row("student without KD", cell("student_accuracy_without_kd"), cell("student_macro_f1_without_kd"))
-    table.add_row("student with KD", cell("student_accuracy_with_kd"), cell("student_macro_f1_with_kd"))
+    table.add_row(f"student with KD ({rep['loss']})", cell("student_accuracy_with_kd"), cell("student_macro_f1_with_kd"))
     console.print(table)
+    if "teacher_accuracy_test" in f:
+        test = Table(title="test split")
+        for col in ("", "test accuracy", "test macro-F1"):
+            test.add_column(col, justify="left" if not col else "right")
+        test.add_row("teacher", cell("teacher_accuracy_test"), cell("teacher_macro_f1_test"))
+        test.add_row("student without KD", cell("student_accuracy_without_kd_test"),
+                     cell("student_macro_f1_without_kd_test"))
+        test.add_row(f"student with KD ({rep['loss']})", cell("student_accuracy_with_kd_test"),
+                     cell("student_macro_f1_with_kd_test"))
+        console.print(test)
     console.print(f"report: {cfg.output_dir / 'report' / 'report.json'}; plots: {', '.join(rep['plots'])}; "
                   f"logged to MLflow run {rep['mlflow_run_id']}")
 

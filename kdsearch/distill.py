@@ -111,21 +111,25 @@ def prepare(cfg: Config, device: torch.device | str) -> Prepared:
         kinds = ", ".join(m.identity["source"] for m in teacher.members if m.head is None)
         raise KdsearchError(f"search.space.feature_weight: the teacher ({kinds}) exposes no penultimate features "
                             "(TorchScript, or a model whose last linear layer is not its output); set feature_weight: 0")
+    scores: dict[str, float] = {}
+    baseline = majority_baseline(data)
+
+    def score_and_check(val: torch.Tensor) -> None:
+        # an ensemble is scored by its combined prediction at T = 1 with its default weights
+        log_p = teacher_log_probs(val, 1.0, torch.tensor(teacher.weights))
+        m = classification_metrics(data.val.y.numpy(), log_p.argmax(1).numpy(), data.num_classes,
+                                   float(torch.nn.functional.nll_loss(log_p, data.val.y)))
+        scores.update(val_accuracy=m.accuracy, val_macro_f1=m.macro_f1)
+        check_teacher(cfg, scores, baseline)
+
     if cfg.teacher.cache:
-        targets = teacher_targets(cfg, data, teacher, device)
-        val = targets.val_logits
+        targets = teacher_targets(cfg, data, teacher, device, check=score_and_check)
     else:
         targets = None
         fit_heads(teacher, data, device)
-        val = torch.cat([teacher.outputs(data.val.x[i:i + 256].to(device))[0].cpu() for i in range(0, len(data.val.x), 256)])
-    # an ensemble is scored by its combined prediction at T = 1 with its default weights
-    log_p = teacher_log_probs(val, 1.0, torch.tensor(teacher.weights))
-    m = classification_metrics(data.val.y.numpy(), log_p.argmax(1).numpy(), data.num_classes,
-                               float(torch.nn.functional.nll_loss(log_p, data.val.y)))
-    teacher_metrics = {"val_accuracy": m.accuracy, "val_macro_f1": m.macro_f1}
-    baseline = majority_baseline(data)
-    check_teacher(cfg, teacher_metrics, baseline)
-    return Prepared(data, teacher, targets, students, teacher_metrics,
+        score_and_check(torch.cat([teacher.outputs(data.val.x[i:i + 256].to(device))[0].cpu()
+                                   for i in range(0, len(data.val.x), 256)]))
+    return Prepared(data, teacher, targets, students, scores,
                     {"val_accuracy": baseline.accuracy, "val_macro_f1": baseline.macro_f1})
 
 

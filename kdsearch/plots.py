@@ -33,13 +33,17 @@ def learning_curves(trials: list[dict[str, Any]], metric: str, mode: str, path: 
 
 
 def metric_vs_size(trials: list[dict[str, Any]], metric: str, max_size_mb: float, path: Path) -> Path:
-    """Every trial's last metric against its student's size; ASHA-stopped trials marked; the size limit drawn."""
+    """Every trial's last metric against its student's size, one colour per distillation loss; ASHA-stopped
+    trials marked; the size limit drawn."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for stopped, marker, label in ((False, "o", "ran to max_epochs"), (True, "x", "stopped early by ASHA")):
-        pts = [(t["last"]["size_mb"], t["last"][metric]) for t in trials
-               if t["stopped_early"] == stopped and metric in t["last"]]
-        if pts:
-            ax.scatter(*zip(*pts), marker=marker, label=label)
+    losses = list(dict.fromkeys(str(t["config"].get("loss", "kd")) for t in trials))
+    colours = {name: f"C{i}" for i, name in enumerate(losses)}
+    for loss in losses:
+        for stopped, marker, how in ((False, "o", "ran to max_epochs"), (True, "x", "stopped early by ASHA")):
+            pts = [(t["last"]["size_mb"], t["last"][metric]) for t in trials if t["stopped_early"] == stopped
+                   and metric in t["last"] and str(t["config"].get("loss", "kd")) == loss]
+            if pts:
+                ax.scatter(*zip(*pts), marker=marker, color=colours[loss], label=f"{loss}, {how}")
     ax.axvline(max_size_mb, color="red", linestyle="--", label=f"size limit {max_size_mb:g} MB")
     ax.set(xlabel="student size (MB)", ylabel=metric, title=f"{metric} vs student size, every trial")
     ax.legend(fontsize=7)
@@ -86,9 +90,11 @@ def confusion(matrix: list[list[int]], class_names: list[str], title: str, path:
 
 def sample_predictions(x: torch.Tensor, y: torch.Tensor, teacher_pred: torch.Tensor, student_pred: torch.Tensor,
                        class_names: list[str], path: Path, n: int = 16) -> Path:
-    """A grid of val images titled teacher / student / truth; the student's mistakes in red. Mistakes first."""
-    wrong = (student_pred != y).nonzero().flatten().tolist()
-    right = (student_pred == y).nonzero().flatten().tolist()
+    """A grid of val images titled teacher / student / truth; the student's mistakes in red. Mistakes first, each
+    group a seeded random draw: a split stored class by class would otherwise show its first class only."""
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    wrong = order[student_pred[order] != y[order]].tolist()
+    right = order[student_pred[order] == y[order]].tolist()
     pick = (wrong[: n // 2] + right)[:n]
     side = int(np.ceil(np.sqrt(len(pick))))
     fig, axes = plt.subplots(side, side, figsize=(side * 1.8, side * 1.9), squeeze=False)

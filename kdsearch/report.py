@@ -128,6 +128,7 @@ def run_report(cfg: Config, seeds: int = 1, device: str | torch.device = "cpu") 
         family: figures,
         "best_config": hp.as_dict(),
         "best_config_from": source,
+        "loss": hp.loss,  # the distillation term of the best trial (the "with KD" arm)
         "seeds": seed_list,
         "epochs": cfg.search.max_epochs,
         "splits": list(splits),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -57,16 +58,28 @@ def make_views(x: torch.Tensor, level: str, views: int, seed: int, chunk: int = 
     return out
 
 
-def teacher_targets(cfg: Config, data: Dataset, teachers: Teachers, device, features: bool | None = None) -> TeacherTargets:
-    """Load or compute every member's logits (and features, when `features`) for every cached view and val."""
+def teacher_targets(cfg: Config, data: Dataset, teachers: Teachers, device, features: bool | None = None,
+                    check: Callable[[torch.Tensor], None] | None = None) -> TeacherTargets:
+    """Load or compute every member's logits (and features, when `features`) for every cached view and val.
+
+    `check` sees the val logits [N_val, M, K] before anything new is written: a teacher it refuses (by raising)
+    leaves no cache behind."""
     features = cfg.search.space.may_use_features if features is None else features
     views = make_views(data.pool().x, cfg.data.augment, num_views(cfg), cfg.seed)
     passes, seconds = teachers.forward_passes, teachers.seconds
     outs = [_member_targets(cfg, data, m, views, device, features) for m in teachers.members]
+    val_logits = torch.stack([o["val_logits"] for o in outs], dim=1)
+    if check is not None:
+        check(val_logits)
+    for out in outs:
+        path = out.pop("_write", None)  # set where this call computed the outputs
+        if path is not None:
+            save_atomic(out, path)
+            log.info("teacher outputs computed and cached at %s", path)
     return TeacherTargets(
         views,
         torch.stack([o["logits"] for o in outs], dim=2),
-        torch.stack([o["val_logits"] for o in outs], dim=1),
+        val_logits,
         torch.cat([o["features"] for o in outs], dim=-1) if features else None,
         forward_passes=teachers.forward_passes - passes,
         seconds=teachers.seconds - seconds,
@@ -101,11 +114,9 @@ def _member_targets(cfg: Config, data: Dataset, teacher: Teacher, views: torch.T
             logits = torch.stack([teacher.head(f.to(dev)).float().cpu() for f in feats])
             val_logits = teacher.head(val_feats.to(dev)).float().cpu()
     head = {k: v.detach().cpu() for k, v in teacher.head.state_dict().items()} if fit is not None else None
-    out = {"logits": logits, "val_logits": val_logits, "features": feats if features else None, "fit": fit,
-           "head": head}
-    save_atomic(out, path)
-    log.info("teacher outputs computed (%d forward passes) and cached at %s", teacher.forward_passes - before, path)
-    return out
+    log.info("teacher outputs computed: %d forward passes", teacher.forward_passes - before)
+    return {"logits": logits, "val_logits": val_logits, "features": feats if features else None, "fit": fit,
+            "head": head, "_write": path}
 
 
 def fit_heads(teachers: Teachers, data: Dataset, device) -> None:
