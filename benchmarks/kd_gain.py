@@ -24,7 +24,6 @@ scored on the test split (macro-F1, mean and standard deviation). Needs
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import logging
 import statistics
@@ -38,17 +37,12 @@ REPO = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-def _idx(path: Path) -> np.ndarray:
-    raw = gzip.open(path, "rb").read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
 def make_subset(path: Path, n_train: int, n_val: int, n_test: int, seed: int) -> Path:
     """A stratified, seeded subset of Fashion-MNIST as an .npz with train/val/test splits (28 px)."""
-    x, y = _idx(FASHION / "train-images-idx3-ubyte.gz"), _idx(FASHION / "train-labels-idx1-ubyte.gz")
-    xt, yt = _idx(FASHION / "t10k-images-idx3-ubyte.gz"), _idx(FASHION / "t10k-labels-idx1-ubyte.gz")
+    from kdsearch.data import read_idx
+
+    x, y = read_idx(FASHION / "train-images-idx3-ubyte.gz"), read_idx(FASHION / "train-labels-idx1-ubyte.gz")
+    xt, yt = read_idx(FASHION / "t10k-images-idx3-ubyte.gz"), read_idx(FASHION / "t10k-labels-idx1-ubyte.gz")
     idx = np.arange(len(y))
     tr, rest = train_test_split(idx, train_size=n_train, stratify=y, random_state=seed)
     va, _ = train_test_split(rest, train_size=n_val, stratify=y[rest], random_state=seed)

@@ -191,7 +191,7 @@ def num_classes_hint(d: DataConfig) -> int:
         with np.load(_npz_path(Path(d.root)), allow_pickle=False) as z:
             return int(z["train_labels"].max()) + 1
     if d.source == "idx":
-        return int(_read_idx(_idx_files(Path(d.root))["train"][1]).max()) + 1
+        return int(read_idx(_idx_files(Path(d.root))["train"][1]).max()) + 1
     return 10  # digits and cifar10
 
 
@@ -450,7 +450,7 @@ def _idx_files(root: Path) -> dict[str, tuple[Path, Path]]:
     return out
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         raw = f.read()
@@ -466,7 +466,7 @@ def _read_idx(path: Path) -> np.ndarray:
 
 def _decode_idx(d: DataConfig) -> dict:
     files = _idx_files(Path(d.root))
-    return _from_arrays(d, {s: (_read_idx(i), _read_idx(l)) for s, (i, l) in files.items()})
+    return _from_arrays(d, {s: (read_idx(i), read_idx(l)) for s, (i, l) in files.items()})
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -580,7 +580,7 @@ def _decode_unlabeled(u: UnlabeledConfig, size: int) -> dict:
         except (ValueError, OSError) as e:
             raise KdsearchError(f"data.unlabeled.root {path}: not a readable .npz ({e})") from None
     else:
-        arrays = [_read_idx(p) for p in _unlabeled_idx_files(root)]
+        arrays = [read_idx(p) for p in _unlabeled_idx_files(root)]
     return {"x": torch.cat([_resize_tensor(a, size) for a in arrays]), "unreadable": []}
 
 

@@ -230,7 +230,7 @@ def test_ensemble_of_different_input_sizes_caches_each_member_once(tmp_path, hf,
     assert again.targets.forward_passes == 0 and torch.equal(again.targets.logits, first.targets.logits)
     # the weights enter the target: the distiller's loss carries them
     d = Distiller(reweighted, default_hparams(reweighted, again.students), again, "cpu")
-    assert torch.allclose(d.loss.teacher_weights, torch.tensor([0.9, 0.1]))
+    assert torch.allclose(d.loss.term.teacher_weights, torch.tensor([0.9, 0.1]))
     code, out, err = run_cli("train", write_config(tmp_path, cfg.model_dump(mode="json", by_alias=True)))
     assert code == 0, err
     report = json.loads((tmp_path / "out" / "train" / "metrics.json").read_text())
