@@ -140,7 +140,8 @@ def export_best(cfg: Config, out: Path | None = None, data: Dataset | None = Non
                       "layout": "float32 NCHW, RGB scaled to [0, 1], then (x - mean) / std"},
             "teacher": search_state.get("teacher", {}),
             "data": {"source": cfg.data.source, "fingerprint": data.fingerprint, "train_images": len(data.train.y),
-                     "val_images": len(data.val.y)},
+                     "val_images": len(data.val.y), "label_budget": cfg.data.label_budget,
+                     "images": data.counts()},  # labeled / transfer / val / test: what the student learned from
             "trial_id": trial.trial_id,
             "seed": cfg.seed,
             "versions": _versions(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import struct
 import subprocess
 import sys
@@ -222,6 +223,14 @@ def test_search_with_transfer_images_and_the_loss_menu(tmp_path):
     assert len(children) == 4
     assert {r.data.params["loss"] for r in children} <= {"kd", "dist", "kd_ls", "dkd"}
     assert all("dkd_beta" in r.data.params for r in children)
+
+    card = json.loads((tmp_path / "out" / "best" / "model_card.json").read_text())
+    assert card["data"]["images"]["transfer"] == n_train - 50 + 40 and card["data"]["label_budget"] == 5
+    report = subprocess.run([KDSEARCH, "report", str(path), "--device", "cpu"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=600)
+    assert report.returncode == 0, report.stderr[-3000:]
+    rep = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    assert rep["loss"] == card["hyperparameters"]["loss"] and f"(loss {rep['loss']})" in report.stdout
 
     again = subprocess.run([KDSEARCH, "run", str(path), "--device", "cpu", "--set", "name=fewlabels-again",
                             "--set", "search.num_samples=1"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
