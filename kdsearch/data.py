@@ -24,7 +24,7 @@ from sklearn.model_selection import train_test_split
 from .config import Config, DataConfig, UnlabeledConfig
 from ._io import fingerprint, load_cache, save_atomic
 from .errors import KdsearchError
-from .losses import UNLABELED
+from .labels import UNLABELED
 
 log = logging.getLogger("kdsearch")
 

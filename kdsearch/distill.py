@@ -20,7 +20,8 @@ from .config import Config, Dist
 from .data import Dataset, load_dataset, stratified_sample
 from .engine import Metrics, classification_metrics, evaluate, recalibrate_bn, train_one_epoch
 from .errors import KdsearchError
-from .losses import UNLABELED, FeatureHintLoss, class_weights, create_loss, teacher_log_probs
+from .labels import UNLABELED
+from .losses import FeatureHintLoss, class_weights, create_loss, teacher_log_probs
 from .students import FeatureStudent, StudentSize, create_student, fitting_students, student_size
 from .teacher_cache import TeacherTargets, fit_heads, teacher_targets
 from .teachers import Teachers, build_teachers, student_spec

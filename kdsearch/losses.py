@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-UNLABELED = -1
-"""The label of a transfer image: the teacher is its only signal."""
+from .labels import UNLABELED
 
 _TERMS: dict[str, type[nn.Module]] = {}
 

@@ -21,7 +21,7 @@ from kdsearch.config import Config
 from kdsearch.data import label_budget_mask, load_dataset, stratified_sample
 from kdsearch.distill import Distiller, Hparams, prepare, train_student
 from kdsearch.engine import evaluate, recalibrate_bn
-from kdsearch.losses import UNLABELED
+from kdsearch.labels import UNLABELED
 from kdsearch.transforms import to_input
 
 from conftest import tiny_config, write_config

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdsearch.losses import UNLABELED, FeatureHintLoss, class_weights, create_loss, cross_entropy_loss, list_losses, teacher_log_probs
+from kdsearch.labels import UNLABELED
+from kdsearch.losses import FeatureHintLoss, class_weights, create_loss, cross_entropy_loss, list_losses, teacher_log_probs
 
 
 def _hand_kd(s, t, y, alpha, T, w):
