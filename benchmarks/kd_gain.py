@@ -70,6 +70,17 @@ def arm_config(base: dict, out: Path, name: str, budget: int | None, kd: bool, e
     return Config.model_validate(cfg)
 
 
+def best_val_per_loss(cfg) -> dict[str, float]:
+    """The best val macro-F1 any trial of the search reached with each loss."""
+    from kdsearch.report import search_trials
+
+    best: dict[str, float] = {}
+    for t in search_trials(cfg):
+        loss = str(t["config"].get("loss", "kd"))
+        best[loss] = max(best.get(loss, 0.0), float(t["last"]["val_macro_f1"]))
+    return best
+
+
 def best_test_f1(cfg, prepared, hp, seeds: list[int]) -> list[float]:
     from kdsearch.distill import train_student
     from kdsearch.engine import evaluate
@@ -135,7 +146,8 @@ def main() -> None:
                         "best_val_macro_f1": result.best["metrics"]["val_macro_f1"], "best_config": hp.as_dict(),
                         "trials": result.trials, "epochs_per_trial": cfg.search.max_epochs,
                         "search_seconds": search_s, "retrain_seconds": time.perf_counter() - start,
-                        "images": counts, "teacher": prepared.teacher_metrics}
+                        "images": counts, "teacher": prepared.teacher_metrics,
+                        "best_val_macro_f1_per_loss": best_val_per_loss(cfg)}
             print(json.dumps({regime: {arm: {k: row[arm][k] for k in ("mean", "std", "best_config")}}}), flush=True)
         row["kd_gain"] = row["kd"]["mean"] - row["no_kd"]["mean"]
         results["regimes"][regime] = row

@@ -104,18 +104,22 @@ def load_dataset(cfg: Config) -> Dataset:
                  "class_names": d.class_names, "files": files})
     cache = cfg.output_dir / "cache" / f"data-{key}.pt"
     decoded = load_cache(cache)
+    to_save = []  # written only once everything decoded and checked: bad input leaves no cache behind
     if decoded is None:
         decoded = _DECODERS[d.source](d)
         _check_decoded(d, decoded)
-        save_atomic(decoded, cache)
+        to_save.append((decoded, cache))
     for name in decoded["unreadable"]:
         log.warning("skipped unreadable image: %s", name)
     data = _split(decoded, d, cfg.seed, key)
     if d.label_budget is not None:
         data.labeled = label_budget_mask(data.train.y, d.label_budget, cfg.seed)
     if d.unlabeled is not None:
-        data.unlabeled, data.unlabeled_fingerprint, bad = _load_unlabeled(cfg, data.channels)
+        data.unlabeled, data.unlabeled_fingerprint, bad, pending = _load_unlabeled(cfg, data.channels)
         data.unreadable += bad
+        to_save += pending
+    for obj, path in to_save:
+        save_atomic(obj, path)
     return data
 
 
@@ -584,20 +588,21 @@ def _decode_unlabeled(u: UnlabeledConfig, size: int) -> dict:
     return {"x": torch.cat([_resize_tensor(a, size) for a in arrays]), "unreadable": []}
 
 
-def _load_unlabeled(cfg: Config, channels: int) -> tuple[torch.Tensor, str, list[str]]:
-    """data.unlabeled decoded (cached like the labeled data) in `channels`; (images, fingerprint, unreadable)."""
+def _load_unlabeled(cfg: Config, channels: int) -> tuple[torch.Tensor, str, list[str], list]:
+    """data.unlabeled decoded (cached like the labeled data) in `channels`: (images, fingerprint, unreadable,
+    [(decoded, cache path)] still to be written)."""
     u = cfg.data.unlabeled
     key = fingerprint({"format": CACHE_FORMAT, "unlabeled": u.source, "size": cfg.data.image_size,
                        "manifest": u.manifest, "files": _unlabeled_files(u)})
     cache = cfg.output_dir / "cache" / f"unlabeled-{key}.pt"
-    decoded = load_cache(cache)
+    decoded, pending = load_cache(cache), []
     if decoded is None:
         decoded = _decode_unlabeled(u, cfg.data.image_size)
         if len(decoded["x"]) == 0:
             extra = f" ({len(decoded['unreadable'])} unreadable)" if decoded["unreadable"] else ""
             raise KdsearchError(f"data.unlabeled.root {u.root}: no readable images found{extra}; check the folder "
                                 "and data.unlabeled.source")
-        save_atomic(decoded, cache)
+        pending.append((decoded, cache))
     for name in decoded["unreadable"]:
         log.warning("skipped unreadable unlabeled image: %s", name)
     x = decoded["x"]
@@ -606,7 +611,7 @@ def _load_unlabeled(cfg: Config, channels: int) -> tuple[torch.Tensor, str, list
     elif x.shape[1] == 3 and channels == 1:  # ITU-R 601 luma, as PIL's convert("L")
         luma = torch.tensor([0.299, 0.587, 0.114])[None, :, None, None]
         x = (x.float() * luma).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-    return x, key, [f"unlabeled: {n}" for n in decoded["unreadable"]]
+    return x, key, [f"unlabeled: {n}" for n in decoded["unreadable"]], pending
 
 
 _DECODERS = {

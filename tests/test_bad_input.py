@@ -59,10 +59,15 @@ CASES = [
     ("export-without-search", lambda t: {}, "export-best", ["no search found", "kdsearch run"]),
     ("run-with-missing-teacher-file", lambda t: {"teacher": {"source": "torchscript", "path": str(t / "t.pt")}}, "run",
      ["teacher.path", "file not found"]),
+    ("unlabeled-folder-missing", lambda t: {"data": {"unlabeled": {"root": str(t / "nope")}}}, "run",
+     ["data.unlabeled.root", "not found", "--set data.unlabeled.root"]),
+    ("unlabeled-all-unreadable", lambda t: {"data": {"unlabeled": {"root": str(_touch(t / "u" / "x.png").parent)}}},
+     "train", ["data.unlabeled.root", "no readable images", "1 unreadable"]),
 ]
 
 
 def _touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("x")
     return path
 

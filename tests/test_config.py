@@ -120,6 +120,15 @@ BAD = [
     ("feature-weight-negative", {"search": {"space": {"feature_weight": -1.0}}},
      ["search.space.feature_weight", "outside"]),
     ("feature-loss-unknown", {"search": {"space": {"feature_loss": "l1"}}}, ["search.space.feature_loss", "cosine"]),
+    ("loss-unknown", {"search": {"space": {"loss": {"choice": ["kd", "crd"]}}}}, ["search.space.loss", "'crd'", "dkd"]),
+    ("dkd-beta-zero", {"search": {"space": {"dkd_beta": 0.0}}}, ["search.space.dkd_beta", "outside"]),
+    ("label-budget-zero", {"data": {"label_budget": 0}}, ["data.label_budget", "greater than or equal to 1"]),
+    ("unlabeled-without-root", {"data": {"unlabeled": {"source": "image_folder"}}}, ["data.unlabeled.root", "missing"]),
+    ("unlabeled-csv-without-manifest", {"data": {"unlabeled": {"source": "csv", "root": "."}}},
+     ["data.unlabeled.manifest"]),
+    ("min-f1-on-a-member", {"teacher": {"source": "ensemble", "members": [{"arch": "resnet8", "min_val_macro_f1": 0.5},
+                                                                          {"arch": "resnet8"}]}},
+     ["members[0]", "min_val_macro_f1", "on the ensemble"]),
 ]
 
 
