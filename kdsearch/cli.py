@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -39,12 +40,18 @@ def run(
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted search of this config")] = False,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (or RAY_ADDRESS); default: local")] = None,
     device: DeviceOpt = "auto",
+    submit_: Annotated[bool, typer.Option("--submit", help="then upload the best student to the config's "
+                                          "evaluation server and wait for its score")] = False,
 ) -> None:
     """The search: Ray Tune + Optuna (TPE) + ASHA over the config's space; logs to MLflow; exports the best."""
     from .export import export_best
     from .tuner import run_search
 
     cfg = load_config(config, set_ or [])
+    if submit_:
+        from .submit import connect
+
+        connect(cfg)  # the submit section and the token, checked before an hour of search
     result = run_search(cfg, resume=resume, address=address, device=device)
     t = result.trials
     console.print(_counts_line(result.images))
@@ -56,6 +63,76 @@ def run(
                             "continue with `kdsearch run CONFIG --resume`")
     exported = export_best(cfg)
     _print_export(cfg, exported)
+    if submit_:
+        _submit_and_report(cfg, None, wait=True)
+
+
+def _submit_and_report(cfg: Config, file: Optional[Path], wait: bool) -> None:
+    from .submit import submit
+
+    sub = submit(cfg, file=file, wait=wait, say=lambda m: err_console.print(m))
+    local = f"{sub.local_val_macro_f1:.4f}" if sub.local_val_macro_f1 is not None else "-"
+    score = f"{sub.score:.4f}" if sub.score is not None else "-"
+    console.print(f"submission attempt {sub.attempt if sub.attempt is not None else '?'}: {sub.status}; "
+                  f"server score {score}; local val_macro_f1 {local}; MLflow run {sub.run_id}")
+    if sub.status == "failed":
+        console.print(f"the server failed it: {sub.entry.get('reason') or sub.entry.get('error') or sub.entry}")
+    elif sub.status not in ("successful", "failed") and wait:
+        console.print(f"still {sub.status} after submit.timeout_s {cfg.submit.timeout_s:g} s; "
+                      f"`kdsearch submissions CONFIG --sync` records the verdict later")
+
+
+@app.command("submit")
+def submit_cmd(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    file: Annotated[Optional[Path], typer.Option(help="file to upload (default: the export in output.dir/best)")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="upload and record, do not wait for the score; "
+                                          "exit 2 if the server's rate limit does not allow a submission now")] = False,
+) -> None:
+    """Upload the exported student to the config's evaluation server, wait for its score, record it in MLflow."""
+    cfg = load_config(config, set_ or [])
+    _submit_and_report(cfg, file, wait=not no_wait)
+
+
+@app.command()
+def submissions(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    sync: Annotated[bool, typer.Option("--sync", help="ask the server about submissions not yet scored")] = False,
+) -> None:
+    """Every submission of this experiment: local val metric vs the server's status and score."""
+    from . import submit as submitting
+    from .tracking import submissions as recorded
+
+    cfg = load_config(config, set_ or [])
+    if sync:
+        err_console.print(f"synced {submitting.sync(cfg)} submission(s) not yet scored")
+    table = Table(title=f"{cfg.name}: submissions")
+    for col in ("when", "trial", "local val_macro_f1", "attempt", "status", "score", "size"):
+        table.add_column(col, justify="left" if col in ("when", "trial", "status") else "right")
+    for r in recorded(cfg):
+        table.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["start_time"])), r.get("trial_id", "-"),
+                      r.get("local_val_macro_f1", "-"), r.get("attempt", "-"), r.get("status", "-"),
+                      _fmt(r["score"]) if "score" in r else "-",
+                      _fmt(r["model_size"]) if "model_size" in r else "-")
+    console.print(table)
+
+
+@app.command()
+def leaderboard(config: ConfigArg, set_: SetOpt = None) -> None:
+    """The evaluation server's leaderboard (submit.leaderboard_url)."""
+    from .submit import leaderboard as fetch
+
+    cfg = load_config(config, set_ or [])
+    rows = fetch(cfg)
+    table = Table(title=f"leaderboard: {cfg.submit.leaderboard_url}")
+    columns = list(rows[0]) if rows else []
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(row.get(c, "") for c in columns))
+    console.print(table)
 
 
 @app.command("export-best")

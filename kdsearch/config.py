@@ -510,6 +510,29 @@ class OutputConfig(_Model):
     """Ray results, the teacher and its cache, exports and reports; unset = runs/<name>."""
 
 
+class SubmitConfig(_Model):
+    """An evaluation server that scores exported students (a course's or a competition's)."""
+
+    url: str = Field(pattern=r"^https?://")
+    """The server's base URL; the `course` protocol posts to {url}/submit and polls {url}/submission-status/{token}."""
+    token_env: str = Field("KDSEARCH_SUBMIT_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """The environment variable holding your token. The token itself never goes in a config, a log or the store."""
+    protocol: str = "course"
+    """course (built in), or `package.module:Class` for another server's protocol."""
+    format: Literal["torchscript", "state_dict"] = "torchscript"
+    """What is uploaded: the exported TorchScript student (loads without kdsearch) or its state_dict."""
+    min_interval_s: float = Field(900.0, ge=0)
+    """The server's rate limit between submissions (the course allows one per 15 minutes)."""
+    poll_interval_s: float = Field(30.0, gt=0)
+    """Seconds between status checks while a submission is scored."""
+    timeout_s: float = Field(1800.0, gt=0)
+    """Stop waiting for a verdict after this long; `kdsearch submissions --sync` picks it up later."""
+    retries: int = Field(4, ge=0, le=10)
+    """Retries after a 5xx answer or a dropped connection, with exponential backoff (1, 2, 4, ... s)."""
+    leaderboard_url: str | None = Field(None, pattern=r"^https?://")
+    """The server's leaderboard page (an HTML table), for `kdsearch leaderboard`."""
+
+
 class Config(_Model):
     """A kdsearch experiment."""
 
@@ -523,6 +546,8 @@ class Config(_Model):
     search: SearchConfig = SearchConfig()
     tracking: TrackingConfig = TrackingConfig()
     output: OutputConfig = OutputConfig()
+    submit: SubmitConfig | None = None
+    """Optional: the evaluation server `kdsearch submit` and `run --submit` upload the best student to."""
 
     @field_validator("teacher", mode="before")
     @classmethod

@@ -266,3 +266,73 @@ def register_student(cfg: Config, model, example, export_dir: Path, parent_run_i
                                         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         mlflow.log_artifacts(str(export_dir), artifact_path="best")
     return f"{name}/{info.registered_model_version}"
+
+
+# --------------------------------------------------------------------------- submissions to an evaluation server
+
+
+SUBMISSION_PREFIX = "submission."
+NEXT_ALLOWED_TAG = "kdsearch.submit.next_allowed_at"  # an experiment tag: every process sees the server's rate limit
+
+
+def _search_parent(cfg: Config) -> str | None:
+    import json
+
+    from .tuner import STATE_FILE, experiment_path
+
+    state = experiment_path(cfg) / STATE_FILE
+    return json.loads(state.read_text()).get("parent_run_id") if state.is_file() else None
+
+
+def start_submission(cfg: Config, tags: dict[str, str]) -> str:
+    """A run for one submission, nested under the search's parent run when there is one; returns its id."""
+    client, exp_id = _client(cfg)
+    parent = _search_parent(cfg)
+    base = {"kdsearch.kind": "submission", **({"mlflow.parentRunId": parent} if parent else {})}
+    run = client.create_run(exp_id, run_name=f"submission-{time.strftime('%Y%m%d-%H%M%S')}",
+                            tags={**base, **{SUBMISSION_PREFIX + k: v for k, v in tags.items()}})
+    return run.info.run_id
+
+
+def update_submission(cfg: Config, run_id: str, tags: dict[str, str], metrics: dict[str, float] | None = None,
+                      finished: bool = False) -> None:
+    from mlflow.entities import Metric, RunTag
+
+    client, _ = _client(cfg)
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(SUBMISSION_PREFIX + k, float(v), now, 0) for k, v in (metrics or {}).items()],
+                     tags=[RunTag(SUBMISSION_PREFIX + k, str(v)) for k, v in tags.items()])
+    if finished:
+        client.set_terminated(run_id)
+
+
+def log_submission_text(cfg: Config, run_id: str, name: str, text: str) -> None:
+    client, _ = _client(cfg)
+    client.log_text(run_id, text, f"submission/{name}")
+
+
+def delete_submission(cfg: Config, run_id: str) -> None:
+    _client(cfg)[0].delete_run(run_id)
+
+
+def submissions(cfg: Config) -> list[dict[str, Any]]:
+    """Every submission of the experiment, oldest first: run_id, start time, tags and metrics without the prefix."""
+    client, exp_id = _client(cfg)
+    runs = client.search_runs([exp_id], "tags.`kdsearch.kind` = 'submission'", order_by=["attributes.start_time ASC"])
+    out = []
+    for r in runs:
+        strip = lambda d: {k[len(SUBMISSION_PREFIX):]: v for k, v in d.items() if k.startswith(SUBMISSION_PREFIX)}  # noqa: E731
+        out.append({"run_id": r.info.run_id, "start_time": r.info.start_time / 1000, **strip(r.data.tags),
+                    **strip(r.data.metrics)})
+    return out
+
+
+def next_allowed_at(cfg: Config) -> float:
+    """When the server accepts the next submission (epoch seconds; 0 = now)."""
+    client, exp_id = _client(cfg)
+    return float(client.get_experiment(exp_id).tags.get(NEXT_ALLOWED_TAG, 0.0))
+
+
+def set_next_allowed_at(cfg: Config, when: float) -> None:
+    client, exp_id = _client(cfg)
+    client.set_experiment_tag(exp_id, NEXT_ALLOWED_TAG, f"{when:.3f}")
