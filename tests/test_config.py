@@ -129,6 +129,10 @@ BAD = [
     ("min-f1-on-a-member", {"teacher": {"source": "ensemble", "members": [{"arch": "resnet8", "min_val_macro_f1": 0.5},
                                                                           {"arch": "resnet8"}]}},
      ["members[0]", "min_val_macro_f1", "on the ensemble"]),
+    ("submit-url-scheme", {"submit": {"url": "server.example:9000"}}, ["submit.url", "http"]),
+    ("submit-format", {"submit": {"url": "http://127.0.0.1:9", "format": "onnx"}}, ["submit.format", "torchscript"]),
+    ("submit-token-in-config", {"submit": {"url": "http://127.0.0.1:9", "token": "abc"}},
+     ["submit.token", "unknown key", "token_env"]),
 ]
 
 

@@ -238,6 +238,41 @@ def test_waiting_past_the_timeout_says_how_to_sync(world):
     assert records(tmp, "slow")[0].data.tags["submission.status"] == "pending"
 
 
+MY_PROTOCOL = '''
+import json
+from pathlib import Path
+from kdsearch.protocols import Protocol, Status
+
+BOOK = Path(__file__).with_name("book.json")
+
+class FileServer(Protocol):
+    """A server that scores at once: an upload's size in MB is its score."""
+    def submit(self, path):
+        book = json.loads(BOOK.read_text()) if BOOK.exists() else []
+        size = path.stat().st_size / 1e6
+        book.append({"attempt": len(book) + 1, "status": "successful", "score": size, "model_size": size})
+        BOOK.write_text(json.dumps(book))
+        return {"attempt": len(book)}
+
+    def statuses(self):
+        return [Status(**e) for e in json.loads(BOOK.read_text())] if BOOK.exists() else []
+'''
+
+
+def test_a_protocol_of_your_own(world, tmp_path):
+    tmp = world["tmp"]
+    (tmp_path / "myservers.py").write_text(MY_PROTOCOL)
+    env = {**os.environ, "KDSEARCH_SUBMIT_TOKEN": TOKEN, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([KDSEARCH, "submit", str(world["path"]), "--set", "name=own", "--set",
+                           "submit.protocol=myservers:FileServer"], cwd=tmp, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "attempt 1: successful" in proc.stdout, proc.stderr[-2000:]
+    size = (tmp / "out" / "best" / "student.torchscript.pt").stat().st_size / 1e6
+    assert records(tmp, "own")[0].data.metrics["submission.score"] == pytest.approx(size)
+    unknown = kd(tmp, "submit", world["path"], "--set", "name=own", "--set", "submit.protocol=kaggle")
+    assert unknown.returncode == 2 and "submit.protocol 'kaggle': unknown" in unknown.stderr
+
+
 def test_leaderboard(world):
     reset(world["b"])
     proc = kd(world["tmp"], "leaderboard", world["path"])
