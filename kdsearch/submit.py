@@ -138,10 +138,10 @@ def submit(cfg: Config, file: Path | None = None, wait: bool = True,
             answer = server.submit(path)
         except RateLimited as e:
             tracking.delete_submission(cfg, run_id)  # nothing was submitted
-            tracking.set_next_allowed_at(cfg, time.time() + (e.retry_after_s if e.retry_after_s is not None
-                                                             else s.min_interval_s))
-            if not wait or time.time() > deadline:
-                _wait_for_slot(cfg, False, say)
+            wait_s = e.retry_after_s if e.retry_after_s is not None else s.min_interval_s
+            tracking.set_next_allowed_at(cfg, time.time() + max(1.0, wait_s))  # at least 1 s: never a busy loop
+            if not wait or time.time() + wait_s > deadline:
+                _wait_for_slot(cfg, False, say)  # says when the server will take it
             continue
         except Unavailable as e:
             tracking.update_submission(cfg, run_id, {"status": "unknown", "error": str(e)})
