@@ -165,9 +165,13 @@ def submit(cfg: Config, file: Path | None = None, wait: bool = True,
     return sub
 
 
-def _fail(cfg: Config, run_id: str, e: SubmitError) -> None:
-    """Record a refused upload or an unreadable answer, then stop with one clear line (exit 2)."""
-    tracking.update_submission(cfg, run_id, {"status": "error", "error": str(e)}, finished=True)
+def _fail(cfg: Config, run_id: str, e: SubmitError, uploaded: bool = False) -> None:
+    """Record a refused upload or an unreadable answer, then stop with one clear line (exit 2). A submission the
+    server already has stays open for `--sync`."""
+    if uploaded:
+        tracking.update_submission(cfg, run_id, {"error": str(e)})
+    else:
+        tracking.update_submission(cfg, run_id, {"status": "error", "error": str(e)}, finished=True)
     if isinstance(e, BadResponse):
         tracking.log_submission_text(cfg, run_id, "response.txt", e.body)
         raise KdsearchError(f"submit.url {cfg.submit.url}: {e}; the raw answer is kept on MLflow run {run_id} "
@@ -189,7 +193,7 @@ def _statuses(cfg: Config, server: Protocol, run_id: str | None) -> list[Status]
                                 "variable") from None
         if run_id is None:
             raise KdsearchError(f"submit.url {cfg.submit.url}: {e}") from None
-        _fail(cfg, run_id, e)
+        _fail(cfg, run_id, e, uploaded=True)
         raise
 
 

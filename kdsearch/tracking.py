@@ -86,15 +86,10 @@ def log_train_run(cfg: Config, params: dict[str, Any], tags: dict[str, str], his
 def log_report(cfg: Config, folder: Path, figures: dict[str, float]) -> str:
     """The report's files (under `report/`) and figures (as `report.*` metrics) on the search's parent run,
     or on a run of its own when the config has no search yet."""
-    import json
-
     from mlflow.entities import Metric
 
-    from .tuner import STATE_FILE, experiment_path
-
     client, exp_id = _client(cfg)
-    state = experiment_path(cfg) / STATE_FILE
-    run_id = json.loads(state.read_text()).get("parent_run_id") if state.is_file() else None
+    run_id = _search_parent(cfg)
     if run_id is not None:
         try:
             client.get_run(run_id)
@@ -276,6 +271,7 @@ NEXT_ALLOWED_TAG = "kdsearch.submit.next_allowed_at"  # an experiment tag: every
 
 
 def _search_parent(cfg: Config) -> str | None:
+    """The MLflow parent run of the config's search, from the search's saved state; None without a search."""
     import json
 
     from .tuner import STATE_FILE, experiment_path

@@ -185,6 +185,7 @@ def test_a_garbled_verdict_keeps_the_raw_answer(world):
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     body = Path(client.download_artifacts(rec.info.run_id, "submission/response.txt", str(tmp / "dl"))).read_text()
     assert '"attempt": "first"' in body and TOKEN not in body and "***" in body
+    assert rec.data.tags["submission.status"] == "pending"  # the server has it: `--sync` can still finish it
 
 
 def test_a_wrong_token_stops_at_once(world):
