@@ -52,7 +52,7 @@ def epoch_ratio(cfg: Config, prepared, epochs: int = 3) -> dict[str, Any]:
     for epoch in range(epochs + 1):  # epoch 0 warms up allocators and kernels; not counted
         for kind in (("kd", "ce") if epoch % 2 else ("ce", "kd")):  # alternate who goes first
             logits = targets.logits if kind == "kd" else None
-            batches = cached_batches(targets.views, data.pool().y, logits, hp.batch_size, spec, size,
+            batches = cached_batches(targets.views, data.pool_labels(), logits, hp.batch_size, spec, size,
                                      epoch_generator(cfg.seed, epoch))
             stats = train_one_epoch(models[kind], batches, losses[kind], opts[kind])
             if epoch > 0:
@@ -77,7 +77,7 @@ def run_bench(cfg: Config, device: str = "cpu", epochs: int = 3) -> dict[str, An
     result = run_search(bench_cfg, device=device)
     slots = min(cfg.search.max_concurrent, int(ray.cluster_resources().get("CPU", 1) // cfg.search.resources_per_trial.cpu))
     n_trials = sum(result.trials.values())
-    n_train = len(prepared.data.pool().y)  # labeled and transfer images: what the teacher scores per view
+    n_train = len(prepared.data.pool_labels())  # labeled and transfer images: what the teacher scores per view
     return {
         "config": cfg.name,
         "train_images": n_train,

@@ -75,14 +75,18 @@ class Dataset:
             return self.fingerprint
         return fingerprint({"data": self.fingerprint, "unlabeled": self.unlabeled_fingerprint})
 
+    def pool_labels(self) -> torch.Tensor:
+        """Labels of `pool()`'s images, without copying any pixels."""
+        y = self.train.y if self.labeled is None else torch.where(self.labeled, self.train.y, UNLABELED)
+        if self.unlabeled is None:
+            return y
+        return torch.cat([y, torch.full((len(self.unlabeled),), UNLABELED, dtype=torch.int64)])
+
     def pool(self) -> Split:
         """The student's training images: the train split, then data.unlabeled's images. Labels are the train
         split's where the student may see them, else UNLABELED (transfer images: the teacher's outputs only)."""
-        y = self.train.y if self.labeled is None else torch.where(self.labeled, self.train.y, UNLABELED)
-        if self.unlabeled is None:
-            return Split(self.train.x, y)
-        extra = torch.full((len(self.unlabeled),), UNLABELED, dtype=torch.int64)
-        return Split(torch.cat([self.train.x, self.unlabeled]), torch.cat([y, extra]))
+        x = self.train.x if self.unlabeled is None else torch.cat([self.train.x, self.unlabeled])
+        return Split(x, self.pool_labels())
 
     def counts(self) -> dict[str, int]:
         """labeled / transfer / val / test image counts."""

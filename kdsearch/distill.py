@@ -183,13 +183,13 @@ class Distiller:
                            else sum(m.head.in_features for m in prepared.teacher.members))
             self.trainee = FeatureStudent(self.model, teacher_dim).to(self.device)
             self.loss = FeatureHintLoss(self.loss, hp.feature_weight, hp.feature_loss)
-        pool = data.pool()
+        pool_y = data.pool_labels()
         # With alpha = 0 a transfer image carries no signal at all: train on the labeled images only.
-        train_idx = (pool.y != UNLABELED).nonzero().flatten() if hp.alpha == 0 and hp.feature_weight == 0 else None
-        if train_idx is not None and len(train_idx) == len(pool.y):
+        train_idx = (pool_y != UNLABELED).nonzero().flatten() if hp.alpha == 0 and hp.feature_weight == 0 else None
+        if train_idx is not None and len(train_idx) == len(pool_y):
             train_idx = None
         pick = (lambda t: t) if train_idx is None else (lambda t: t[:, train_idx])  # noqa: E731  [V, N, ...]
-        self.y = (pool.y if train_idx is None else pool.y[train_idx]).to(self.device)
+        self.y = (pool_y if train_idx is None else pool_y[train_idx]).to(self.device)
         self.optimizer = _optimizer(hp, self.trainee)
         steps = -(-len(self.y) // hp.batch_size) * cfg.search.max_epochs
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=steps)
@@ -199,11 +199,12 @@ class Distiller:
             self.logits = pick(prepared.targets.logits).to(self.device)
             self.teacher_features = pick(prepared.targets.features).to(self.device) if self.features else None
         else:
-            self.x = pick(pool.x[None])[0].to(self.device)
+            pool_x = data.pool().x  # live teacher: the pixels themselves (cached runs have them as views)
+            self.x = (pool_x if train_idx is None else pool_x[train_idx]).to(self.device)
             self.teacher.to(self.device)  # the live teacher runs next to the student
         # BatchNorm is recalibrated before each evaluation on a fixed, class-stratified sample of the student's
         # training images (transfer images as one more stratum): the same images for every trial of a search.
-        bn = (prepared.targets.views[0] if self.cached else pool.x)[stratified_sample(pool.y, BN_SAMPLES, cfg.seed)]
+        bn = (prepared.targets.views[0] if self.cached else pool_x)[stratified_sample(pool_y, BN_SAMPLES, cfg.seed)]
         self._bn_inputs = [to_input(bn[i:i + 128].to(self.device), self.spec, cfg.data.image_size)
                            for i in range(0, len(bn), 128)]
         self.epoch = 0
