@@ -216,7 +216,7 @@ class DistillationLoss(nn.Module):
         if teacher is None:
             raise ValueError("a distillation loss with alpha > 0 needs teacher logits")
         if n_labeled < len(target):  # transfer images: the teacher's prediction stands in for the label
-            predicted = teacher_log_probs(teacher, 1.0, getattr(self.term, "teacher_weights", None)).argmax(-1)
+            predicted = self.term.teacher_log_probs(teacher, 1.0).argmax(-1)
             target = torch.where(labeled, target, predicted)
         coef = 1.0 - (1.0 - self.alpha) * labeled.to(student.dtype)  # alpha for a labeled image, 1 for a transfer one
         return (1.0 - self.alpha) * ce + (coef * self.term(student, teacher, target)).mean()

@@ -221,12 +221,13 @@ def _apply(cfg: Config, server: Protocol, run_id: str, entry: Status | None, att
 
 def sync(cfg: Config) -> int:
     """Ask the server about every submission not yet scored and update its record; returns how many were updated."""
-    open_ = [r for r in tracking.submissions(cfg) if r.get("status") in OPEN]
+    every = tracking.submissions(cfg)
+    open_ = [r for r in every if r.get("status") in OPEN]
     if not open_:
         return 0
     server = connect(cfg)
     entries = _statuses(cfg, server, None)
-    recorded = {int(r["attempt"]) for r in tracking.submissions(cfg) if r.get("attempt")}
+    recorded = {int(r["attempt"]) for r in every if r.get("attempt")}
     unclaimed = sorted((e for e in entries if e.attempt not in recorded), key=lambda e: e.attempt)
     for r in open_:
         if r.get("attempt"):
