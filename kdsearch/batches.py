@@ -13,26 +13,26 @@ import torch
 
 from .config import InputSpec
 from .engine import Batch
-from .transforms import augment, to_input
+from .transforms import Views, augment, to_input
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
-def cached_batches(views: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None, batch_size: int, spec: InputSpec,
+def cached_batches(views: Views, y: torch.Tensor, logits: torch.Tensor | None, batch_size: int, spec: InputSpec,
                    size: int, gen: torch.Generator, features: torch.Tensor | None = None) -> Iterator[Batch]:
-    """views uint8 [V, N, C, H, W], logits [V, N, (M,) K], features [V, N, D]: each image in one of its cached
-    views, shuffled. The teacher side of a batch is its logits, or (logits, features) when features are given."""
-    n = views.shape[1]
-    order = torch.randperm(n, generator=gen).to(views.device)
-    pick = torch.randint(views.shape[0], (n,), generator=gen).to(views.device)
+    """views of N images, logits [V, N, (M,) K], features [V, N, D]: each image in one of its cached views (pixels
+    remade on the views' device), shuffled. The teacher side of a batch is its logits, or (logits, features)."""
+    n, device = len(views), views.x.device
+    order = torch.randperm(n, generator=gen).to(device)
+    pick = torch.randint(views.num_views, (n,), generator=gen).to(device)
     for i in range(0, n, batch_size):
         idx, v = order[i:i + batch_size], pick[order[i:i + batch_size]]
         teacher = logits[v, idx] if logits is not None else None
         if features is not None:
             teacher = (teacher, features[v, idx])
-        yield to_input(views[v, idx], spec, size), y[idx], teacher
+        yield to_input(views.pixels(v, idx), spec, size), y[idx], teacher
 
 
 def live_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, level: str, spec: InputSpec, size: int,

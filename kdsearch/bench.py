@@ -81,7 +81,7 @@ def run_bench(cfg: Config, device: str = "cpu", epochs: int = 3) -> dict[str, An
     return {
         "config": cfg.name,
         "train_images": n_train,
-        "views": int(prepared.targets.views.shape[0]),
+        "views": prepared.targets.views.num_views,
         "a_teacher_passes": {
             "computed_once": once,
             "this_search": result.teacher_forward_passes,

@@ -195,7 +195,8 @@ class Distiller:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=steps)
         self.cached = prepared.targets is not None
         if self.cached:  # data on the device once, not per batch
-            self.views = pick(prepared.targets.views).to(self.device)
+            views = prepared.targets.views
+            self.views = (views if train_idx is None else views.take(train_idx)).to(self.device)
             self.logits = pick(prepared.targets.logits).to(self.device)
             self.teacher_features = pick(prepared.targets.features).to(self.device) if self.features else None
         else:
@@ -204,7 +205,8 @@ class Distiller:
             self.teacher.to(self.device)  # the live teacher runs next to the student
         # BatchNorm is recalibrated before each evaluation on a fixed, class-stratified sample of the student's
         # training images (transfer images as one more stratum): the same images for every trial of a search.
-        bn = (prepared.targets.views[0] if self.cached else pool_x)[stratified_sample(pool_y, BN_SAMPLES, cfg.seed)]
+        bn_idx = stratified_sample(pool_y, BN_SAMPLES, cfg.seed)
+        bn = prepared.targets.views.pixels(0, bn_idx) if self.cached else pool_x[bn_idx]
         self._bn_inputs = [to_input(bn[i:i + 128].to(self.device), self.spec, cfg.data.image_size)
                            for i in range(0, len(bn), 128)]
         self.epoch = 0

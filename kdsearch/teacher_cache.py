@@ -1,10 +1,12 @@
 """Teacher outputs, computed once per (teacher, data, views) and kept on disk.
 
 With augmentation on, `teacher.cache_views` seeded augmented views of every
-training image are made once; each teacher (each ensemble member, separately)
-scores each view once; the student then trains on exactly those pixels. Every
-run and search with the same key reuses the files and does no teacher forward
-passes; changing an ensemble's weights reuses them too.
+training image are drawn once, as augmentation parameters (`transforms.Views`);
+each teacher (each ensemble member, separately) scores each view once; the
+student then trains on exactly those pixels, remade per batch on its own
+device. Memory stays O(images) whatever the number of views. Every run and
+search with the same key reuses the files and does no teacher forward passes;
+changing an ensemble's weights reuses them too.
 """
 
 from __future__ import annotations
@@ -19,16 +21,15 @@ from .config import Config
 from ._io import fingerprint, load_cache, save_atomic
 from .data import Dataset
 from .teachers import Teacher, Teachers
-from .transforms import augment
+from .transforms import Views, apply_augment
 
 log = logging.getLogger("kdsearch")
 
 
 @dataclass
 class TeacherTargets:
-    views: torch.Tensor
-    """uint8 [V, N, C, H, W]: the student's training images (`Dataset.pool()`: labeled and transfer) as it will
-    see them."""
+    views: Views
+    """The student's training images (`Dataset.pool()`: labeled and transfer) and the V views of each it will see."""
     logits: torch.Tensor
     """float32 [V, N, M, K]: each member's logits for each view (M = 1 for a single teacher)."""
     val_logits: torch.Tensor
@@ -46,18 +47,6 @@ def num_views(cfg: Config) -> int:
     return 1 if cfg.data.augment == "none" else cfg.teacher.cache_views
 
 
-def make_views(x: torch.Tensor, level: str, views: int, seed: int, chunk: int = 1024) -> torch.Tensor:
-    """Seeded augmented copies [V, N, ...] of uint8 images, made on the CPU so they are the same on every machine."""
-    if level == "none":
-        return x.unsqueeze(0)
-    out = torch.empty((views, *x.shape), dtype=torch.uint8)
-    for v in range(views):
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + v)
-        for i in range(0, len(x), chunk):
-            out[v, i:i + chunk] = augment(x[i:i + chunk], level, gen)
-    return out
-
-
 def teacher_targets(cfg: Config, data: Dataset, teachers: Teachers, device, features: bool | None = None,
                     check: Callable[[torch.Tensor], None] | None = None) -> TeacherTargets:
     """Load or compute every member's logits (and features, when `features`) for every cached view and val.
@@ -65,7 +54,7 @@ def teacher_targets(cfg: Config, data: Dataset, teachers: Teachers, device, feat
     `check` sees the val logits [N_val, M, K] before anything new is written: a teacher it refuses (by raising)
     leaves no cache behind."""
     features = cfg.search.space.may_use_features if features is None else features
-    views = make_views(data.pool().x, cfg.data.augment, num_views(cfg), cfg.seed)
+    views = Views.make(data.pool().x, cfg.data.augment, num_views(cfg), cfg.seed)
     passes, seconds = teachers.forward_passes, teachers.seconds
     outs = [_member_targets(cfg, data, m, views, device, features) for m in teachers.members]
     val_logits = torch.stack([o["val_logits"] for o in outs], dim=1)
@@ -86,13 +75,16 @@ def teacher_targets(cfg: Config, data: Dataset, teachers: Teachers, device, feat
     )
 
 
-def _member_targets(cfg: Config, data: Dataset, teacher: Teacher, views: torch.Tensor, device,
-                    features: bool) -> dict:
+# Bumped whenever the same seed would draw different views (the outputs on disk would then be for other pixels).
+VIEWS_RECIPE = 2
+
+
+def _member_targets(cfg: Config, data: Dataset, teacher: Teacher, views: Views, device, features: bool) -> dict:
     key = {"teacher": teacher.fingerprint, "data": data.pool_fingerprint, "augment": cfg.data.augment,
-           "views": views.shape[0], "seed": cfg.seed}
+           "views": views.num_views, "seed": cfg.seed, "recipe": VIEWS_RECIPE}
     path = cfg.output_dir / "teacher" / f"logits-{fingerprint(key)}.pt"
     cached = load_cache(path)
-    if (cached is not None and cached["logits"].shape[:2] == views.shape[:2]
+    if (cached is not None and cached["logits"].shape[:2] == (views.num_views, len(views))
             and (not features or cached.get("features") is not None)):
         log.info("teacher outputs from cache %s", path)
         if cached.get("head") is not None and teacher.fit_head is not None:
@@ -102,8 +94,8 @@ def _member_targets(cfg: Config, data: Dataset, teacher: Teacher, views: torch.T
         return cached
     before = teacher.forward_passes
     need = features or teacher.fit_head is not None  # a probe is fitted on the features of the first view
-    scored = [_score(teacher, v, device, need) for v in views]
-    val_logits, val_feats = _score(teacher, data.val.x, device, need)
+    scored = [_score(teacher, views, device, need, v) for v in range(views.num_views)]
+    val_logits, val_feats = _score(teacher, Views(data.val.x, None, "none"), device, need)
     logits = torch.stack([s[0] for s in scored])
     feats = torch.stack([s[1] for s in scored]) if need else None
     fit = None
@@ -123,7 +115,7 @@ def fit_heads(teachers: Teachers, data: Dataset, device) -> None:
     """Fit the heads that are fitted here (linear probes) on the unaugmented train split: for a live teacher."""
     for m in teachers.members:
         if m.fit_head is not None:
-            _fit(m, _score(m, data.train.x, device, True)[1], data.train.y)
+            _fit(m, _score(m, Views(data.train.x, None, "none"), device, True)[1], data.train.y)
 
 
 def _fit(teacher: Teacher, feats: torch.Tensor, y: torch.Tensor) -> dict:
@@ -134,8 +126,14 @@ def _fit(teacher: Teacher, feats: torch.Tensor, y: torch.Tensor) -> dict:
     return fit
 
 
-def _score(teacher: Teacher, x: torch.Tensor, device, features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    bs = teacher.batch_size
-    outs = [teacher.outputs(x[i:i + bs].to(device), features) for i in range(0, len(x), bs)]
+def _score(teacher: Teacher, views: Views, device, features: bool,
+           view: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The teacher on one view of every image, a batch at a time; the view's pixels are made on `device`."""
+    bs, outs = teacher.batch_size, []
+    for i in range(0, len(views), bs):
+        xb = views.x[i:i + bs].to(device)
+        if views.params is not None:
+            xb = apply_augment(xb, views.params[view, i:i + bs], views.level)
+        outs.append(teacher.outputs(xb, features))
     logits = torch.cat([o[0].cpu() for o in outs])
     return logits, (torch.cat([o[1].cpu() for o in outs]) if features else None)

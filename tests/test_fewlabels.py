@@ -69,11 +69,11 @@ def test_batchnorm_recalibration_sample_follows_the_classes_of_a_class_sorted_fo
     assert torch.equal(sample, stratified_sample(y, 64, cfg.seed))  # the same sample for every trial
 
     d, hist = train_student(cfg, hp(student="mobilenet_v3_small", alpha=0.0, class_weight_power=1.0), prepared, "cpu")
-    expected = to_input(prepared.targets.views[0][sample], d.spec, 16)
+    expected = to_input(prepared.targets.views.pixels(0, sample), d.spec, 16)
     assert torch.equal(torch.cat(d._bn_inputs), expected)  # the distiller recalibrates on exactly that sample
 
     def score(idx: torch.Tensor) -> float:
-        recalibrate_bn(d.model, [to_input(prepared.targets.views[0][idx], d.spec, 16)])
+        recalibrate_bn(d.model, [to_input(prepared.targets.views.pixels(0, idx), d.spec, 16)])
         return evaluate(d.model, prepared.data.val.x, prepared.data.val.y, d.spec, 16, 4, "cpu").macro_f1
 
     ours = hist[-1]["val_macro_f1"]

@@ -223,7 +223,7 @@ def test_ensemble_of_different_input_sizes_caches_each_member_once(tmp_path, hf,
     assert first.targets.forward_passes == 2 * (n + n_val)  # each member once per view and once on val
     assert first.targets.logits.shape == (1, n, 2, 10)
     for i, m in enumerate(first.teacher.members):  # each column is that member on the cached pixels
-        assert torch.allclose(first.targets.logits[0, :4, i], m.logits(first.targets.views[0, :4]), atol=1e-5)
+        assert torch.allclose(first.targets.logits[0, :4, i], m.logits(first.targets.views.pixels(0, slice(0, 4))), atol=1e-5)
     # new weights: the same member outputs, no teacher work
     reweighted = cfg_for(tmp_path, {"source": "ensemble", "members": members, "weights": [0.9, 0.1]})
     again = prepare(reweighted, "cpu")

@@ -1,0 +1,69 @@
+"""Cached views as recipes: the pixels a trial remakes are the teacher's pixels, and memory is O(images)."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from kdsearch.config import Config
+from kdsearch.distill import Distiller, Hparams, prepare
+from kdsearch.students import create_student
+from kdsearch.transforms import PARAMS, Views, apply_augment, augment, augment_params
+
+from conftest import tiny_config
+
+
+@pytest.mark.parametrize("level", ["standard", "strong"])
+def test_a_view_is_the_same_pixels_in_any_batch(level):
+    x = torch.randint(0, 256, (40, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    views = Views.make(x, level, views=3, seed=7)
+    whole = [views.pixels(v, slice(None)) for v in range(3)]
+    idx = torch.randperm(40, generator=torch.Generator().manual_seed(1))[:13]
+    pick = torch.randint(3, (13,), generator=torch.Generator().manual_seed(2))
+    batch = views.pixels(pick, idx)  # a shuffled batch, each image in its own view
+    for j in range(13):
+        assert torch.equal(batch[j], whole[int(pick[j])][int(idx[j])])
+    assert not torch.equal(whole[0], whole[1])
+    assert torch.equal(Views.make(x, level, 3, seed=7).params, views.params)  # seeded: the same on every machine
+    # augment() is the same draw applied in one go
+    gen = torch.Generator().manual_seed(3)
+    params = augment_params(len(x), x.shape[-2:], level, torch.Generator().manual_seed(3))
+    assert torch.equal(augment(x, level, gen), apply_augment(x, params, level))
+
+
+def _synthetic_224(tmp_path, n: int) -> str:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "big.npz"
+    np.savez(path, train_images=rng.integers(0, 256, (n, 224, 224, 3), dtype=np.uint8),
+             train_labels=np.arange(n) % 4, val_images=rng.integers(0, 256, (16, 224, 224, 3), dtype=np.uint8),
+             val_labels=np.arange(16) % 4)
+    return str(path)
+
+
+def test_sixteen_views_at_224px_cost_no_more_memory_than_one(tmp_path):
+    """dermamnist-sized shapes (224 px RGB): the driver's targets and what each trial holds grow with the images,
+    not with cache_views (pixels per view would be 16 x 147 kB per image)."""
+    torch.save(create_student("resnet8", 4, 16).state_dict(), tmp_path / "t.pt")
+    npz = _synthetic_224(tmp_path, 48)
+    sizes = {}
+    for views in (1, 16):
+        cfg = Config.model_validate(tiny_config(
+            tmp_path / f"v{views}", data={"source": "npz", "root": npz, "image_size": 224, "augment": "strong"},
+            teacher={"source": "checkpoint", "arch": "resnet8", "weights": str(tmp_path / "t.pt"),
+                     "input": {"size": 16}, "cache_views": views},
+            student={"candidates": ["resnet8"]}))
+        prepared = prepare(cfg, "cpu")
+        pool = prepared.data.pool().x
+        assert prepared.targets.views.num_views == views
+        assert prepared.targets.forward_passes == views * 48 + 16
+        d = Distiller(cfg, Hparams(student="resnet8", temperature=4.0, alpha=0.5, lr=1e-3, weight_decay=0.0,
+                                   batch_size=16, class_weight_power=0.0), prepared, "cpu")
+        sizes[views] = {"driver": prepared.targets.views.nbytes, "trial": d.views.nbytes,
+                        "shipped": len(pickle.dumps(prepared.targets.views)), "pool": pool.nbytes}
+    one, sixteen = sizes[1], sizes[16]
+    assert sixteen["pool"] == one["pool"] == 48 * 3 * 224 * 224
+    for k in ("driver", "trial", "shipped"):
+        # 15 more views add 15 x 48 x PARAMS floats (46 kB), not 15 x 7.2 MB of pixels
+        assert sixteen[k] - one[k] <= 16 * 48 * PARAMS * 4 + 4096, (k, sizes)
+        assert sixteen[k] < 1.05 * one["pool"] + 65536, (k, sizes)
