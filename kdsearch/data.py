@@ -160,6 +160,12 @@ def stratified_sample(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.sort(picked))
 
 
+def val_subset(data: "Dataset", size: int | None, seed: int) -> torch.Tensor | None:
+    """Indices of a seeded, class-stratified subset of `size` val images (search.rung_val_size), for decisions
+    that need a ranking rather than the exact score; None = the whole split (size unset or not smaller)."""
+    return None if size is None or size >= len(data.val.y) else stratified_sample(data.val.y, size, seed)
+
+
 def check_sources(d: DataConfig) -> None:
     """The data's files exist and are where the config says, without decoding anything."""
     _source_files(d)

@@ -17,7 +17,7 @@ import torch
 
 from .batches import cached_batches, epoch_generator, live_batches
 from .config import Config, Dist
-from .data import Dataset, load_dataset, stratified_sample
+from .data import Dataset, load_dataset, stratified_sample, val_subset
 from .engine import Metrics, classification_metrics, evaluate, recalibrate_bn, train_one_epoch
 from .errors import KdsearchError
 from .labels import UNLABELED
@@ -209,6 +209,7 @@ class Distiller:
         bn = prepared.targets.views.pixels(0, bn_idx) if self.cached else pool_x[bn_idx]
         self._bn_inputs = [to_input(bn[i:i + 128].to(self.device), self.spec, cfg.data.image_size)
                            for i in range(0, len(bn), 128)]
+        self.rung_val = val_subset(data, cfg.search.rung_val_size, cfg.seed)
         self.epoch = 0
 
     def _batches(self):
@@ -222,13 +223,17 @@ class Distiller:
             live = (lambda xb: self.teacher.outputs(xb)[0]) if self.hp.alpha > 0 else None
         return live_batches(self.x, self.y, bs, self.cfg.data.augment, self.spec, size, gen, teacher=live)
 
-    def run_epoch(self) -> dict[str, Any]:
-        """Train one epoch, evaluate on val; returns the metrics the search reports."""
+    def run_epoch(self, full: bool | None = None) -> dict[str, Any]:
+        """Train one epoch, evaluate on val; returns the metrics the search reports.
+
+        `full`: score the whole val split rather than the rung subset; default: on the last epoch (max_epochs)."""
         stats = train_one_epoch(self.trainee, self._batches(), self.loss, self.optimizer, self.scheduler)
         start = time.perf_counter()
         recalibrate_bn(self.model, self._bn_inputs)
-        m = evaluate(self.model, self.data.val.x, self.data.val.y, self.spec, self.cfg.data.image_size,
-                     self.data.num_classes, self.device)
+        full = self.epoch + 1 >= self.cfg.search.max_epochs if full is None else full
+        val = self.data.val
+        x, y = (val.x, val.y) if full or self.rung_val is None else (val.x[self.rung_val], val.y[self.rung_val])
+        m = evaluate(self.model, x, y, self.spec, self.cfg.data.image_size, self.data.num_classes, self.device)
         self.epoch += 1
         return {
             "epoch": self.epoch,
@@ -238,6 +243,8 @@ class Distiller:
             "val_macro_f1": m.macro_f1,
             "val_per_class_f1": m.per_class_f1,
             "val_confusion": m.confusion,
+            "val_full": len(y) == len(val.y),
+            "val_images": len(y),
             "epoch_seconds": stats.seconds,
             "eval_seconds": time.perf_counter() - start,  # includes BatchNorm recalibration
             "size_mb": self.size.bytes(self.cfg.student.precision) / 1e6,
@@ -270,9 +277,9 @@ def train_student(cfg: Config, hp: Hparams, prepared: Prepared, device, epochs: 
                   seed: int | None = None) -> tuple[Distiller, list[dict[str, Any]]]:
     """Run `epochs` (default search.max_epochs) epochs; returns the distiller and per-epoch metrics."""
     d = Distiller(cfg, hp, prepared, device, seed)
-    history = []
-    for _ in range(epochs or cfg.search.max_epochs):
-        history.append(d.run_epoch())
+    history, epochs = [], epochs or cfg.search.max_epochs
+    for epoch in range(epochs):
+        history.append(d.run_epoch(full=epoch == epochs - 1))
         if on_epoch:
             on_epoch(history[-1])
     return d, history

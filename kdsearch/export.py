@@ -22,6 +22,7 @@ from .config import Config
 from .data import Dataset, load_dataset
 from .distill import Hparams
 from .engine import Metrics, evaluate
+from . import results
 from .errors import KdsearchError
 from .students import cast_state_dict, create_student
 from .teachers import student_spec
@@ -53,7 +54,7 @@ class ExportResult:
 
 
 def best_trial(cfg: Config) -> BestTrial:
-    """The best finished trial of the config's search, by its last reported metric."""
+    """The best finished trial of the config's search (results.best: by its last whole-split score)."""
     from ray import tune
 
     from .tuner import experiment_path
@@ -67,8 +68,7 @@ def best_trial(cfg: Config) -> BestTrial:
                 if t.status == "TERMINATED" and t.checkpoint is not None and metric in (t.last_result or {})]
     if not finished:
         raise KdsearchError(f"{path}: no finished trial to export; let `kdsearch run CONFIG --resume` finish one")
-    pick = max if mode == "max" else min
-    best = pick(finished, key=lambda t: t.last_result[metric])
+    best = results.best(finished, lambda t: t.last_result, metric, mode)
     return BestTrial(best.trial_id, dict(best.config), dict(best.last_result), Path(best.checkpoint.path))
 
 

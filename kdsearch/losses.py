@@ -28,6 +28,11 @@ def list_losses() -> list[str]:
     return list(_TERMS)
 
 
+def start_settings(name: str) -> dict[str, float]:
+    """The space values a term's paper recommends (temperature, alpha, ...): `search.start_points`."""
+    return dict(_TERMS[name].start)
+
+
 def class_weights(counts: torch.Tensor, power: float) -> torch.Tensor:
     """w_c ∝ (1/n_c)^power, normalised to mean 1. power 0 = unweighted, 1 = balanced.
 
@@ -69,6 +74,9 @@ class _Term(nn.Module):
     only DKD reads it. An ensemble's member logits are mixed by `teacher_weights`.
     """
 
+    start: dict[str, float] = {}
+    """The paper's recommended settings (space keys): where `search.start_points` starts the search for this term."""
+
     def __init__(self, temperature: float, teacher_weights: torch.Tensor | None = None, **_unused):
         super().__init__()
         self.temperature = float(temperature)
@@ -88,6 +96,8 @@ class KD(_Term):
     T^2 keeps the gradient scale of the soft term independent of T. An
     ensemble's target is softmax(t/T) = sum_m w_m softmax(t_m/T).
     """
+
+    start = {"temperature": 4.0, "alpha": 0.9}  # the common CIFAR setting (e.g. Tian et al.'s CRD benchmark)
 
     def forward(self, student, teacher, target):
         t = self.temperature
@@ -110,6 +120,8 @@ class KDLogitStandardization(KD):
     range that plain KD would force on the student. `temperature` is the base
     T; each ensemble member is standardised before the members are mixed.
     """
+
+    start = {"temperature": 2.0, "alpha": 0.9}  # Sun et al.'s CIFAR runs: base T 2, KD weight 9 : CE 1
 
     def forward(self, student, teacher, target):
         return super().forward(standardize(student), standardize(teacher), target)
@@ -135,6 +147,8 @@ class DIST(_Term):
     of the whole batch (labeled and transfer images together); each sample
     carries it, so the batch mean is the paper's loss.
     """
+
+    start = {"temperature": 1.0, "alpha": 0.5}  # the paper's tau 1, beta = gamma = 1 beside CE (equal weights)
 
     def __init__(self, temperature: float, teacher_weights: torch.Tensor | None = None, beta: float = 1.0,
                  gamma: float = 1.0, **_unused):
@@ -162,6 +176,8 @@ class DKD(_Term):
     the wrong classes by dkd_beta instead (the paper's values run 0.5-8 per
     pair). A transfer image's target class is the teacher's prediction.
     """
+
+    start = {"temperature": 4.0, "alpha": 0.5, "dkd_beta": 8.0}  # the paper's CIFAR setting: T 4, beta 8
 
     def __init__(self, temperature: float, teacher_weights: torch.Tensor | None = None, dkd_beta: float = 1.0,
                  **_unused):

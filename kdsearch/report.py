@@ -21,6 +21,7 @@ from ._io import atomic_dir
 from .config import Config
 from .distill import Hparams, Prepared, default_hparams, prepare, train_student
 from .engine import Metrics, classification_metrics, evaluate
+from . import results
 from .losses import teacher_log_probs
 from .teachers import student_spec
 
@@ -48,7 +49,7 @@ def search_trials(cfg: Config) -> list[dict[str, Any]]:
             continue
         out.append({"trial_id": t.trial_id, "config": dict(t.config), "last": last, "history": frames[t.trial_id],
                     "status": t.status, "errored": t.status == "ERROR",
-                    "stopped_early": int(last.get("training_iteration", 0)) < cfg.search.max_epochs})
+                    "stopped_early": results.ended(last, cfg.search.max_epochs) == "stopped_early"})
     return out
 
 
@@ -57,8 +58,7 @@ def best_hparams(cfg: Config, trials: list[dict[str, Any]], students: list[str])
     done = [t for t in trials if not t["errored"]]
     if not done:
         return default_hparams(cfg, students), "config defaults (no search found)"
-    pick = max if cfg.search.resolved_mode == "max" else min
-    best = pick(done, key=lambda t: t["last"][cfg.search.metric])
+    best = results.best(done, lambda t: t["last"], cfg.search.metric, cfg.search.resolved_mode)
     return Hparams.from_mapping(best["config"]), f"search trial {best['trial_id']}"
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from ray import tune
 
 from .config import Dist, Space
+from .losses import start_settings
 
 
 def _domain(v: Any) -> Any:
@@ -26,3 +27,29 @@ def tune_space(space: Space, students: list[str]) -> dict[str, Any]:
     out = {name: _domain(v) for name, v in space.entries().items() if name != "student"}
     out["student"] = tune.choice(students) if len(students) > 1 else students[0]
     return out
+
+
+def start_points(space: Space, students: list[str]) -> list[dict[str, Any]]:
+    """One configuration per loss in the space, at that loss's published settings (clipped to the space's
+    ranges; a choice keeps its first value unless it offers the published one) and every other searched key at its
+    midpoint; students taken in turn. For Optuna's enqueue (OptunaSearch's points_to_evaluate), which needs every
+    searched key."""
+    searched = {k: v for k, v in space.entries().items() if isinstance(v, Dist) and k != "student"}
+    losses = space.loss.choice if isinstance(space.loss, Dist) else [space.loss]
+    points = []
+    for i, loss in enumerate(losses):
+        start = {**start_settings(loss), "loss": loss}
+        point = {k: _nearest(v, start[k]) if k in start else v.fixed_point() for k, v in searched.items()}
+        if len(students) > 1:
+            point["student"] = students[i % len(students)]
+        points.append(point)
+    return points
+
+
+def _nearest(d: Dist, value: Any) -> Any:
+    """`value` where the distribution allows it, else the closest value it does."""
+    if d.choice is not None:
+        return value if value in d.choice else d.fixed_point()
+    lo, hi = d.args
+    out = min(max(value, lo), hi)
+    return int(round(out)) if d.kind == "int" else float(out)

@@ -17,6 +17,7 @@ from ray import tune
 
 from .config import Config
 from .errors import KdsearchError
+from .results import ended, on_full_split
 
 
 def _client(cfg: Config):
@@ -50,12 +51,17 @@ def _scalar_metrics(m: dict[str, Any]) -> dict[str, float]:
 
 
 def epoch_metrics(history: list[dict[str, Any]], class_names: list[str]):
-    """MLflow Metric objects: every scalar per epoch (step=epoch) plus per-class F1."""
+    """MLflow Metric objects: every scalar per epoch (step=epoch) plus per-class F1.
+
+    An epoch scored on the rung subset of val logs its scores as rung_val_*: MLflow's val_* are always the whole
+    split's, so a run's last val_macro_f1 is comparable across runs."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     out = []
     for m in history:
+        if not on_full_split(m):
+            m = {("rung_" + k if k.startswith("val_") else k): v for k, v in m.items()}
         step = int(m["epoch"])
         out += [Metric(k, v, now, step) for k, v in _scalar_metrics(m).items()]
         for name, f1 in zip(class_names, m.get("val_per_class_f1", [])):
@@ -194,9 +200,7 @@ class SearchTracker(tune.Callback):
         self._last_step[trial.trial_id] = step
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        done = int((trial.last_result or {}).get("training_iteration", 0))
-        ended = "completed" if done >= self.cfg.search.max_epochs else "stopped_early"
-        self._end(trial, ended, "FINISHED")
+        self._end(trial, ended(trial.last_result or {}, self.cfg.search.max_epochs), "FINISHED")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._end(trial, "errored", "FAILED")
@@ -225,8 +229,8 @@ class SearchTracker(tune.Callback):
 
 
 # Per-epoch scalars a trial's child run gets.
-LOGGED = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "epoch_seconds", "eval_seconds", "size_mb",
-          "teacher_forward_passes")
+LOGGED = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "rung_val_loss", "rung_val_accuracy",
+          "rung_val_macro_f1", "epoch_seconds", "eval_seconds", "size_mb", "teacher_forward_passes")
 
 
 @contextlib.contextmanager

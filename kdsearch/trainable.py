@@ -22,8 +22,8 @@ from .distill import Distiller, Hparams, Prepared
 STATE_FILE = "state.pt"
 
 # What a trial reports after each epoch (scalars; per-class F1 as a list).
-REPORTED = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_per_class_f1", "epoch_seconds",
-            "eval_seconds", "size_mb")
+REPORTED = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_per_class_f1", "val_full",
+            "val_images", "epoch_seconds", "eval_seconds", "size_mb")
 
 
 def distill_trainable(config: dict[str, Any], cfg: Config, prepared: Prepared) -> None:

@@ -28,7 +28,8 @@ from .distill import prepare
 from .errors import KdsearchError
 from .preflight import preflight
 from .progress import SearchProgress
-from .space import tune_space
+from .results import best, ended
+from .space import start_points, tune_space
 from .students import student_size
 from .tracking import SearchTracker, check_store
 from .trainable import distill_trainable
@@ -124,7 +125,10 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
             param_space=space,
             tune_config=tune.TuneConfig(
                 metric=metric, mode=mode,
-                search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.seed)) if searchable else None,
+                search_alg=OptunaSearch(
+                    sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+                    points_to_evaluate=start_points(cfg.search.space, prepared.students) if cfg.search.start_points
+                    else None) if searchable else None,
                 scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.search.max_epochs,
                                         grace_period=cfg.search.grace_period,
                                         reduction_factor=cfg.search.reduction_factor),
@@ -166,21 +170,19 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
 
 
 def summarize(results, cfg: Config) -> dict[str, Any]:
-    """Trial outcomes and the best finished trial (by its last reported metric)."""
-    metric, mode = cfg.search.metric, cfg.search.resolved_mode
+    """Trial outcomes and the best finished trial (results.best: whole-split scores first)."""
     counts = {"completed": 0, "stopped_early": 0, "errored": 0}
-    best, trial_seconds, trial_epochs = None, 0.0, 0
+    trial_seconds, trial_epochs, finished = 0.0, 0, []
     for r in results:
         m = r.metrics or {}
         trial_seconds += float(m.get("time_total_s", 0.0))
         trial_epochs += int(m.get("training_iteration", 0))
         if r.error is not None:
             counts["errored"] += 1
-            continue
-        if metric not in m:
-            continue
-        counts["completed" if m.get("training_iteration", 0) >= cfg.search.max_epochs else "stopped_early"] += 1
-        better = best is None or (m[metric] > best["metrics"][metric] if mode == "max" else m[metric] < best["metrics"][metric])
-        if better:
-            best = {"trial_id": m.get("trial_id"), "config": dict(r.config), "metrics": dict(m)}
-    return {"trials": counts, "best": best, "trial_seconds": trial_seconds, "trial_epochs": trial_epochs}
+        elif cfg.search.metric in m:
+            counts[ended(m, cfg.search.max_epochs)] += 1
+            finished.append(r)
+    top = best(finished, lambda r: r.metrics, cfg.search.metric, cfg.search.resolved_mode)
+    summary = None if top is None else {"trial_id": top.metrics.get("trial_id"), "config": dict(top.config),
+                                        "metrics": dict(top.metrics)}
+    return {"trials": counts, "best": summary, "trial_seconds": trial_seconds, "trial_epochs": trial_epochs}

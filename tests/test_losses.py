@@ -242,3 +242,24 @@ def test_dkd_reproduces_kd_with_the_papers_coupling():
         kd = create_loss("kd", alpha=1.0, temperature=2.0)(si, yi, ti)
         dkd = create_loss("dkd", alpha=1.0, temperature=2.0, dkd_beta=beta)(si, yi, ti)
         assert dkd.item() == pytest.approx(kd.item(), rel=1e-9)
+
+
+def test_start_points_put_each_loss_at_its_papers_settings_inside_the_users_ranges():
+    from kdsearch.config import Space
+    from kdsearch.space import start_points
+
+    space = Space.model_validate({"loss": {"choice": ["kd", "dist", "kd_ls", "dkd"]}, "dkd_beta": {"uniform": [0.5, 4.0]},
+                                  "temperature": {"uniform": [1.5, 3.0]}, "alpha": {"uniform": [0.1, 1.0]},
+                                  "lr": {"loguniform": [1.0e-3, 1.0e-1]}, "batch_size": {"choice": [64, 128]}})
+    points = start_points(space, ["resnet8", "mobilenet_v3_small"])
+    by_loss = {p["loss"]: p for p in points}
+    assert list(by_loss) == ["kd", "dist", "kd_ls", "dkd"]
+    assert (by_loss["kd"]["temperature"], by_loss["kd"]["alpha"]) == (3.0, 0.9)  # T=4 clipped to the space's 3
+    assert (by_loss["dist"]["temperature"], by_loss["dist"]["alpha"]) == (1.5, 0.5)  # tau 1 clipped up
+    assert by_loss["kd_ls"]["temperature"] == 2.0 and by_loss["dkd"]["dkd_beta"] == 4.0  # beta 8 clipped down
+    assert by_loss["kd"]["dkd_beta"] == 2.25  # keys a paper says nothing about: the range's midpoint
+    for p in points:  # every searched key, as Optuna's enqueue needs; the geometric midpoint of lr
+        assert set(p) == {"loss", "dkd_beta", "temperature", "alpha", "lr", "weight_decay", "batch_size",
+                          "class_weight_power", "student"}
+        assert p["lr"] == pytest.approx(1.0e-2) and p["batch_size"] == 64
+    assert [p["student"] for p in points] == ["resnet8", "mobilenet_v3_small"] * 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -26,7 +27,9 @@ def search_config(tmp, **search) -> Config:
         name="search",
         # resnet18 (44.8 MB) is over the limit: it must be named and never trained
         student={"candidates": ["shufflenet_v2_x0_5", "mobilenet_v3_small", "resnet18"]},
+        # rung decisions on 120 of digits' 360 val images; every trial's last epoch on all of them
         search={"num_samples": 6, "max_concurrent": 2, "max_epochs": 3, "grace_period": 1, "reduction_factor": 2,
+                "rung_val_size": 120,
                 "space": {"lr": {"choice": [3.0e-3, 2.0]},  # lr 2.0 diverges: ASHA has something to stop
                           "alpha": {"uniform": [0.0, 1.0]}, "temperature": 4.0, "batch_size": 64,
                           "weight_decay": 1.0e-4, "class_weight_power": 0.0}, **search},
@@ -63,6 +66,25 @@ def test_size_filter_never_trains_an_over_limit_student(searched):
     assert len(configs) == 6 and {c["student"] for c in configs} <= set(result.students)
 
 
+def test_rungs_score_a_fixed_subset_and_last_epochs_the_whole_split(searched):
+    cfg, result = searched
+    epochs = [json.loads(line) for p in experiment_path(cfg).glob("*/result.json") for line in p.read_text().splitlines()]
+    for e in epochs:
+        assert (e["val_images"], e["val_full"]) == ((360, True) if e["epoch"] == 3 else (120, False))
+    assert result.best["metrics"]["val_full"] and result.best["metrics"]["training_iteration"] == 3
+
+
+def test_the_first_trial_starts_at_the_papers_settings(searched):
+    cfg, result = searched
+    # a trial's folder is <trainable>_<id>_<n>_<params>: n counts up in the order trials were suggested
+    configs = {int(re.search(r"_[0-9a-f]{8}_(\d+)_", p.parent.name).group(1)): json.loads(p.read_text().splitlines()[0])["config"]
+               for p in experiment_path(cfg).glob("*/result.json") if p.read_text().strip()}
+    first = configs[min(configs)]
+    # KD's T=4, alpha=0.9 enqueued before TPE's random start-up; a uniform draw never lands on 0.9 exactly
+    assert (first["alpha"], first["lr"], first["student"]) == (0.9, 3.0e-3, "shufflenet_v2_x0_5")
+    assert sum(c["alpha"] == 0.9 for c in configs.values()) == 1
+
+
 def test_teacher_forward_passes_are_n_times_views_whatever_the_trials(searched):
     cfg, result = searched
     n = 1797  # digits: every image once (train views + val), computed before the trials
@@ -85,8 +107,12 @@ def test_mlflow_has_a_parent_and_one_child_per_trial_with_epoch_metrics(searched
     assert ended <= {"completed", "stopped_early"} and "stopped_early" in ended
     for child in children:
         assert {"alpha", "lr", "student", "temperature"} <= set(child.data.params)
-        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_macro_f1")]
+        rung = [m.step for m in client.get_metric_history(child.info.run_id, "rung_val_macro_f1")]
+        full = [m.step for m in client.get_metric_history(child.info.run_id, "val_macro_f1")]
+        steps = sorted(rung + full)
         assert steps == list(range(1, len(steps) + 1)) and steps  # one value per epoch, no duplicates
+        # MLflow's val_macro_f1 is only ever the whole split's: the last epoch of a completed trial
+        assert full == ([3] if child.data.tags["kdsearch.ended"] == "completed" else []), (rung, full)
         assert child.data.tags["student"] in ("shufflenet_v2_x0_5", "mobilenet_v3_small")
 
 

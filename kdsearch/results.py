@@ -1,0 +1,31 @@
+"""What a search's trials say: how each ended and which is best. One rule, read by run, export and report.
+
+A trial's epochs before its last are scored on the rung subset of val (`search.rung_val_size`) and say so with
+`val_full: False`; the best trial is chosen among those whose last score is on the whole val split (every
+completed trial), and only falls back to subset scores when no trial completed (a time budget cut them all).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, TypeVar
+
+T = TypeVar("T")
+
+
+def on_full_split(result: dict[str, Any]) -> bool:
+    """Whether a reported result scored the whole val split (results without the flag did)."""
+    return bool(result.get("val_full", True))
+
+
+def ended(result: dict[str, Any], max_epochs: int) -> str:
+    """completed | stopped_early, from a trial's last reported result."""
+    return "completed" if int(result.get("training_iteration", 0)) >= max_epochs else "stopped_early"
+
+
+def best(items: Iterable[T], result: Callable[[T], dict[str, Any]], metric: str, mode: str) -> T | None:
+    """The item whose last result is best on `metric`, preferring whole-split scores; None when none has it."""
+    scored = [i for i in items if metric in (result(i) or {})]
+    pool = [i for i in scored if on_full_split(result(i))] or scored
+    if not pool:
+        return None
+    return (max if mode == "max" else min)(pool, key=lambda i: result(i)[metric])
