@@ -18,7 +18,6 @@ import json
 import statistics
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +58,7 @@ def main() -> None:
         "search": {"max_epochs": 4}, "tracking": {"uri": f"sqlite:///{work / 'mlflow.db'}"},
         "output": {"dir": str(work / "out")}})
     prepared = prepare(cfg, "cpu")
-    data, views = prepared.data, prepared.targets.views[0]
+    data, views = prepared.data, prepared.targets.views.pixels(0, slice(None))
     hp = Hparams(student="mobilenet_v3_small", temperature=4.0, alpha=0.0, lr=3e-3, weight_decay=1e-4,
                  batch_size=64, class_weight_power=1.0)
     samples = {"first_512": torch.arange(BN_SAMPLES), "stratified": stratified_sample(data.train.y, BN_SAMPLES, cfg.seed)}

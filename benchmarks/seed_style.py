@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from kdsearch.students import create_student  # architectures only: the same models kdsearch trains

@@ -31,6 +31,7 @@ ConfigArg = Annotated[Path, typer.Argument(help="YAML config, e.g. search_spaces
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE override, dotted into the YAML "
                                                      "(--set search.num_samples=4); repeatable")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+AddressOpt = Annotated[Optional[str], typer.Option(help="Ray cluster address (or RAY_ADDRESS); default: local")]
 
 
 @app.command()
@@ -38,7 +39,7 @@ def run(
     config: ConfigArg,
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted search of this config")] = False,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (or RAY_ADDRESS); default: local")] = None,
+    address: AddressOpt = None,
     device: DeviceOpt = "auto",
     submit_: Annotated[bool, typer.Option("--submit", help="then upload the best student to the config's "
                                           "evaluation server and wait for its score")] = False,
@@ -280,25 +281,30 @@ def report(
 
 
 @app.command("train-teacher")
-def train_teacher(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "auto") -> None:
+def train_teacher(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "auto",
+                  address: AddressOpt = None) -> None:
     """Train or load the config's teacher, cache it and its outputs under output.dir."""
-    import torch
-
     from .data import load_dataset
-    from .losses import teacher_log_probs
-    from .teacher_cache import teacher_targets
-    from .teachers import build_teachers
+    from .distill import teach
     from .train import resolve_device
 
     cfg = load_config(config, set_ or [])
-    dev = resolve_device(device)
     data = load_dataset(cfg)
-    teacher = build_teachers(cfg, data, dev)
-    targets = teacher_targets(cfg, data, teacher, dev)
-    pred = teacher_log_probs(targets.val_logits, 1.0, torch.tensor(teacher.weights)).argmax(1)
-    acc = float((pred == data.val.y).float().mean())
-    console.print(f"teacher {teacher.name}: val accuracy {acc:.4f}; {targets.forward_passes} forward passes "
-                  f"({targets.seconds:.1f} s) this run; cached under {cfg.output_dir / 'teacher'}")
+    if address is not None or cfg.teacher.resources is not None:
+        from .teacher_worker import teach_on_worker, worker_resources
+        from .tuner import init_ray
+
+        init_ray(address)
+        worker = worker_resources(cfg)
+    else:
+        worker = None
+    if worker is not None:
+        teacher, targets, scores = teach_on_worker(cfg, data, worker)
+    else:
+        teacher, targets, scores = teach(cfg, data, resolve_device(device))
+    passes = f"{targets.forward_passes} forward passes ({targets.seconds:.1f} s)" if targets else "no outputs cached"
+    console.print(f"teacher {teacher.name}: val accuracy {scores['val_accuracy']:.4f}, macro-F1 "
+                  f"{scores['val_macro_f1']:.4f}; {passes} this run; cached under {cfg.output_dir / 'teacher'}")
 
 
 @app.command()

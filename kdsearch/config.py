@@ -303,6 +303,22 @@ class InputSpec(_Model):
     """Per-channel std divided by."""
 
 
+class TeacherResources(_Model):
+    """Ray resources of the task that does the teacher's once-per-search work."""
+
+    gpu: float = Field(1.0, ge=0)
+    """GPUs the task holds; 1 = a whole GPU for the teacher."""
+    cpu: float = Field(1.0, gt=0)
+    """CPUs the task holds."""
+
+
+_DTYPE_DOC = """Precision of the teacher's forward passes (a `train` teacher still trains in float32); float16/bfloat16
+    halve memory and roughly halve the time of a big teacher on a GPU. Outputs are cached per dtype."""
+_RESOURCES_DOC = """Run the teacher's once-per-search work (training a `train` teacher, computing its cached outputs) as a
+    Ray task holding these resources, e.g. {gpu: 1, cpu: 4}: on a cluster whose head has no GPU, a GPU node does it.
+    Unset = on a GPU worker ({gpu: 1}) when this machine has no GPU but the Ray cluster has one, else here."""
+
+
 class _TeacherBase(_Model):
     cache: bool = True
     """Compute the teacher's outputs once and reuse them; false = the teacher runs live on every batch."""
@@ -313,6 +329,15 @@ class _TeacherBase(_Model):
     min_val_macro_f1: float | None = Field(None, ge=0.0, le=1.0)
     """Refuse to distil (exit 2, before any student trains) from a teacher whose val macro-F1 is below this; unset =
     only a warning when it is no better than predicting the majority class."""
+    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description=_DTYPE_DOC)
+    resources: TeacherResources | None = Field(None, description=_RESOURCES_DOC)
+
+    @model_validator(mode="after")
+    def _resources_need_cache(self):
+        if self.resources is not None and not self.cache:
+            raise ValueError("resources: a live teacher (cache: false) runs inside each trial on the trial's "
+                             "resources; set cache: true or drop resources")
+        return self
 
 
 class TrainTeacher(_TeacherBase):
@@ -362,8 +387,6 @@ class HuggingFaceTeacher(_TeacherBase):
     similarity to one prompt per class (SigLIP/CLIP); linear_probe: logistic regression on frozen image embeddings."""
     revision: str | None = None
     """Hub branch, tag or commit to pin; unset = main."""
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    """Precision the teacher runs in; float16/bfloat16 halve memory and time on a GPU."""
     batch_size: int = Field(64, ge=1)
     """Images per teacher forward pass when its outputs are computed."""
     prompt: str = "a photo of {label}"
@@ -406,6 +429,7 @@ class EnsembleTeacher(_Model):
     """Seeded augmented views cached per training image, shared by all members."""
     min_val_macro_f1: float | None = Field(None, ge=0.0, le=1.0)
     """Refuse to distil (exit 2) from an ensemble whose combined val macro-F1 is below this; unset = only a warning."""
+    resources: TeacherResources | None = Field(None, description=_RESOURCES_DOC)
 
     @model_validator(mode="after")
     def _consistent(self) -> "EnsembleTeacher":
@@ -415,9 +439,12 @@ class EnsembleTeacher(_Model):
             if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
                 raise ValueError("weights must be >= 0 with a positive sum")
         for i, m in enumerate(self.members):  # defaults pass, so a dumped config loads again
-            if not m.cache or m.cache_views != 1:
-                raise ValueError(f"members[{i}] sets cache/cache_views; set them on the ensemble, which caches "
-                                 "every member the same way")
+            if not m.cache or m.cache_views != 1 or m.resources is not None:
+                raise ValueError(f"members[{i}] sets cache/cache_views/resources; set them on the ensemble, which "
+                                 "computes every member's outputs the same way, in one place")
+        if self.resources is not None and not self.cache:
+            raise ValueError("resources: a live teacher (cache: false) runs inside each trial on the trial's "
+                             "resources; set cache: true or drop resources")
             if m.min_val_macro_f1 is not None:
                 raise ValueError(f"members[{i}] sets min_val_macro_f1; set it on the ensemble, whose combined "
                                  "prediction is what the student learns")

@@ -101,12 +101,28 @@ def default_hparams(cfg: Config, students: list[str]) -> Hparams:
     return Hparams.from_mapping(values)
 
 
-def prepare(cfg: Config, device: torch.device | str) -> Prepared:
+def prepare(cfg: Config, device: torch.device | str, worker: dict[str, float] | None = None) -> Prepared:
+    """Data, the students that fit, the teacher and its outputs. `worker`: Ray resources of a task that does the
+    teacher's part instead of this process (teacher_worker.py); None = here."""
     data = load_dataset(cfg)
     students, over = select_students(cfg, data.num_classes)
     for o in over:
         log.warning("student %s is %.1f MB in %s, over student.max_size_mb %g: never trained", o.name,
                     o.bytes(cfg.student.precision) / 1e6, cfg.student.precision, cfg.student.max_size_mb)
+    if worker is not None:
+        from .teacher_worker import teach_on_worker
+
+        teacher, targets, scores = teach_on_worker(cfg, data, worker)
+    else:
+        teacher, targets, scores = teach(cfg, data, device)
+    baseline = majority_baseline(data)
+    return Prepared(data, teacher, targets, students, scores,
+                    {"val_accuracy": baseline.accuracy, "val_macro_f1": baseline.macro_f1})
+
+
+def teach(cfg: Config, data: Dataset, device) -> tuple[Teachers, TeacherTargets | None, dict[str, float]]:
+    """The teacher, checked against the data and the majority baseline, and its cached outputs (None when it runs
+    live). Nothing is cached for a teacher the check refuses."""
     teacher = build_teachers(cfg, data, device)
     if cfg.search.space.may_use_features and not teacher.has_features:
         kinds = ", ".join(m.identity["source"] for m in teacher.members if m.head is None)
@@ -130,8 +146,7 @@ def prepare(cfg: Config, device: torch.device | str) -> Prepared:
         fit_heads(teacher, data, device)
         score_and_check(torch.cat([teacher.outputs(data.val.x[i:i + 256].to(device))[0].cpu()
                                    for i in range(0, len(data.val.x), 256)]))
-    return Prepared(data, teacher, targets, students, scores,
-                    {"val_accuracy": baseline.accuracy, "val_macro_f1": baseline.macro_f1})
+    return teacher, targets, scores
 
 
 def majority_baseline(data: Dataset) -> Metrics:
@@ -170,6 +185,8 @@ class Distiller:
         self.size = student_size(hp.student, data.num_classes, cfg.data.image_size)
         torch.manual_seed(self.seed)
         self.model = create_student(hp.student, data.num_classes, cfg.data.image_size).to(self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # every batch has the same shape: tune the kernels once
         weight = class_weights(data.class_counts(), hp.class_weight_power).to(self.device)
         members = torch.tensor(hp.teacher_weights or prepared.teacher.weights, dtype=torch.float32)
         if members.sum() <= 0:  # every searched weight at 0: fall back to equal weights
@@ -207,10 +224,14 @@ class Distiller:
         # training images (transfer images as one more stratum): the same images for every trial of a search.
         bn_idx = stratified_sample(pool_y, BN_SAMPLES, cfg.seed)
         bn = prepared.targets.views.pixels(0, bn_idx) if self.cached else pool_x[bn_idx]
-        self._bn_inputs = [to_input(bn[i:i + 128].to(self.device), self.spec, cfg.data.image_size)
-                           for i in range(0, len(bn), 128)]
+        self._bn_images = bn.to(self.device)  # uint8: a quarter of the float inputs' memory (300 MB at 224 px)
         self.rung_val = val_subset(data, cfg.search.rung_val_size, cfg.seed)
         self.epoch = 0
+
+    def bn_inputs(self):
+        """Model inputs for BatchNorm recalibration, made a batch at a time."""
+        size, bn = self.cfg.data.image_size, self._bn_images
+        return (to_input(bn[i:i + 128], self.spec, size) for i in range(0, len(bn), 128))
 
     def _batches(self):
         gen = epoch_generator(self.seed, self.epoch)
@@ -229,7 +250,7 @@ class Distiller:
         `full`: score the whole val split rather than the rung subset; default: on the last epoch (max_epochs)."""
         stats = train_one_epoch(self.trainee, self._batches(), self.loss, self.optimizer, self.scheduler)
         start = time.perf_counter()
-        recalibrate_bn(self.model, self._bn_inputs)
+        recalibrate_bn(self.model, self.bn_inputs())
         full = self.epoch + 1 >= self.cfg.search.max_epochs if full is None else full
         val = self.data.val
         x, y = (val.x, val.y) if full or self.rung_val is None else (val.x[self.rung_val], val.y[self.rung_val])

@@ -37,7 +37,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Batch], loss_fn: nn.Modu
     torch.set_flush_denormal(True)
     model.train()
     start = time.perf_counter()
-    total, seen = torch.zeros((), dtype=torch.float64), 0
+    total, seen = None, 0  # the loss sum stays on the device: one host sync per epoch, not one per batch
     for x, y, teacher_logits in batches:
         loss = loss_fn(model(x), y, teacher_logits)
         optimizer.zero_grad(set_to_none=True)
@@ -45,12 +45,14 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Batch], loss_fn: nn.Modu
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        total += loss.detach().double().cpu() * len(y)
+        part = loss.detach().double() * len(y)
+        total = part if total is None else total + part
         seen += len(y)
-    return EpochStats(train_loss=float(total) / max(seen, 1), seconds=time.perf_counter() - start, samples=seen)
+    total = 0.0 if total is None else float(total)
+    return EpochStats(train_loss=total / max(seen, 1), seconds=time.perf_counter() - start, samples=seen)
 
 
-def recalibrate_bn(model: nn.Module, inputs: list[torch.Tensor]) -> None:
+def recalibrate_bn(model: nn.Module, inputs: Iterable[torch.Tensor]) -> None:
     """Recompute BatchNorm running statistics on `inputs` (PreciseBN, Wu & Johnson 2021).
 
     Running averages lag a model whose weights move fast; over a short search
@@ -89,8 +91,8 @@ def predict_logits(model: nn.Module, x: torch.Tensor, spec: InputSpec, size: int
                    batch_size: int = 256) -> torch.Tensor:
     """Logits for uint8 images [N, C, H, W], preprocessed per `spec`, returned on the CPU."""
     model.eval()
-    out = [model(to_input(x[i:i + batch_size].to(device), spec, size)).float().cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(out) if out else torch.zeros(0)
+    out = [model(to_input(x[i:i + batch_size].to(device), spec, size)).float() for i in range(0, len(x), batch_size)]
+    return torch.cat(out).cpu() if out else torch.zeros(0)  # one copy back to the host, after the last batch
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: InputSpec, size: int, num_classes: int,

@@ -19,7 +19,7 @@ import torch
 
 from ._io import atomic_dir
 from .config import Config
-from .data import Dataset, load_dataset
+from .data import Dataset, load_dataset, val_subset
 from .distill import Hparams
 from .engine import Metrics, evaluate
 from . import results
@@ -30,9 +30,11 @@ from .trainable import STATE_FILE
 
 log = logging.getLogger("kdsearch")
 
-# How far the re-evaluated metric may drift from the trial's: fp32 files reproduce it exactly,
-# fp16 rounding can flip a borderline prediction or two.
+# How far the re-evaluated metric may drift from the trial's: fp32 files on a CPU reproduce it exactly;
+# fp16 rounding, or a GPU (TF32 convolutions, cuDNN picking its algorithms per run), can flip a borderline
+# prediction or two.
 TOLERANCE = {"fp32": 1e-6, "fp16": 0.01}
+GPU_TOLERANCE = 0.01
 PACKAGES = ("kdsearch", "torch", "torchvision", "timm", "ray", "optuna", "mlflow", "scikit-learn", "pydantic", "onnx")
 
 
@@ -118,11 +120,21 @@ def export_best(cfg: Config, out: Path | None = None, data: Dataset | None = Non
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated but is what the contract ships
             torch.jit.trace(model, example).save(str(tmp / "student.torchscript.pt"))
             reloaded = torch.jit.load(str(tmp / "student.torchscript.pt"))
-        m = evaluate(reloaded, data.val.x, data.val.y, spec, size, data.num_classes, "cpu")
-        got, expected = metric_value(m, metric), float(trial.metrics[metric])
-        if abs(got - expected) > TOLERANCE[precision]:
+        # checked on the trial's device type, against the images its last score saw (the whole val split, or the
+        # rung subset when no trial completed)
+        trial_device = str(trial.metrics.get("device", "cpu"))
+        device = "cuda" if trial_device == "cuda" and torch.cuda.is_available() else "cpu"
+        tolerance = TOLERANCE[precision] if trial_device == device == "cpu" else max(TOLERANCE[precision], GPU_TOLERANCE)
+        m = evaluate(reloaded.to(device), data.val.x, data.val.y, spec, size, data.num_classes, device)
+        checked = m
+        if not results.on_full_split(trial.metrics):
+            idx = val_subset(data, cfg.search.rung_val_size, cfg.seed)
+            checked = evaluate(reloaded, data.val.x[idx], data.val.y[idx], spec, size, data.num_classes, device)
+        got, expected = metric_value(checked, metric), float(trial.metrics[metric])
+        if abs(got - expected) > tolerance:
             raise KdsearchError(f"{out}: the exported student scores {metric}={got:.6f} on val but its trial "
                                 f"reported {expected:.6f}; export refused (re-run `kdsearch export-best`)")
+        reloaded.to("cpu")
         _export_onnx(model, example, tmp / "student.onnx")
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
         files["model_card.json"] = 0
@@ -131,7 +143,8 @@ def export_best(cfg: Config, out: Path | None = None, data: Dataset | None = Non
             "hyperparameters": hp.as_dict(),
             "metrics": {"val_macro_f1": m.macro_f1, "val_accuracy": m.accuracy, "val_loss": m.loss,
                         "val_per_class_f1": dict(zip(data.class_names, m.per_class_f1)),
-                        f"trial_{metric}": expected},
+                        f"trial_{metric}": expected, "trial_val_images": int(trial.metrics.get("val_images", 0))
+                        or len(data.val.y)},
             "files": {k: v for k, v in files.items() if k != "model_card.json"},
             "size_limit_mb": cfg.student.max_size_mb,
             "precision": precision,

@@ -40,7 +40,7 @@ def build_huggingface(t: HuggingFaceTeacher, cfg: Config, data: Dataset, device)
         spec = spec.model_copy(update={"size": cfg.data.image_size})
     build = {"classifier": _classifier, "zero_shot": _zero_shot, "linear_probe": _linear_probe}[t.mode]
     model, head, fit_head = build(t, cfg, data, spec)
-    settings = t.model_dump(mode="json", exclude={"cache", "cache_views", "batch_size", "input", "model"})
+    settings = t.model_dump(mode="json", exclude={"cache", "cache_views", "batch_size", "input", "model", "resources"})
     fp = fingerprint({"weights": _weights_identity(t), "settings": settings, "spec": spec.model_dump(mode="json"),
                       "classes": data.class_names, **({"data": data.fingerprint} if fit_head else {})})
     identity = {"source": "huggingface", "model": t.model, "mode": t.mode, "revision": _commit(t) or t.revision,

@@ -151,7 +151,7 @@ class CourseProtocol(Protocol):
             if r.status_code in (401, 403):
                 raise Unauthorized(f"the server refused the token (HTTP {r.status_code})")
             if r.status_code == 429:
-                raise RateLimited(f"the server refused a submission this soon (HTTP 429)",
+                raise RateLimited("the server refused a submission this soon (HTTP 429)",
                                   retry_after_seconds(r.headers.get("Retry-After")))
             if r.status_code >= 500:
                 last = f"HTTP {r.status_code}"

@@ -47,6 +47,11 @@ def num_views(cfg: Config) -> int:
     return 1 if cfg.data.augment == "none" else cfg.teacher.cache_views
 
 
+def cached_views(cfg: Config, data: Dataset) -> Views:
+    """The views of the student's training images that the teacher scores: seeded, the same on every machine."""
+    return Views.make(data.pool().x, cfg.data.augment, num_views(cfg), cfg.seed)
+
+
 def teacher_targets(cfg: Config, data: Dataset, teachers: Teachers, device, features: bool | None = None,
                     check: Callable[[torch.Tensor], None] | None = None) -> TeacherTargets:
     """Load or compute every member's logits (and features, when `features`) for every cached view and val.
@@ -54,7 +59,7 @@ def teacher_targets(cfg: Config, data: Dataset, teachers: Teachers, device, feat
     `check` sees the val logits [N_val, M, K] before anything new is written: a teacher it refuses (by raising)
     leaves no cache behind."""
     features = cfg.search.space.may_use_features if features is None else features
-    views = Views.make(data.pool().x, cfg.data.augment, num_views(cfg), cfg.seed)
+    views = cached_views(cfg, data)
     passes, seconds = teachers.forward_passes, teachers.seconds
     outs = [_member_targets(cfg, data, m, views, device, features) for m in teachers.members]
     val_logits = torch.stack([o["val_logits"] for o in outs], dim=1)

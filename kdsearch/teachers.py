@@ -54,6 +54,8 @@ class Teacher:
     """linear_probe: fits `head` from (train features, labels) and returns what to record; None = head is ready."""
     batch_size: int = 256
     """Images per forward pass when its outputs are computed."""
+    autocast: torch.dtype | None = None
+    """Run forward passes under torch.autocast in this dtype (teacher.dtype); None = as the model is."""
     forward_passes: int = 0
     """Images pushed through the teacher by this process."""
     seconds: float = 0.0
@@ -66,11 +68,12 @@ class Teacher:
         start = time.perf_counter()
         self.forward_passes += len(x)
         inp = to_input(x, self.spec, self.spec.size)
-        if not features or self.head is None:
-            logits, feats = self.model(inp), None
-        else:
-            logits, feats = forward_with_features(self.model, self.head, inp)
-            feats = feats.float()
+        with torch.autocast(x.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+            if not features or self.head is None:
+                logits, feats = self.model(inp), None
+            else:
+                logits, feats = forward_with_features(self.model, self.head, inp)
+                feats = feats.float()
         if x.is_cuda:
             torch.cuda.synchronize(x.device)
         self.seconds += time.perf_counter() - start
@@ -88,6 +91,9 @@ class Teachers:
     weights: tuple[float, ...]
     """Default member weights, summing to 1 (search.space.teacher_weights may override them per trial)."""
     identity: dict[str, Any] = field(default_factory=dict)
+    earlier_passes: int = 0
+    """Forward passes of models no longer held (`without_models`): the counts survive the models."""
+    earlier_seconds: float = 0.0
 
     @property
     def name(self) -> str:
@@ -100,11 +106,11 @@ class Teachers:
 
     @property
     def forward_passes(self) -> int:
-        return sum(m.forward_passes for m in self.members)
+        return self.earlier_passes + sum(m.forward_passes for m in self.members)
 
     @property
     def seconds(self) -> float:
-        return sum(m.seconds for m in self.members)
+        return self.earlier_seconds + sum(m.seconds for m in self.members)
 
     @property
     def has_features(self) -> bool:
@@ -112,7 +118,7 @@ class Teachers:
 
     def without_models(self) -> "Teachers":
         """What trials need when the outputs are cached: the weights and identity, no models to ship."""
-        return Teachers([], self.weights, self.identity)
+        return Teachers([], self.weights, self.identity, self.forward_passes, self.seconds)
 
     def to(self, device) -> "Teachers":
         for m in self.members:
@@ -154,6 +160,9 @@ def build_teacher(cfg: Config, data: Dataset, device: torch.device | str, t=None
     if isinstance(t, EnsembleTeacher):
         raise ValueError("build_teacher builds one teacher; use build_teachers for an ensemble")
     teacher = _BUILDERS[t.source](t, cfg, data, device)
+    if t.dtype != "float32" and t.source != "huggingface":  # a Hugging Face model is loaded in its dtype
+        teacher.autocast = getattr(torch, t.dtype)
+        teacher.fingerprint = fingerprint({"model": teacher.fingerprint, "dtype": t.dtype})
     _check_outputs(t, teacher, data.num_classes, device)
     return teacher
 
@@ -210,7 +219,7 @@ def _check_outputs(t, teacher: Teacher, num_classes: int, device) -> None:
 
 def _build_trained(t: TrainTeacher, cfg: Config, data: Dataset, device) -> Teacher:
     spec = teacher_spec(t, cfg)
-    settings = t.model_dump(mode="json", exclude={"cache", "cache_views"})
+    settings = t.model_dump(mode="json", exclude={"cache", "cache_views", "dtype", "resources"})  # what training sees
     fp = fingerprint({"teacher": settings, "spec": spec.model_dump(mode="json"), "data": data.fingerprint,
                       "augment": cfg.data.augment, "seed": cfg.seed, "early_stop_val": cfg.search.rung_val_size})
     path = cfg.output_dir / "teacher" / f"trained-{t.arch.replace(':', '_')}-{fp}.pt"

@@ -47,6 +47,7 @@ def distill_trainable(config: dict[str, Any], cfg: Config, prepared: Prepared) -
         report["teacher_forward_passes"] = prepared.teacher.forward_passes - passes_before
         report["teacher_seconds"] = prepared.teacher.seconds - seconds_before
         report["node_id"] = node_id  # which Ray node ran it (a cluster spreads trials over nodes)
+        report["device"] = device.type  # export re-checks the student on the same kind of device
         with tempfile.TemporaryDirectory() as folder:
             torch.save(distiller.state_dict(), Path(folder) / STATE_FILE)
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))

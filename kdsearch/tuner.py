@@ -26,11 +26,13 @@ from ray.tune.search.optuna import OptunaSearch
 from .config import Config
 from .distill import prepare
 from .errors import KdsearchError
+from .gpu_memory import preflight_gpu, release_cuda
 from .preflight import preflight
 from .progress import SearchProgress
 from .results import best, ended
 from .space import start_points, tune_space
 from .students import student_size
+from .teacher_worker import worker_resources
 from .tracking import SearchTracker, check_store
 from .trainable import distill_trainable
 
@@ -91,12 +93,15 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
                             f"or move it away (mv {path} {path}.old) or set another name (--set name=...)")
     preflight(cfg)  # config, data paths, teacher files, size limit, output.dir, MLflow: before anything is written
     start = time.perf_counter()
-    prepared = prepare(cfg, resolve_device(device))
+    init_ray(address)  # before the teacher: its work may run as a Ray task on a GPU node (teacher_worker.py)
+    prepared = prepare(cfg, resolve_device(device), worker=worker_resources(cfg))
     check_store(cfg)
     # Trials get what they need through the object store: with cached outputs no teacher model at all (a
     # MedSigLIP is gigabytes); a live teacher goes on the CPU and each trial moves it to its own device.
     shipped = replace(prepared, teacher=prepared.teacher.without_models()) if prepared.targets is not None else prepared
     prepared.teacher.to("cpu")
+    release_cuda()  # the teacher's CUDA memory goes back before trials share the GPU
+    preflight_gpu(cfg, prepared)
     log.info("students that fit %g MB in %s: %s", cfg.student.max_size_mb, cfg.student.precision,
              ", ".join(prepared.students))
 
@@ -109,7 +114,6 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     path.mkdir(parents=True, exist_ok=True)
     state_file.write_text(json.dumps(state))
 
-    init_ray(address)
     res = cfg.search.resources_per_trial
     trainable = tune.with_resources(tune.with_parameters(distill_trainable, cfg=cfg, prepared=shipped),
                                     {"cpu": res.cpu, "gpu": res.gpu})

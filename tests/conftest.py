@@ -14,6 +14,7 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+KDSEARCH = str(Path(sys.executable).with_name("kdsearch"))  # the installed entry point, as users run it
 SHIPPED = sorted((REPO / "search_spaces").glob("*.yaml"))
 
 

@@ -7,7 +7,6 @@ import gzip
 import json
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +23,8 @@ from kdsearch.engine import evaluate, recalibrate_bn
 from kdsearch.labels import UNLABELED
 from kdsearch.transforms import to_input
 
-from conftest import tiny_config, write_config
+from conftest import KDSEARCH, tiny_config, write_config
 
-KDSEARCH = str(Path(sys.executable).with_name("kdsearch"))
 
 
 def _digit_png(img: np.ndarray, path: Path, size: int = 16, rgb: bool = False) -> None:
@@ -70,7 +68,7 @@ def test_batchnorm_recalibration_sample_follows_the_classes_of_a_class_sorted_fo
 
     d, hist = train_student(cfg, hp(student="mobilenet_v3_small", alpha=0.0, class_weight_power=1.0), prepared, "cpu")
     expected = to_input(prepared.targets.views.pixels(0, sample), d.spec, 16)
-    assert torch.equal(torch.cat(d._bn_inputs), expected)  # the distiller recalibrates on exactly that sample
+    assert torch.equal(torch.cat(list(d.bn_inputs())), expected)  # the distiller recalibrates on exactly that sample
 
     def score(idx: torch.Tensor) -> float:
         recalibrate_bn(d.model, [to_input(prepared.targets.views.pixels(0, idx), d.spec, 16)])

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,9 +15,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import course_server
-from conftest import tiny_config, write_config
+from conftest import KDSEARCH, tiny_config, write_config
 
-KDSEARCH = str(Path(sys.executable).with_name("kdsearch"))
 TOKEN = course_server.Behaviour().token
 
 

@@ -1,0 +1,69 @@
+"""The teacher's once-per-search work as a Ray task, for a driver without a GPU.
+
+On the shipped `ray_cluster.yaml` the driver runs on a CPU-only head: a
+MedSigLIP there would score every image on a CPU. Instead the task below, given
+the resources of `teacher.resources` (or a whole GPU when this machine has none
+and the cluster does), trains a `train` teacher, computes the cached outputs,
+checks the teacher against the majority baseline and writes the teacher cache,
+exactly as `distill.teach` does in the driver. Only the outputs come back (the
+views are remade here from their seed); no teacher model travels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from typing import Any
+
+import ray
+import torch
+
+from .config import Config
+from .data import Dataset
+from .distill import teach
+from .errors import KdsearchError
+from .teacher_cache import TeacherTargets, cached_views
+from .teachers import Teachers
+
+log = logging.getLogger("kdsearch")
+
+
+def worker_resources(cfg: Config) -> dict[str, float] | None:
+    """The teacher task's resources, or None for the teacher's work in this process. Needs Ray started."""
+    t = cfg.teacher
+    if not t.cache or not ray.is_initialized():
+        return None
+    if t.resources is None:
+        has_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+        return {"gpu": 1.0, "cpu": 1.0} if has_gpu and not torch.cuda.is_available() else None
+    wanted, cluster = {"gpu": t.resources.gpu, "cpu": t.resources.cpu}, ray.cluster_resources()
+    for key, ray_key in (("gpu", "GPU"), ("cpu", "CPU")):
+        if wanted[key] > cluster.get(ray_key, 0):
+            raise KdsearchError(f"teacher.resources.{key} {wanted[key]:g}: the Ray cluster has "
+                                f"{cluster.get(ray_key, 0):g} {ray_key}s; lower it, add a node that has them "
+                                "(ray_cluster.yaml), or drop teacher.resources to run the teacher here")
+    return wanted
+
+
+def _teach_task(cfg: Config, data: Dataset) -> tuple[Teachers, TeacherTargets, dict[str, float], dict[str, Any]]:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    teacher, targets, scores = teach(cfg, data, device)
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "device": device}
+    return teacher.without_models(), replace(targets, views=None), scores, where
+
+
+def teach_on_worker(cfg: Config, data: Dataset,
+                    resources: dict[str, float]) -> tuple[Teachers, TeacherTargets, dict[str, float]]:
+    """`distill.teach` in a Ray task holding `resources`; a refused teacher exits 2 as it would here."""
+    task = ray.remote(num_gpus=resources["gpu"], num_cpus=resources["cpu"], max_retries=0)(_teach_task)
+    try:
+        teacher, targets, scores, where = ray.get(task.remote(cfg, data))
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, KdsearchError):
+            raise KdsearchError(str(e.cause)) from None
+        raise
+    log.info("teacher work ran as a Ray task on node %s (pid %d, %s): %d forward passes in %.1f s",
+             where["node_id"][:12], where["pid"], where["device"], targets.forward_passes, targets.seconds)
+    return teacher, replace(targets, views=cached_views(cfg, data)), scores
