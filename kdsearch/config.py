@@ -442,12 +442,12 @@ class EnsembleTeacher(_Model):
             if not m.cache or m.cache_views != 1 or m.resources is not None:
                 raise ValueError(f"members[{i}] sets cache/cache_views/resources; set them on the ensemble, which "
                                  "computes every member's outputs the same way, in one place")
-        if self.resources is not None and not self.cache:
-            raise ValueError("resources: a live teacher (cache: false) runs inside each trial on the trial's "
-                             "resources; set cache: true or drop resources")
             if m.min_val_macro_f1 is not None:
                 raise ValueError(f"members[{i}] sets min_val_macro_f1; set it on the ensemble, whose combined "
                                  "prediction is what the student learns")
+        if self.resources is not None and not self.cache:
+            raise ValueError("resources: a live teacher (cache: false) runs inside each trial on the trial's "
+                             "resources; set cache: true or drop resources")
         return self
 
     @property
