@@ -61,7 +61,8 @@ def main() -> None:
     data, views = prepared.data, prepared.targets.views.pixels(0, slice(None))
     hp = Hparams(student="mobilenet_v3_small", temperature=4.0, alpha=0.0, lr=3e-3, weight_decay=1e-4,
                  batch_size=64, class_weight_power=1.0)
-    samples = {"first_512": torch.arange(BN_SAMPLES), "stratified": stratified_sample(data.train.y, BN_SAMPLES, cfg.seed)}
+    samples = {"first_512": torch.arange(BN_SAMPLES), "stratified": stratified_sample(data.train.y, BN_SAMPLES,
+                                                                                      cfg.seed)}
     scores: dict[str, list[float]] = {k: [] for k in samples}
     for seed in range(args.seeds):
         d, _ = train_student(cfg, hp, prepared, "cpu", seed=seed)

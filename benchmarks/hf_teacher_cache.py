@@ -66,7 +66,8 @@ def main() -> None:
                                      "teacher": {**raw["teacher"], "cache": cache}})
         start = time.perf_counter()
         result = run_search(cfg, device="cpu")
-        runs[name] = {"teacher_seconds": result.teacher_seconds, "teacher_forward_passes": result.teacher_forward_passes,
+        runs[name] = {"teacher_seconds": result.teacher_seconds,
+                      "teacher_forward_passes": result.teacher_forward_passes,
                       "search_wall_seconds": time.perf_counter() - start, "trial_epochs": result.trial_epochs,
                       "trials": result.trials,
                       "best_val_macro_f1": result.best["metrics"]["val_macro_f1"] if result.best else None}

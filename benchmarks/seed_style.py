@@ -156,7 +156,8 @@ def main() -> None:
         "teacher_val_accuracy": teacher_acc, "teacher_val_macro_f1": teacher_f1,
         "best_val_macro_f1": max(f for _, f in reports), "trials": args.samples, "epochs": args.epochs,
         "reports": reports,  # (unix time, val macro-F1) of every trial-epoch
-        "epoch_seconds": [{"student": res.config["student"], "train": float(res.metrics_dataframe["train_seconds"].median()),
+        "epoch_seconds": [{"student": res.config["student"],
+                           "train": float(res.metrics_dataframe["train_seconds"].median()),
                            "eval": float(res.metrics_dataframe["eval_seconds"].median())} for res in grid],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

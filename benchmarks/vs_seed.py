@@ -12,8 +12,11 @@ a time on one CPU core each.
   teacher inside every training step, every trial for every epoch);
 - kdsearch: `kdsearch run` as installed, with its defaults (teacher outputs
   cached once, rung decisions on a 2,000-image val subset, ASHA, TPE with the
-  literature's start points); and, on the same cached teacher, the search
-  phase again with `search.start_points: false` (what the start points change).
+  literature's start points) and `teacher.cache_views` = `--views` (default
+  the epoch count: a fresh augmented view of every image each epoch, as the
+  seed script's per-batch augmentation gives); and, on the same cached
+  teacher, the search phase again with `search.start_points: false` (what the
+  start points change).
 
 Reports for each: end-to-end seconds, teacher seconds, search seconds, best
 whole-split val macro-F1, and the seconds kdsearch needed (from its start, and
@@ -39,11 +42,11 @@ from kd_gain import make_subset  # noqa: E402
 KDSEARCH = str(Path(sys.executable).with_name("kdsearch"))
 
 
-def kdsearch_config(npz: Path, work: Path, name: str, samples: int, epochs: int, **search) -> Path:
+def kdsearch_config(npz: Path, work: Path, name: str, samples: int, epochs: int, views: int, **search) -> Path:
     cfg = {
         "name": name, "seed": 0,
         "data": {"source": "npz", "root": str(npz), "image_size": 16, "augment": "standard"},
-        "teacher": {"source": "train", "arch": "resnet18", "epochs": epochs, "patience": 3, "cache_views": 1},
+        "teacher": {"source": "train", "arch": "resnet18", "epochs": epochs, "patience": 3, "cache_views": views},
         "student": {"candidates": ["resnet8", "mobilenet_v3_small", "shufflenet_v2_x0_5"], "max_size_mb": 25},
         "search": {"num_samples": samples, "max_concurrent": 2, "max_epochs": epochs, "grace_period": 2,
                    "reduction_factor": 3, "resources_per_trial": {"cpu": 1, "gpu": 0},
@@ -51,7 +54,7 @@ def kdsearch_config(npz: Path, work: Path, name: str, samples: int, epochs: int,
                              "lr": {"loguniform": [1.0e-3, 3.0e-2]}, "batch_size": {"choice": [64, 128]},
                              "weight_decay": 1.0e-4, "class_weight_power": 0.0}, **search},
         "tracking": {"uri": f"sqlite:///{work / 'mlflow.db'}"},
-        "output": {"dir": str(work / "kdsearch")},
+        "output": {"dir": str(work / f"kdsearch-v{views}")},
     }
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -61,12 +64,20 @@ def kdsearch_config(npz: Path, work: Path, name: str, samples: int, epochs: int,
 def kdsearch_reports(work: Path, name: str) -> tuple[list[tuple[float, float]], float]:
     """(unix time, val macro-F1) of every whole-split score, and when the first trial started."""
     reports, first_start = [], float("inf")
-    for path in (work / "kdsearch" / "ray" / name).glob("*/result.json"):
+    for path in work.glob(f"kdsearch-v*/ray/{name}/*/result.json"):
         lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if lines:
             first_start = min(first_start, lines[0]["timestamp"] - lines[0]["time_this_iter_s"])
         reports += [(float(r["timestamp"]), float(r["val_macro_f1"])) for r in lines if r.get("val_full", True)]
     return sorted(reports), first_start
+
+
+THRESHOLDS = (0.78, 0.80)  # common levels both reach, beside the seed script's best
+
+
+def seconds_to(reports: list[tuple[float, float]], start: float, target: float) -> float | None:
+    """Seconds from `start` to the first (unix time, macro-F1) report at or above `target`."""
+    return next((t - start for t, f in reports if f >= target), None)
 
 
 def run_kdsearch(config: Path, work: Path, name: str, target: float) -> dict:
@@ -83,6 +94,7 @@ def run_kdsearch(config: Path, work: Path, name: str, target: float) -> dict:
         "search_seconds": end - first_start, "best_val_macro_f1": max(f for _, f in reports),
         "seconds_to_seed_best": None if reached is None else reached - start,
         "search_seconds_to_seed_best": None if reached is None else reached - first_start,
+        **{f"seconds_to_{t:.2f}": seconds_to(reports, start, t) for t in THRESHOLDS},
     }
 
 
@@ -92,6 +104,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench-vs-seed" / "cpu")
     ap.add_argument("--seed-result", type=Path, help="reuse a seed_style.py result instead of running it")
+    ap.add_argument("--views", type=int, help="teacher.cache_views (default: --epochs: a fresh view every epoch)")
+    ap.add_argument("--no-start-points-arm", action="store_true", help="skip the start_points: false search")
     args = ap.parse_args()
     work = args.out.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -106,14 +120,17 @@ def main() -> None:
     target = seed["best_val_macro_f1"]
     seed_reach = next(t for t, f in seed["reports"] if f >= target)
 
-    stamp = int(time.time())
-    ours = run_kdsearch(kdsearch_config(npz, work, f"kd-{stamp}", args.samples, args.epochs), work, f"kd-{stamp}",
-                        target)
-    no_start = run_kdsearch(kdsearch_config(npz, work, f"nostart-{stamp}", args.samples, args.epochs,
-                                            start_points=False), work, f"nostart-{stamp}", target)
+    stamp, views = int(time.time()), args.views or args.epochs
+    ours = run_kdsearch(kdsearch_config(npz, work, f"kd-{stamp}", args.samples, args.epochs, views), work,
+                        f"kd-{stamp}", target)
+    no_start = None if args.no_start_points_arm else run_kdsearch(
+        kdsearch_config(npz, work, f"nostart-{stamp}", args.samples, args.epochs, views, start_points=False), work,
+        f"nostart-{stamp}", target)
     seed_row = {"end_to_end_seconds": seed["end_to_end_seconds"], "teacher_seconds": seed["teacher_seconds"],
                 "search_seconds": seed["search_seconds"], "best_val_macro_f1": target,
-                "seconds_to_best": seed_reach - seed["start"], "search_seconds_to_best": seed_reach - seed["teacher_done"]}
+                "seconds_to_best": seed_reach - seed["start"],
+                "search_seconds_to_best": seed_reach - seed["teacher_done"],
+                **{f"seconds_to_{t:.2f}": seconds_to(seed["reports"], seed["start"], t) for t in THRESHOLDS}}
 
     def ratio(a, b):
         return None if a is None or b is None else round(a / b, 2)
@@ -121,7 +138,7 @@ def main() -> None:
     result = {
         "setup": {"data": "Fashion-MNIST 4,000 train / 12,000 val, 16 px", "teacher": "resnet18",
                   "students": ["resnet8", "mobilenet_v3_small", "shufflenet_v2_x0_5"], "trials": args.samples,
-                  "epochs": args.epochs, "concurrent": 2, "cpu_per_trial": 1},
+                  "epochs": args.epochs, "concurrent": 2, "cpu_per_trial": 1, "kdsearch_cache_views": views},
         "seed_style": seed_row,
         "kdsearch": ours,
         "kdsearch_start_points_off_same_teacher_cache": no_start,
@@ -130,7 +147,7 @@ def main() -> None:
                                                    ours["search_seconds_to_seed_best"]),
         "speedup_whole_run": ratio(seed_row["end_to_end_seconds"], ours["end_to_end_seconds"]),
     }
-    (work / "result.json").write_text(json.dumps(result, indent=1))
+    (work / f"result-v{views}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 
 

@@ -36,7 +36,8 @@ def cached_batches(views: Views, y: torch.Tensor, logits: torch.Tensor | None, b
 
 
 def live_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, level: str, spec: InputSpec, size: int,
-                 gen: torch.Generator, teacher: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[Batch]:
+                 gen: torch.Generator, teacher: Callable[[torch.Tensor],
+                                                         torch.Tensor] | None = None) -> Iterator[Batch]:
     """Fresh augmentation per batch; `teacher` (uint8 batch -> logits) runs live on the same pixels."""
     order = torch.randperm(len(x), generator=gen).to(x.device)
     for i in range(0, len(x), batch_size):

@@ -24,10 +24,10 @@ from .batches import cached_batches, epoch_generator
 from .config import Config
 from .distill import default_hparams, prepare
 from .engine import train_one_epoch
+from .errors import KdsearchError
 from .losses import create_loss, cross_entropy_loss
-from .students import create_student
+from .students import create_student, student_spec
 from .teacher_cache import teacher_targets
-from .teachers import student_spec
 
 
 def epoch_ratio(cfg: Config, prepared, epochs: int = 3) -> dict[str, Any]:
@@ -66,16 +66,18 @@ def epoch_ratio(cfg: Config, prepared, epochs: int = 3) -> dict[str, Any]:
 def run_bench(cfg: Config, device: str = "cpu", epochs: int = 3) -> dict[str, Any]:
     from .tuner import run_search
 
+    if not cfg.teacher.cache:
+        raise KdsearchError("teacher.cache false: bench measures the cached teacher outputs; set teacher.cache: true "
+                            "(--set teacher.cache=true)")
     bench_cfg = cfg.model_copy(update={"name": f"{cfg.name}-bench-{int(time.time())}"})
     prepared = prepare(cfg, device)
-    if prepared.targets is None:
-        raise ValueError("bench needs teacher.cache: true")
     # (a) what computing the teacher's outputs once costs, counted on a fresh cache folder
     fresh = cfg.model_copy(update={"output": cfg.output.model_copy(update={"dir": cfg.output_dir / "bench" / "fresh"})})
     once = teacher_targets(fresh, prepared.data, prepared.teacher, device).forward_passes
     ratio = epoch_ratio(cfg, prepared, epochs)
     result = run_search(bench_cfg, device=device)
-    slots = min(cfg.search.max_concurrent, int(ray.cluster_resources().get("CPU", 1) // cfg.search.resources_per_trial.cpu))
+    slots = min(cfg.search.max_concurrent, int(ray.cluster_resources().get("CPU",
+                                                                           1) // cfg.search.resources_per_trial.cpu))
     n_trials = sum(result.trials.values())
     n_train = len(prepared.data.pool_labels())  # labeled and transfer images: what the teacher scores per view
     return {

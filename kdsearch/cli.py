@@ -87,7 +87,8 @@ def _submit_and_report(cfg: Config, file: Optional[Path], wait: bool) -> None:
 def submit_cmd(
     config: ConfigArg,
     set_: SetOpt = None,
-    file: Annotated[Optional[Path], typer.Option(help="file to upload (default: the export in output.dir/best)")] = None,
+    file: Annotated[Optional[Path],
+                    typer.Option(help="file to upload (default: the export in output.dir/best)")] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="upload and record, do not wait for the score; "
                                           "exit 2 if the server's rate limit does not allow a submission now")] = False,
 ) -> None:
@@ -150,7 +151,7 @@ def export_best_cmd(
 
 
 def _print_export(cfg: Config, e) -> None:
-    from .export import metric_value
+    from .results import metric_value
 
     metric = cfg.search.metric
     table = Table(title=f"best student of {cfg.name}")
@@ -175,13 +176,14 @@ def _print_export(cfg: Config, e) -> None:
 def bench(
     config: ConfigArg,
     set_: SetOpt = None,
-    out: Annotated[Optional[Path], typer.Option(help="JSON file to write (default output.dir/bench/bench.json)")] = None,
+    out: Annotated[Optional[Path],
+                   typer.Option(help="JSON file to write (default output.dir/bench/bench.json)")] = None,
     epochs: Annotated[int, typer.Option(help="epochs timed for the KD/CE epoch ratio")] = 5,
     device: DeviceOpt = "auto",
 ) -> None:
     """Measure teacher passes, KD vs CE epoch time, search efficiency and per-trial overhead (writes JSON)."""
     from .bench import run_bench
-    from .train import resolve_device
+    from .devices import resolve_device
 
     cfg = load_config(config, set_ or [])
     figures = run_bench(cfg, str(resolve_device(device)), epochs)
@@ -197,7 +199,8 @@ def train(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "auto") ->
     """One distillation run with fixed hyperparameters, no Ray (debugging and baselines)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .train import resolve_device, run_train
+    from .devices import resolve_device
+    from .train import run_train
 
     cfg = load_config(config, set_ or [])
     progress = Progress(TextColumn("[bold]epoch"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
@@ -244,8 +247,8 @@ def report(
     device: DeviceOpt = "auto",
 ) -> None:
     """Teacher vs student without KD vs student with KD on the best config, plus the search's plots."""
+    from .devices import resolve_device
     from .report import run_report
-    from .train import resolve_device
 
     if seeds < 1:
         raise KdsearchError(f"--seeds {seeds}: give 1 or more")
@@ -253,7 +256,8 @@ def report(
     rep = run_report(cfg, seeds=seeds, device=resolve_device(device))
     family = "vit" if "vit" in rep else "cnn"
     f = rep[family]
-    table = Table(title=f"{cfg.name}: {rep['best_config']['student']} (loss {rep['loss']}) from {rep['best_config_from']}, "
+    table = Table(title=f"{cfg.name}: {rep['best_config']['student']} (loss {rep['loss']}) from "
+                        f"{rep['best_config_from']}, "
                         f"{len(rep['seeds'])} seed(s), {rep['epochs']} epochs")
     for col in ("", "val accuracy", "val macro-F1"):
         table.add_column(col, justify="left" if not col else "right")
@@ -264,7 +268,8 @@ def report(
 
     table.add_row("teacher", cell("teacher_accuracy"), cell("teacher_macro_f1"))
     table.add_row("student without KD", cell("student_accuracy_without_kd"), cell("student_macro_f1_without_kd"))
-    table.add_row(f"student with KD ({rep['loss']})", cell("student_accuracy_with_kd"), cell("student_macro_f1_with_kd"))
+    table.add_row(f"student with KD ({rep['loss']})", cell("student_accuracy_with_kd"),
+                  cell("student_macro_f1_with_kd"))
     console.print(table)
     if "teacher_accuracy_test" in f:
         test = Table(title="test split")
@@ -285,8 +290,8 @@ def train_teacher(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "a
                   address: AddressOpt = None) -> None:
     """Train or load the config's teacher, cache it and its outputs under output.dir."""
     from .data import load_dataset
+    from .devices import resolve_device
     from .distill import teach
-    from .train import resolve_device
 
     cfg = load_config(config, set_ or [])
     data = load_dataset(cfg)
@@ -299,7 +304,7 @@ def train_teacher(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "a
     else:
         worker = None
     if worker is not None:
-        teacher, targets, scores = teach_on_worker(cfg, data, worker)
+        teacher, targets, scores = teach_on_worker(cfg, data, resources=worker)
     else:
         teacher, targets, scores = teach(cfg, data, resolve_device(device))
     passes = f"{targets.forward_passes} forward passes ({targets.seconds:.1f} s)" if targets else "no outputs cached"
@@ -311,7 +316,8 @@ def train_teacher(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "a
 def validate(
     configs: Annotated[Optional[list[Path]], typer.Argument(help="config files to check")] = None,
     set_: SetOpt = None,
-    schema: Annotated[bool, typer.Option("--schema", help="print the config's JSON Schema (for editors) and exit")] = False,
+    schema: Annotated[bool, typer.Option("--schema",
+                                         help="print the config's JSON Schema (for editors) and exit")] = False,
 ) -> None:
     """Check configs without running anything: schema, data paths, teacher files, size limit."""
     if schema:
@@ -352,7 +358,8 @@ def inspect_data_cmd(config: ConfigArg, set_: SetOpt = None) -> None:
         table.add_column(col, justify="left" if col == "class" else "right")
     weights = summary["suggested_class_weights"]["power_1.0"]
     for name in summary["classes"]:
-        table.add_row(name, str(summary["train_counts"][name]), str(summary["val_counts"][name]), f"{weights[name]:.3f}")
+        table.add_row(name, str(summary["train_counts"][name]), str(summary["val_counts"][name]),
+                      f"{weights[name]:.3f}")
     console.print(table)
     console.print(_counts_line(summary["images"]))
     console.print(f"imbalance ratio (largest/smallest class): {summary['imbalance_ratio']:.2f}")
@@ -368,7 +375,8 @@ def inspect_data_cmd(config: ConfigArg, set_: SetOpt = None) -> None:
 
 @app.command("list-models")
 def list_models(
-    config: Annotated[Optional[Path], typer.Argument(help="take classes, image size and limit from this config")] = None,
+    config: Annotated[Optional[Path],
+                      typer.Argument(help="take classes, image size and limit from this config")] = None,
     max_size_mb: Annotated[float, typer.Option(help="size limit in MB (1,000,000 bytes)")] = 25.0,
     num_classes: Annotated[int, typer.Option(help="classifier outputs")] = 10,
     image_size: Annotated[int, typer.Option(help="input side in pixels")] = 224,

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import train_test_split
 
-from .config import Config, DataConfig, UnlabeledConfig
 from ._io import fingerprint, load_cache, save_atomic
+from .config import Config, DataConfig, UnlabeledConfig
 from .errors import KdsearchError
 from .labels import UNLABELED
 
@@ -218,7 +218,8 @@ def _check_decoded(d: DataConfig, dec: dict) -> None:
     present = torch.unique(dec["train_y"]).numel()
     if present < 2:
         raise KdsearchError(
-            f"data.root {where}: found {present} class; a classifier needs at least two (one subfolder or label per class)")
+            f"data.root {where}: found {present} class; a classifier needs at least two (one subfolder or label per "
+            f"class)")
 
 
 def _split(dec: dict, d: DataConfig, seed: int, key: str) -> Dataset:
@@ -446,7 +447,8 @@ def _decode_npz(d: DataConfig) -> dict:
         raise KdsearchError(f"data.root {path}: not a readable .npz ({e})") from None
     with z:
         if "train_images" not in z or "train_labels" not in z:
-            raise KdsearchError(f"data.root {path}: needs arrays train_images and train_labels (found {list(z.keys())})")
+            raise KdsearchError(f"data.root {path}: needs arrays train_images and train_labels (found "
+                                f"{list(z.keys())})")
         splits = {s: (z[f"{s}_images"], z[f"{s}_labels"]) for s in ("train", "val", "test") if f"{s}_images" in z}
     return _from_arrays(d, splits)
 
@@ -480,7 +482,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 def _decode_idx(d: DataConfig) -> dict:
     files = _idx_files(Path(d.root))
-    return _from_arrays(d, {s: (read_idx(i), read_idx(l)) for s, (i, l) in files.items()})
+    return _from_arrays(d, {s: (read_idx(images), read_idx(labels)) for s, (images, labels) in files.items()})
 
 
 class _ArraysOnly(pickle.Unpickler):

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from .batches import cached_batches, epoch_generator, live_batches
 from .config import Config, Dist
@@ -21,10 +22,10 @@ from .data import Dataset, load_dataset, stratified_sample, val_subset
 from .engine import Metrics, classification_metrics, evaluate, recalibrate_bn, train_one_epoch
 from .errors import KdsearchError
 from .labels import UNLABELED
-from .losses import FeatureHintLoss, class_weights, create_loss, teacher_log_probs
-from .students import FeatureStudent, StudentSize, create_student, fitting_students, student_size
+from .losses import FeatureHintLoss, class_weights, create_loss
+from .students import FeatureStudent, StudentSize, create_student, fitting_students, student_size, student_spec
 from .teacher_cache import TeacherTargets, fit_heads, teacher_targets
-from .teachers import Teachers, build_teachers, student_spec
+from .teachers import Teachers, build_teachers
 from .transforms import to_input
 
 log = logging.getLogger("kdsearch")
@@ -33,9 +34,11 @@ BN_SAMPLES = 512  # images for BatchNorm recalibration: enough for stable statis
 TEACHER_MARGIN = 0.05  # a teacher within this much macro-F1 of the majority-class baseline gets a warning
 
 
-@dataclass(frozen=True)
-class Hparams:
-    """One point of the search space."""
+class Hparams(BaseModel):
+    """One point of the search space: every key of `config.Space`, typed (tests/test_config.py checks that the two
+    list the same keys). Values from Tune or a JSON file are validated and coerced here, once."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     student: str
     temperature: float
@@ -50,19 +53,21 @@ class Hparams:
     loss: str = "kd"
     """The distillation term D: kd | dist | kd_ls | dkd."""
     dkd_beta: float = 1.0
-    teacher_weights: tuple = ()
+    teacher_weights: tuple[float, ...] = ()
     """Ensemble member weights for this trial (from teacher_weight_0, 1, ...); () = teacher.weights."""
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "Hparams":
-        types = {f.name: f.type for f in fields(cls)}
-        casts = {"float": float, "int": int, "str": str}
-        kwargs = {k: casts[types[k]](v) for k, v in values.items() if k in types and types[k] in casts}
+        """From a trial's flat config (Tune's, with teacher_weight_0, teacher_weight_1, ...)."""
         members = sorted((k for k in values if k.startswith("teacher_weight_")), key=lambda k: int(k.rsplit("_", 1)[1]))
-        return cls(**kwargs, teacher_weights=tuple(float(values[k]) for k in members))
+        weights = tuple(float(values[k]) for k in members) if members else tuple(values.get("teacher_weights", ()))
+        return cls.model_validate({**values, "teacher_weights": weights})
+
+    def replace(self, **changes: Any) -> "Hparams":
+        return self.model_validate({**self.model_dump(), **changes})
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
 
 @dataclass
@@ -101,20 +106,15 @@ def default_hparams(cfg: Config, students: list[str]) -> Hparams:
     return Hparams.from_mapping(values)
 
 
-def prepare(cfg: Config, device: torch.device | str, worker: dict[str, float] | None = None) -> Prepared:
-    """Data, the students that fit, the teacher and its outputs. `worker`: Ray resources of a task that does the
-    teacher's part instead of this process (teacher_worker.py); None = here."""
+def prepare(cfg: Config, device: torch.device | str, teach_fn: Callable | None = None) -> Prepared:
+    """Data, the students that fit, the teacher and its outputs. `teach_fn(cfg, data, device)` does the teacher's
+    part: `teach` (here) by default, or teacher_worker's Ray task."""
     data = load_dataset(cfg)
     students, over = select_students(cfg, data.num_classes)
     for o in over:
         log.warning("student %s is %.1f MB in %s, over student.max_size_mb %g: never trained", o.name,
                     o.bytes(cfg.student.precision) / 1e6, cfg.student.precision, cfg.student.max_size_mb)
-    if worker is not None:
-        from .teacher_worker import teach_on_worker
-
-        teacher, targets, scores = teach_on_worker(cfg, data, worker)
-    else:
-        teacher, targets, scores = teach(cfg, data, device)
+    teacher, targets, scores = (teach_fn or teach)(cfg, data, device)
     baseline = majority_baseline(data)
     return Prepared(data, teacher, targets, students, scores,
                     {"val_accuracy": baseline.accuracy, "val_macro_f1": baseline.macro_f1})
@@ -127,15 +127,13 @@ def teach(cfg: Config, data: Dataset, device) -> tuple[Teachers, TeacherTargets 
     if cfg.search.space.may_use_features and not teacher.has_features:
         kinds = ", ".join(m.identity["source"] for m in teacher.members if m.head is None)
         raise KdsearchError(f"search.space.feature_weight: the teacher ({kinds}) exposes no penultimate features "
-                            "(TorchScript, or a model whose last linear layer is not its output); set feature_weight: 0")
+                            "(TorchScript, or a model whose last linear layer is not its output); set feature_weight: "
+                            "0")
     scores: dict[str, float] = {}
     baseline = majority_baseline(data)
 
     def score_and_check(val: torch.Tensor) -> None:
-        # an ensemble is scored by its combined prediction at T = 1 with its default weights
-        log_p = teacher_log_probs(val, 1.0, torch.tensor(teacher.weights))
-        m = classification_metrics(data.val.y.numpy(), log_p.argmax(1).numpy(), data.num_classes,
-                                   float(torch.nn.functional.nll_loss(log_p, data.val.y)))
+        m, _ = teacher.score(val, data.val.y, data.num_classes)
         scores.update(val_accuracy=m.accuracy, val_macro_f1=m.macro_f1)
         check_teacher(cfg, scores, baseline)
 
@@ -144,8 +142,7 @@ def teach(cfg: Config, data: Dataset, device) -> tuple[Teachers, TeacherTargets 
     else:
         targets = None
         fit_heads(teacher, data, device)
-        score_and_check(torch.cat([teacher.outputs(data.val.x[i:i + 256].to(device))[0].cpu()
-                                   for i in range(0, len(data.val.x), 256)]))
+        score_and_check(teacher.predict(data.val.x, device))
     return teacher, targets, scores
 
 

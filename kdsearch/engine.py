@@ -18,6 +18,8 @@ from torch import nn
 from .config import InputSpec
 from .transforms import to_input
 
+EVAL_BATCH = 256  # images per forward pass when scoring: no gradients, so larger than a training batch
+
 # (model input, labels, teacher side): teacher logits, (logits, features) for feature hints, or None
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None]
 
@@ -88,7 +90,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, spec: InputSpec, size: int, device: torch.device | str,
-                   batch_size: int = 256) -> torch.Tensor:
+                   batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """Logits for uint8 images [N, C, H, W], preprocessed per `spec`, returned on the CPU."""
     model.eval()
     out = [model(to_input(x[i:i + batch_size].to(device), spec, size)).float() for i in range(0, len(x), batch_size)]
@@ -96,7 +98,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, spec: InputSpec, size: int
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: InputSpec, size: int, num_classes: int,
-             device: torch.device | str, batch_size: int = 256) -> Metrics:
+             device: torch.device | str, batch_size: int = EVAL_BATCH) -> Metrics:
     """Unweighted cross-entropy loss plus accuracy, macro-F1, per-class F1 and the confusion matrix."""
     logits = predict_logits(model, x, spec, size, device, batch_size)
     loss = float(nn.functional.cross_entropy(logits, y))

@@ -17,16 +17,15 @@ from typing import Any
 
 import torch
 
+from . import results
 from ._io import atomic_dir
 from .config import Config
 from .data import Dataset, load_dataset, val_subset
 from .distill import Hparams
 from .engine import Metrics, evaluate
-from . import results
 from .errors import KdsearchError
-from .students import cast_state_dict, create_student
-from .teachers import student_spec
-from .trainable import STATE_FILE
+from .experiment import TRIAL_STATE_FILE, experiment_dir, read_search_state
+from .students import cast_state_dict, create_student, student_spec
 
 log = logging.getLogger("kdsearch")
 
@@ -59,9 +58,7 @@ def best_trial(cfg: Config) -> BestTrial:
     """The best finished trial of the config's search (results.best: by its last whole-split score)."""
     from ray import tune
 
-    from .tuner import experiment_path
-
-    path = experiment_path(cfg)
+    path = experiment_dir(cfg)
     if not tune.Tuner.can_restore(str(path)):
         raise KdsearchError(f"no search found at {path}; run `kdsearch run CONFIG` first (or check name/output.dir)")
     metric, mode = cfg.search.metric, cfg.search.resolved_mode
@@ -72,11 +69,6 @@ def best_trial(cfg: Config) -> BestTrial:
         raise KdsearchError(f"{path}: no finished trial to export; let `kdsearch run CONFIG --resume` finish one")
     best = results.best(finished, lambda t: t.last_result, metric, mode)
     return BestTrial(best.trial_id, dict(best.config), dict(best.last_result), Path(best.checkpoint.path))
-
-
-def metric_value(m: Metrics, metric: str) -> float:
-    """The value of a search metric name (config.METRIC_MODES) in evaluated Metrics."""
-    return {"val_macro_f1": m.macro_f1, "val_accuracy": m.accuracy, "val_loss": m.loss}[metric]
 
 
 def _versions() -> dict[str, str]:
@@ -92,16 +84,13 @@ def _versions() -> dict[str, str]:
 def export_best(cfg: Config, out: Path | None = None, data: Dataset | None = None,
                 search_state: dict[str, Any] | None = None, register: bool = True) -> ExportResult:
     """Write student.pt, student.torchscript.pt, student.onnx (when onnx is installed) and model_card.json."""
-    from .tuner import STATE_FILE as SEARCH_STATE, experiment_path
-
     trial = best_trial(cfg)
     data = data if data is not None else load_dataset(cfg)
     if search_state is None:
-        state_path = experiment_path(cfg) / SEARCH_STATE
-        search_state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+        search_state = read_search_state(cfg)
     hp = Hparams.from_mapping(trial.config)
     size, spec, metric, precision = cfg.data.image_size, student_spec(cfg), cfg.search.metric, cfg.student.precision
-    state = torch.load(trial.checkpoint_dir / STATE_FILE, weights_only=True, map_location="cpu")
+    state = torch.load(trial.checkpoint_dir / TRIAL_STATE_FILE, weights_only=True, map_location="cpu")
     model = create_student(hp.student, data.num_classes, size)
     model.load_state_dict(state["model"])
     out = Path(out) if out is not None else cfg.output_dir / "best"
@@ -124,13 +113,14 @@ def export_best(cfg: Config, out: Path | None = None, data: Dataset | None = Non
         # rung subset when no trial completed)
         trial_device = str(trial.metrics.get("device", "cpu"))
         device = "cuda" if trial_device == "cuda" and torch.cuda.is_available() else "cpu"
-        tolerance = TOLERANCE[precision] if trial_device == device == "cpu" else max(TOLERANCE[precision], GPU_TOLERANCE)
+        tolerance = TOLERANCE[precision] if trial_device == device == "cpu" else max(TOLERANCE[precision],
+                                                                                     GPU_TOLERANCE)
         m = evaluate(reloaded.to(device), data.val.x, data.val.y, spec, size, data.num_classes, device)
         checked = m
         if not results.on_full_split(trial.metrics):
             idx = val_subset(data, cfg.search.rung_val_size, cfg.seed)
             checked = evaluate(reloaded, data.val.x[idx], data.val.y[idx], spec, size, data.num_classes, device)
-        got, expected = metric_value(checked, metric), float(trial.metrics[metric])
+        got, expected = results.metric_value(checked, metric), float(trial.metrics[metric])
         if abs(got - expected) > tolerance:
             raise KdsearchError(f"{out}: the exported student scores {metric}={got:.6f} on val but its trial "
                                 f"reported {expected:.6f}; export refused (re-run `kdsearch export-best`)")

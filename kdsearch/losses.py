@@ -13,24 +13,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from .labels import UNLABELED
+from .registry import Registry
 
-_TERMS: dict[str, type[nn.Module]] = {}
+TERMS: Registry[type[nn.Module]] = Registry("loss")
 
 
 def register_term(name: str):
-    def wrap(cls):
-        _TERMS[name] = cls
-        return cls
-    return wrap
+    return TERMS.register(name)
 
 
 def list_losses() -> list[str]:
-    return list(_TERMS)
+    return TERMS.names()
 
 
 def start_settings(name: str) -> dict[str, float]:
     """The space values a term's paper recommends (temperature, alpha, ...): `search.start_points`."""
-    return dict(_TERMS[name].start)
+    return dict(TERMS[name].start)
 
 
 def class_weights(counts: torch.Tensor, power: float) -> torch.Tensor:
@@ -241,9 +239,7 @@ class DistillationLoss(nn.Module):
 def create_loss(name: str, alpha: float, temperature: float = 1.0, weight: torch.Tensor | None = None,
                 teacher_weights: torch.Tensor | None = None, **term_kwargs) -> DistillationLoss:
     """`(1 - alpha) * CE_w + alpha * D` with the registered term `name` (kd | dist | kd_ls | dkd)."""
-    if name not in _TERMS:
-        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(_TERMS)}")
-    term = _TERMS[name](temperature=temperature, teacher_weights=teacher_weights, **term_kwargs)
+    term = TERMS[name](temperature=temperature, teacher_weights=teacher_weights, **term_kwargs)
     return DistillationLoss(term, alpha, weight)
 
 

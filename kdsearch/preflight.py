@@ -63,7 +63,8 @@ def check_output_dir(cfg: Config) -> None:
     free = shutil.disk_usage(base).free
     if need > free:
         raise KdsearchError(f"output.dir {out}: {free / 1e9:.1f} GB free, the decoded images need about "
-                            f"{need / 1e9:.1f} GB; free some space, point output.dir elsewhere, or lower data.image_size")
+                            f"{need / 1e9:.1f} GB; free some space, point output.dir elsewhere, or lower "
+                            f"data.image_size")
 
 
 def check_teacher_files(cfg: Config, num_classes: int) -> None:

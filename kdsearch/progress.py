@@ -7,6 +7,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from . import results
+
 
 class SearchProgress(tune.Callback):
     def __init__(self, metric: str, mode: str, max_epochs: int):
@@ -26,6 +28,7 @@ class SearchProgress(tune.Callback):
         result = trial.last_result or {}
         if self.metric in result:
             row["epoch"], row["value"] = int(result.get("training_iteration", 0)), float(result[self.metric])
+            row["result"] = result
         row["status"] = status or trial.status
         if self._live is not None:
             self._live.update(self.render())
@@ -37,8 +40,8 @@ class SearchProgress(tune.Callback):
         self._update(trial, "RUNNING")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        done = int((trial.last_result or {}).get("training_iteration", 0))
-        self._update(trial, "done" if done >= self.max_epochs else "stopped (ASHA)")
+        ended = results.ended(trial.last_result or {}, self.max_epochs)
+        self._update(trial, "done" if ended == "completed" else "stopped (ASHA)")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._update(trial, "errored")
@@ -48,11 +51,8 @@ class SearchProgress(tune.Callback):
             self._live.stop()
 
     def best(self) -> tuple[str, dict] | None:
-        scored = [(k, r) for k, r in self.rows.items() if r["value"] is not None]
-        if not scored:
-            return None
-        pick = max if self.mode == "max" else min
-        return pick(scored, key=lambda kv: kv[1]["value"])
+        """The best trial so far, by the rule the search's result uses (whole-split scores first)."""
+        return results.best(self.rows.items(), lambda kv: kv[1].get("result", {}), self.metric, self.mode)
 
     def render(self) -> Table:
         best = self.best()
@@ -62,7 +62,8 @@ class SearchProgress(tune.Callback):
             table.add_column(col, justify="left" if col in ("trial", "student", "loss", "status") else "right")
         for trial_id, r in self.rows.items():
             c = r["config"]
-            table.add_row(trial_id, str(c.get("student")), str(c.get("loss", "kd")), _f(c.get("alpha")), _f(c.get("temperature")), _f(c.get("lr")),
+            table.add_row(trial_id, str(c.get("student")), str(c.get("loss", "kd")), _f(c.get("alpha")),
+                          _f(c.get("temperature")), _f(c.get("lr")),
                           f"{r['epoch']}/{self.max_epochs}", _f(r["value"]), r["status"])
         return table
 

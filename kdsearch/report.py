@@ -12,18 +12,17 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-from dataclasses import replace
 from typing import Any
 
 import torch
 
+from . import results
 from ._io import atomic_dir
 from .config import Config
 from .distill import Hparams, Prepared, default_hparams, prepare, train_student
-from .engine import Metrics, classification_metrics, evaluate
-from . import results
-from .losses import teacher_log_probs
-from .teachers import student_spec
+from .engine import Metrics, evaluate, predict_logits
+from .experiment import experiment_dir
+from .students import student_spec
 
 log = logging.getLogger("kdsearch")
 
@@ -35,12 +34,11 @@ def search_trials(cfg: Config) -> list[dict[str, Any]]:
     Empty when there is no search yet."""
     from ray import tune
 
-    from .tuner import experiment_path
-
-    path = experiment_path(cfg)
+    path = experiment_dir(cfg)
     if not tune.Tuner.can_restore(str(path)):
         return []
-    analysis = tune.ExperimentAnalysis(str(path), default_metric=cfg.search.metric, default_mode=cfg.search.resolved_mode)
+    analysis = tune.ExperimentAnalysis(str(path), default_metric=cfg.search.metric,
+                                       default_mode=cfg.search.resolved_mode)
     frames = analysis.trial_dataframes
     out = []
     for t in analysis.trials:
@@ -66,14 +64,9 @@ def _teacher_metrics(prepared: Prepared, split: str, x: torch.Tensor, y: torch.T
                      device) -> tuple[Metrics, torch.Tensor]:
     """The teacher on a split: val from its cached outputs when there are some, else a forward pass."""
     t = prepared.teacher
-    if split == "val" and prepared.targets is not None:
-        logits = prepared.targets.val_logits
-    else:
-        logits = torch.cat([t.outputs(x[i:i + 256].to(device))[0].cpu() for i in range(0, len(x), 256)])
-    log_p = teacher_log_probs(logits, 1.0, torch.tensor(t.weights))
-    pred = log_p.argmax(1)
-    return classification_metrics(y.numpy(), pred.numpy(), prepared.data.num_classes,
-                                  float(torch.nn.functional.nll_loss(log_p, y))), pred
+    cached = split == "val" and prepared.targets is not None
+    logits = prepared.targets.val_logits if cached else t.predict(x, device)
+    return t.score(logits, y, prepared.data.num_classes)
 
 
 def _summary(runs: list[Metrics], prefix: str, suffix: str) -> dict[str, float]:
@@ -94,17 +87,17 @@ def run_report(cfg: Config, seeds: int = 1, device: str | torch.device = "cpu") 
     data, spec, size = prepared.data, student_spec(cfg), cfg.data.image_size
     trials = search_trials(cfg)
     hp, source = best_hparams(cfg, trials, prepared.students)
-    without = replace(hp, alpha=0.0, feature_weight=0.0)
+    without = hp.replace(alpha=0.0, feature_weight=0.0)
     splits = {"val": data.val, **({"test": data.test} if data.test is not None else {})}
     seed_list = [cfg.seed + i for i in range(seeds)]
-    results: dict[str, dict[str, list[Metrics]]] = {s: {"with_kd": [], "without_kd": []} for s in splits}
+    runs: dict[str, dict[str, list[Metrics]]] = {s: {"with_kd": [], "without_kd": []} for s in splits}
     first_student = None
     for seed in seed_list:
         for kind, h in (("with_kd", hp), ("without_kd", without)):
             log.info("report: training %s with seed %d (%s)", h.student, seed, kind)
             d, _ = train_student(cfg, h, prepared, device, seed=seed)
             for split, s in splits.items():
-                results[split][kind].append(evaluate(d.model, s.x, s.y, spec, size, data.num_classes, device))
+                runs[split][kind].append(evaluate(d.model, s.x, s.y, spec, size, data.num_classes, device))
             if first_student is None and kind == "with_kd":
                 first_student = d.model
 
@@ -116,8 +109,8 @@ def run_report(cfg: Config, seeds: int = 1, device: str | torch.device = "cpu") 
         teacher_val_pred = pred if split == "val" else teacher_val_pred
         sfx = "" if split == "val" else "_test"
         figures.update({f"teacher_accuracy{sfx}": tm.accuracy, f"teacher_macro_f1{sfx}": tm.macro_f1})
-        figures.update(_summary(results[split]["without_kd"], "student", "_without_kd" + sfx))
-        figures.update(_summary(results[split]["with_kd"], "student", "_with_kd" + sfx))
+        figures.update(_summary(runs[split]["without_kd"], "student", "_without_kd" + sfx))
+        figures.update(_summary(runs[split]["with_kd"], "student", "_with_kd" + sfx))
         for name in ("accuracy", "macro_f1"):
             figures[f"kd_gain_{name}{sfx}"] = (figures[f"student_{name}_with_kd{sfx}"]
                                                - figures[f"student_{name}_without_kd{sfx}"])
@@ -147,14 +140,11 @@ def run_report(cfg: Config, seeds: int = 1, device: str | torch.device = "cpu") 
             searched = [k for k in trials[0]["config"] if len({str(t["config"].get(k)) for t in trials}) > 1]
             written["parallel_coordinates"] = plots.parallel_coordinates(trials, searched or list(trials[0]["config"]),
                                                                          metric, tmp / "parallel_coordinates.png")
-        m = results["val"]["with_kd"][0]
+        m = runs["val"]["with_kd"][0]
         written["confusion_matrix"] = plots.confusion(m.confusion, data.class_names,
                                                       f"{hp.student} with KD, val (seed {seed_list[0]})",
                                                       tmp / "confusion_matrix.png")
-        with torch.no_grad():
-            first_student.eval()
-            logits = torch.cat([first_student(_inp(data.val.x[i:i + 256], spec, size, device)).cpu()
-                                for i in range(0, len(data.val.x), 256)])
+        logits = predict_logits(first_student, data.val.x, spec, size, device)
         written["sample_predictions"] = plots.sample_predictions(data.val.x, data.val.y, teacher_val_pred,
                                                                  logits.argmax(1), data.class_names,
                                                                  tmp / "sample_predictions.png")
@@ -162,10 +152,3 @@ def run_report(cfg: Config, seeds: int = 1, device: str | torch.device = "cpu") 
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
         report["mlflow_run_id"] = log_report(cfg, tmp, figures)
     return report
-
-
-def _inp(x: torch.Tensor, spec, size: int, device) -> torch.Tensor:
-    from .transforms import to_input
-
-    return to_input(x.to(device), spec, size)
-

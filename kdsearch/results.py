@@ -11,6 +11,21 @@ from typing import Any, Callable, Iterable, TypeVar
 
 T = TypeVar("T")
 
+# The metrics a search can optimise, each with the direction that is "better": ASHA, Optuna, export and report
+# all read it from here. Each is a field of engine.Metrics without the "val_" prefix.
+METRIC_MODES: dict[str, str] = {"val_macro_f1": "max", "val_accuracy": "max", "val_loss": "min"}
+
+# What a trial reports after each epoch; the scalars are also MLflow metrics of its child run.
+EPOCH_SCALARS = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "epoch_seconds", "eval_seconds", "size_mb")
+REPORTED = ("epoch", *EPOCH_SCALARS, "val_per_class_f1", "val_full", "val_images")
+LOGGED = (*EPOCH_SCALARS, *(f"rung_{k}" for k in EPOCH_SCALARS if k.startswith("val_")), "teacher_forward_passes")
+"""Per-epoch scalars a trial's child run gets in MLflow (rung_val_*: epochs scored on the rung subset)."""
+
+
+def metric_value(metrics: Any, metric: str) -> float:
+    """The value of a search metric (a METRIC_MODES name) in evaluated `engine.Metrics`."""
+    return float(getattr(metrics, metric.removeprefix("val_")))
+
 
 def on_full_split(result: dict[str, Any]) -> bool:
     """Whether a reported result scored the whole val split (results without the flag did)."""

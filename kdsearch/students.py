@@ -17,22 +17,24 @@ import torchvision.models as tvm
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+from .input_spec import InputSpec
+from .registry import Registry
 
-
-def register_student(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    _REGISTRY[fn.__name__] = fn
-    return fn
+STUDENTS: Registry[Callable[..., nn.Module]] = Registry("student")
+register_student = STUDENTS.register()
 
 
 def list_students() -> list[str]:
-    return list(_REGISTRY)
+    return STUDENTS.names()
+
+
+def student_spec(cfg) -> InputSpec:
+    """Students take RGB at the config's data.image_size with mean/std 0.5: they train from scratch."""
+    return InputSpec(size=cfg.data.image_size)
 
 
 def create_student(name: str, num_classes: int, image_size: int) -> nn.Module:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown student {name!r}; valid: {', '.join(_REGISTRY)}")
-    model = _REGISTRY[name](num_classes=num_classes, image_size=image_size)
+    model = STUDENTS[name](num_classes=num_classes, image_size=image_size)
     # torchvision's MobileNetV3/EfficientNet use BatchNorm momentum 0.01, tuned for long ImageNet runs; over
     # the few hundred steps of a search trial their running stats barely move and eval accuracy collapses.
     for m in model.modules():
@@ -114,7 +116,8 @@ def resnet18(num_classes: int, image_size: int) -> nn.Module:
 
 
 def vit_patch_size(image_size: int) -> int:
-    """Largest of 16/8/4/2/1 that divides the image and leaves at least 7 patches a side (224 -> 16, 32 -> 4, 28 -> 4)."""
+    """Largest of 16/8/4/2/1 that divides the image and leaves at least 7 patches a side (224 -> 16, 32 -> 4, 28 ->
+    4)."""
     for p in (16, 8, 4, 2, 1):
         if image_size % p == 0 and image_size // p >= 7:
             return p

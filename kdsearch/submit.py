@@ -81,7 +81,8 @@ def submission_file(cfg: Config, file: Path | None) -> Path:
         else:
             torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise KdsearchError(f"{path}: does not load as submit.format {fmt} ({type(e).__name__}); not uploaded") from None
+        raise KdsearchError(f"{path}: does not load as submit.format {fmt} ({type(e).__name__}); "
+                            "not uploaded") from None
     return path
 
 

@@ -17,8 +17,8 @@ from typing import Callable
 
 import torch
 
-from .config import Config
 from ._io import fingerprint, load_cache, save_atomic
+from .config import Config
 from .data import Dataset
 from .teachers import Teacher, Teachers
 from .transforms import Views, apply_augment

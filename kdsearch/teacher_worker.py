@@ -11,10 +11,11 @@ views are remade here from their seed); no teacher model travels.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
 import ray
 import torch
@@ -54,9 +55,15 @@ def _teach_task(cfg: Config, data: Dataset) -> tuple[Teachers, TeacherTargets, d
     return teacher.without_models(), replace(targets, views=None), scores, where
 
 
-def teach_on_worker(cfg: Config, data: Dataset,
+def on_worker(resources: dict[str, float] | None) -> Callable | None:
+    """A `teach_fn` for `distill.prepare` that runs on a Ray worker holding `resources`; None for None."""
+    return None if resources is None else functools.partial(teach_on_worker, resources=resources)
+
+
+def teach_on_worker(cfg: Config, data: Dataset, device=None, *,
                     resources: dict[str, float]) -> tuple[Teachers, TeacherTargets, dict[str, float]]:
-    """`distill.teach` in a Ray task holding `resources`; a refused teacher exits 2 as it would here."""
+    """`distill.teach` in a Ray task holding `resources` (`device` is the worker's own); a refused teacher exits 2
+    as it would here."""
     task = ray.remote(num_gpus=resources["gpu"], num_cpus=resources["cpu"], max_retries=0)(_teach_task)
     try:
         teacher, targets, scores, where = ray.get(task.remote(cfg, data))

@@ -33,12 +33,6 @@ class TrainResult:
     seconds: float
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def run_train(cfg: Config, device: torch.device, on_start: Callable[[Hparams, Prepared], None] | None = None,
               on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     start = time.perf_counter()

@@ -12,18 +12,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 import ray
+import torch
 from ray import tune
 
 from .config import Config
+from .devices import resolve_device
 from .distill import Distiller, Hparams, Prepared
-
-STATE_FILE = "state.pt"
-
-# What a trial reports after each epoch (scalars; per-class F1 as a list).
-REPORTED = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_per_class_f1", "val_full",
-            "val_images", "epoch_seconds", "eval_seconds", "size_mb")
+from .experiment import TRIAL_STATE_FILE
+from .results import REPORTED
 
 
 def distill_trainable(config: dict[str, Any], cfg: Config, prepared: Prepared) -> None:
@@ -32,14 +29,15 @@ def distill_trainable(config: dict[str, Any], cfg: Config, prepared: Prepared) -
         logging.getLogger(name).setLevel(logging.WARNING)
     # The counts travel with the pickled teacher (live teachers only; cached runs ship no models)
     passes_before, seconds_before = prepared.teacher.forward_passes, prepared.teacher.seconds
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # Ray hides GPUs a trial did not ask for
+    device = resolve_device()  # Ray hides the GPUs a trial did not ask for
     torch.set_num_threads(max(1, int(cfg.search.resources_per_trial.cpu)))
     distiller = Distiller(cfg, Hparams.from_mapping(config), prepared, device)
     node_id = ray.get_runtime_context().get_node_id()
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            distiller.load_state_dict(torch.load(Path(folder) / STATE_FILE, weights_only=True, map_location=device))
+            state = torch.load(Path(folder) / TRIAL_STATE_FILE, weights_only=True, map_location=device)
+            distiller.load_state_dict(state)
     while distiller.epoch < cfg.search.max_epochs:
         metrics = distiller.run_epoch()
         report = {k: metrics[k] for k in REPORTED}
@@ -49,5 +47,5 @@ def distill_trainable(config: dict[str, Any], cfg: Config, prepared: Prepared) -
         report["node_id"] = node_id  # which Ray node ran it (a cluster spreads trials over nodes)
         report["device"] = device.type  # export re-checks the student on the same kind of device
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(distiller.state_dict(), Path(folder) / STATE_FILE)
+            torch.save(distiller.state_dict(), Path(folder) / TRIAL_STATE_FILE)
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 
 from .config import InputSpec
 
-
 # One row of augmentation parameters per image: the whole recipe of a view, 48 bytes against 3·H·W of pixels.
 # shift x/y (normalised, whole pixels), flip (±1), angle (rad), scale, brightness, contrast, erased rectangle (4
 # uniforms: height, width, top, left), erase on (1) / off (0)
@@ -66,7 +65,8 @@ def apply_augment(x: torch.Tensor, params: torch.Tensor, level: str) -> torch.Te
     p = params.to(x.device)
     shift, flip, angle, scale = p[:, 0:2], p[:, 2], p[:, 3], p[:, 4]
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]],
+                                                                                      1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     if level == "strong":

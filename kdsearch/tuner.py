@@ -7,7 +7,6 @@ logs to MLflow through callbacks, and exports the best student at the end.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -20,30 +19,26 @@ import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.sample import Domain
 from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search.sample import Domain
 
 from .config import Config
+from .devices import resolve_device
 from .distill import prepare
 from .errors import KdsearchError
+from .experiment import experiment_dir, read_search_state, write_search_state
 from .gpu_memory import preflight_gpu, release_cuda
 from .preflight import preflight
 from .progress import SearchProgress
 from .results import best, ended
-from .space import start_points, tune_space
 from .students import student_size
-from .teacher_worker import worker_resources
-from .tracking import SearchTracker, check_store
+from .teacher_worker import on_worker, worker_resources
+from .tracking import check_store
+from .tracking.search import SearchTracker
 from .trainable import distill_trainable
+from .tune_space import start_points, tune_space
 
 log = logging.getLogger("kdsearch")
-
-STATE_FILE = "kdsearch.json"  # search id and MLflow parent run, kept in the experiment folder for --resume
-
-
-def experiment_path(cfg: Config) -> Path:
-    return (cfg.output_dir / "ray" / cfg.name).resolve()
-
 
 @dataclass
 class SearchResult:
@@ -81,10 +76,7 @@ def init_ray(address: str | None) -> None:
 
 def run_search(cfg: Config, resume: bool = False, address: str | None = None, device: str = "auto") -> SearchResult:
     """Run (or continue) the search and return its summary; raises KdsearchError on user errors."""
-    from .train import resolve_device
-
-    path = experiment_path(cfg)
-    state_file = path / STATE_FILE
+    path = experiment_dir(cfg)
     restorable = tune.Tuner.can_restore(str(path))
     if resume and not restorable:
         raise KdsearchError(f"--resume: no search to continue at {path}; run without --resume to start one")
@@ -94,7 +86,7 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     preflight(cfg)  # config, data paths, teacher files, size limit, output.dir, MLflow: before anything is written
     start = time.perf_counter()
     init_ray(address)  # before the teacher: its work may run as a Ray task on a GPU node (teacher_worker.py)
-    prepared = prepare(cfg, resolve_device(device), worker=worker_resources(cfg))
+    prepared = prepare(cfg, resolve_device(device), teach_fn=on_worker(worker_resources(cfg)))
     check_store(cfg)
     # Trials get what they need through the object store: with cached outputs no teacher model at all (a
     # MedSigLIP is gigabytes); a live teacher goes on the CPU and each trial moves it to its own device.
@@ -105,14 +97,14 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     log.info("students that fit %g MB in %s: %s", cfg.student.max_size_mb, cfg.student.precision,
              ", ".join(prepared.students))
 
-    state = json.loads(state_file.read_text()) if resume and state_file.is_file() else {"search_id": uuid.uuid4().hex}
+    state = read_search_state(cfg) if resume else {}
+    state.setdefault("search_id", uuid.uuid4().hex)
     sizes = {s: student_size(s, prepared.data.num_classes, cfg.data.image_size).bytes(cfg.student.precision) / 1e6
              for s in prepared.students}
     tracker = SearchTracker(cfg, state["search_id"], sizes, prepared.data.class_names)
     state["parent_run_id"] = tracker.start()
     state["teacher"] = {**prepared.teacher.identity, **prepared.teacher_metrics}
-    path.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(json.dumps(state))
+    write_search_state(cfg, state)
 
     res = cfg.search.resources_per_trial
     trainable = tune.with_resources(tune.with_parameters(distill_trainable, cfg=cfg, prepared=shipped),
@@ -146,7 +138,7 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
             run_config=tune.RunConfig(
                 name=cfg.name,
                 storage_path=str(path.parent),
-                failure_config=tune.FailureConfig(max_failures=2),
+                failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest epoch is all a resume needs
                 callbacks=[tracker, SearchProgress(metric, mode, cfg.search.max_epochs)],
                 verbose=0,

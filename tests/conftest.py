@@ -44,6 +44,33 @@ def write_config(tmp_path: Path, cfg: dict, name: str = "cfg.yaml") -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray runtime with 2 CPUs, shared by every module that asks for it: started on first use, left
+    running for the next module, shut down at the end of the session. A module that needs a Ray of its own (two
+    nodes, user code on PYTHONPATH, a GPU) calls `own_ray()` first."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False)
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ray_shutdown_at_exit():
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+def own_ray() -> None:
+    """Shut down the shared Ray runtime, if one is running, before starting a differently shaped one."""
+    import ray
+
+    ray.shutdown()
+
+
 @pytest.fixture
 def run_cli(capsys, monkeypatch):
     """Run `kdsearch ARGS...` in this process; returns (exit code, stdout, stderr)."""

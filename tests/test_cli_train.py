@@ -91,7 +91,8 @@ def test_inspect_data(tmp_path, run_cli):
     summary = json.loads((tmp_path / "out" / "inspect" / "data.json").read_text())
     assert summary["classes"] == ["melanoma", "nevus"]
     assert sum(summary["train_counts"].values()) + sum(summary["val_counts"].values()) == 15
-    assert summary["imbalance_ratio"] == pytest.approx(summary["train_counts"]["nevus"] / summary["train_counts"]["melanoma"])
+    counts = summary["train_counts"]
+    assert summary["imbalance_ratio"] == pytest.approx(counts["nevus"] / counts["melanoma"])
     assert summary["original_sizes"]["width"] == {"min": 30, "median": 34, "max": 41}  # 30-32 and 30-41
     w = summary["suggested_class_weights"]["power_1.0"]
     assert w["melanoma"] > w["nevus"]
@@ -108,7 +109,8 @@ def test_train_with_no_fitting_student_writes_nothing(tmp_path, run_cli):
 
 
 SECRETS = {"HF_TOKEN": "hf_sentinel_1a2b", "AWS_SECRET_ACCESS_KEY": "aws_sentinel_3c4d",
-           "OPENAI_API_KEY": "key_sentinel_5e6f", "DB_PASSWORD": "pw_sentinel_7a8b", "MY_SECRET": "secret_sentinel_9c0d"}
+           "OPENAI_API_KEY": "key_sentinel_5e6f", "DB_PASSWORD": "pw_sentinel_7a8b",
+           "MY_SECRET": "secret_sentinel_9c0d"}
 
 
 def test_secret_environment_never_reaches_the_store_outputs_or_logs(tmp_path, run_cli, monkeypatch):

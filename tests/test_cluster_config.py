@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-import yaml
 import pytest
+import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from conftest import REPO

@@ -79,15 +79,18 @@ BAD = [
     ("top-level-list", "- a\n- b\n", ["mapping"]),
     ("unknown-top-key", {"nmae": "x"}, ["nmae", "did you mean 'name'"]),
     ("unknown-nested-key", {"search": {"space": {"temprature": 2.0}}}, ["search.space.temprature", "temperature"]),
-    ("unknown-dist-key", {"search": {"space": {"lr": {"log_uniform": [1e-4, 1e-2]}}}}, ["search.space.lr", "loguniform"]),
+    ("unknown-dist-key", {"search": {"space": {"lr": {"log_uniform": [1e-4, 1e-2]}}}}, ["search.space.lr",
+                                                                                        "loguniform"]),
     ("wrong-type", {"search": {"num_samples": "many"}}, ["search.num_samples", "integer"]),
     ("alpha-out-of-range", {"search": {"space": {"alpha": {"uniform": [0.0, 1.5]}}}}, ["search.space.alpha", "1.5"]),
     ("temperature-zero", {"search": {"space": {"temperature": 0.0}}}, ["search.space.temperature", "outside"]),
     ("lr-negative", {"search": {"space": {"lr": -0.1}}}, ["search.space.lr"]),
     ("low-above-high", {"search": {"space": {"lr": {"loguniform": [1e-2, 1e-4]}}}}, ["search.space.lr", "below"]),
     ("empty-choice", {"search": {"space": {"batch_size": {"choice": []}}}}, ["search.space.batch_size", "empty"]),
-    ("two-dists", {"search": {"space": {"alpha": {"uniform": [0, 1], "choice": [0.5]}}}}, ["search.space.alpha", "exactly one"]),
-    ("unknown-student", {"student": {"candidates": ["mobilenet_v3_smal"]}}, ["student.candidates", "mobilenet_v3_small"]),
+    ("two-dists", {"search": {"space": {"alpha": {"uniform": [0, 1], "choice": [0.5]}}}}, ["search.space.alpha",
+                                                                                           "exactly one"]),
+    ("unknown-student", {"student": {"candidates": ["mobilenet_v3_smal"]}}, ["student.candidates",
+                                                                             "mobilenet_v3_small"]),
     ("unknown-optimizer", {"search": {"space": {"optimizer": "adam"}}}, ["search.space.optimizer", "adamw"]),
     ("unknown-teacher-source", {"teacher": {"source": "magic"}}, ["teacher", "magic", "checkpoint"]),
     ("unknown-data-source", {"data": {"source": "webdataset"}}, ["data.source", "image_folder"]),
@@ -96,7 +99,8 @@ BAD = [
     ("mode-contradicts-metric", {"search": {"metric": "val_accuracy", "mode": "min"}}, ["search", "contradicts"]),
     ("grace-over-max", {"search": {"grace_period": 5, "max_epochs": 2}}, ["grace_period"]),
     ("bad-name", {"name": "my experiment!"}, ["name"]),
-    ("checkpoint-without-weights", {"teacher": {"source": "checkpoint", "arch": "resnet8"}}, ["teacher.weights", "missing"]),
+    ("checkpoint-without-weights", {"teacher": {"source": "checkpoint", "arch": "resnet8"}}, ["teacher.weights",
+                                                                                              "missing"]),
     ("hf-without-mode", {"teacher": {"source": "huggingface", "model": "m"}}, ["teacher.mode", "missing"]),
     ("hf-unknown-mode", {"teacher": {"source": "huggingface", "model": "m", "mode": "few_shot"}},
      ["teacher.mode", "zero_shot", "linear_probe"]),
@@ -131,7 +135,8 @@ BAD = [
      ["members[0]", "min_val_macro_f1", "on the ensemble"]),
     ("resources-on-a-live-teacher", {"teacher": {"source": "train", "cache": False, "resources": {"gpu": 1}}},
      ["teacher: resources", "cache: true"]),
-    ("resources-on-a-member", {"teacher": {"source": "ensemble", "members": [{"arch": "resnet8", "resources": {"gpu": 1}},
+    ("resources-on-a-member", {"teacher": {"source": "ensemble", "members": [{"arch": "resnet8",
+                                                                              "resources": {"gpu": 1}},
                                                                              {"arch": "resnet8"}]}},
      ["members[0]", "resources", "on the ensemble"]),
     ("teacher-dtype", {"teacher": {"source": "train", "dtype": "int8"}}, ["teacher.dtype", "bfloat16"]),
@@ -176,7 +181,8 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, run_cli, case_id, change, w
     (["validate", "search_spaces/skin.yaml"], ["data.root", "data/skin", "subfolder per class", "--set data.root"]),
     (["train", "search_spaces/skin.yaml"], ["data.root", "data/skin", "subfolder per class", "--set data.root"]),
     (["validate", "search_spaces/dermamnist.yaml"], ["data.root", "dermamnist_224.npz", "not found", "MedMNIST"]),
-    (["validate", "search_spaces/digits.yaml", "--set", "student.max_size_mb=1"], ["student.max_size_mb", "no candidate fits"]),
+    (["validate", "search_spaces/digits.yaml", "--set", "student.max_size_mb=1"], ["student.max_size_mb",
+                                                                                   "no candidate fits"]),
     (["train", "search_spaces/digits.yaml", "--set", "search.space.alpha=2"], ["search.space.alpha"]),
 ])
 def test_bad_invocations_exit_2(run_cli, argv, words):
@@ -190,3 +196,17 @@ def test_bad_invocations_exit_2(run_cli, argv, words):
 def test_load_config_raises_kdsearch_error(tmp_path):
     with pytest.raises(KdsearchError, match="search.space.alpha"):
         load_config(write_config(tmp_path, tiny_config(tmp_path, search={"space": {"alpha": 3}})))
+
+
+def test_hparams_and_the_space_list_the_same_keys():
+    """A new hyperparameter is a Space field and an Hparams field; forgetting either fails here."""
+    from kdsearch.config import Space
+    from kdsearch.distill import Hparams
+
+    assert set(Hparams.model_fields) == set(Space.model_fields)
+    hp = Hparams.from_mapping({"student": "resnet8", "temperature": "4", "alpha": 0.5, "lr": 1e-3, "weight_decay": 0,
+                               "batch_size": 64.0, "class_weight_power": 0, "teacher_weight_1": 0.25,
+                               "teacher_weight_0": 0.75, "trial_id": "ignored"})
+    assert hp.temperature == 4.0 and hp.batch_size == 64 and isinstance(hp.batch_size, int)
+    assert hp.teacher_weights == (0.75, 0.25)  # ordered by member index, not by key order
+    assert Hparams.from_mapping(hp.as_dict()) == hp and hp.replace(alpha=0.0).alpha == 0.0

@@ -11,11 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from kdsearch.config import Config
+from kdsearch.config import Config, InputSpec
 from kdsearch.data import load_dataset
 from kdsearch.errors import KdsearchError
 from kdsearch.transforms import augment, to_input
-from kdsearch.config import InputSpec
 
 from conftest import tiny_config
 

@@ -16,10 +16,11 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from kdsearch.config import Config
+from kdsearch.experiment import experiment_dir
 from kdsearch.tracking import TRIAL_TAG
-from kdsearch.tuner import experiment_path, run_search
+from kdsearch.tuner import run_search
 
-from conftest import tiny_config
+from conftest import own_ray, tiny_config
 
 FLAKY = textwrap.dedent('''
     import os, signal
@@ -60,6 +61,7 @@ def user_code(tmp_path_factory):
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), old]))
     import sys
     sys.path.insert(0, str(folder))
+    own_ray()  # trial workers must start after PYTHONPATH has the user module
     ray.init(num_cpus=2, include_dashboard=False)
     yield folder
     ray.shutdown()
@@ -86,7 +88,7 @@ def test_a_failed_trial_resumes_from_its_checkpoint(user_code, tmp_path, kind):
     result = run_search(cfg, device="cpu")
     assert not marker.exists()  # the fault did happen
     assert result.trials == {"completed": 2, "stopped_early": 0, "errored": 0}
-    analysis = tune.ExperimentAnalysis(str(experiment_path(cfg)))
+    analysis = tune.ExperimentAnalysis(str(experiment_dir(cfg)))
     assert sorted(t.num_failures for t in analysis.trials) == [0, 1]
     for trial_id, df in analysis.trial_dataframes.items():
         # resumed, not restarted: the distiller's own epoch counter continues from the checkpoint
@@ -114,7 +116,7 @@ def test_a_trial_that_keeps_failing_is_marked_errored_and_the_search_goes_on(use
                 "space": {"lr": 3.0e-3, "alpha": 0.5, "temperature": 4.0, "batch_size": {"choice": [64, 32]},
                           "weight_decay": 1e-4, "class_weight_power": 0.0}}))
     result = run_search(cfg, device="cpu")
-    analysis = tune.ExperimentAnalysis(str(experiment_path(cfg)))
+    analysis = tune.ExperimentAnalysis(str(experiment_dir(cfg)))
     failing = {t.trial_id for t in analysis.trials if t.config["batch_size"] == 32}
     assert failing and len(failing) < 4, "the seeded search must pick both batch sizes"
     assert {t.trial_id for t in analysis.trials if t.status == "ERROR"} == failing

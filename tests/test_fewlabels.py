@@ -26,7 +26,6 @@ from kdsearch.transforms import to_input
 from conftest import KDSEARCH, tiny_config, write_config
 
 
-
 def _digit_png(img: np.ndarray, path: Path, size: int = 16, rgb: bool = False) -> None:
     im = Image.fromarray(np.round(img * 255 / 16).astype(np.uint8)).resize((size, size))
     path.parent.mkdir(parents=True, exist_ok=True)

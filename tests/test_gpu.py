@@ -20,7 +20,7 @@ from kdsearch.gpu_memory import check_fit
 from kdsearch.students import create_student
 from kdsearch.tuner import run_search
 
-from conftest import tiny_config
+from conftest import own_ray, tiny_config
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 pytestmark = pytest.mark.gpu
@@ -78,6 +78,7 @@ def test_two_fractional_trials_share_one_gpu_and_the_best_exports(tmp_path):
                               "space": {"lr": {"loguniform": [1e-3, 1e-2]}, "alpha": 0.9, "temperature": 4.0,
                                         "batch_size": 64, "weight_decay": 1e-4, "class_weight_power": 0.0}})
     cfg = Config.model_validate(raw)
+    own_ray()
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)
     try:
         result = run_search(cfg, device="cuda")

@@ -10,7 +10,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-import ray
 import torch
 
 from kdsearch.config import Config
@@ -223,7 +222,8 @@ def test_ensemble_of_different_input_sizes_caches_each_member_once(tmp_path, hf,
     assert first.targets.forward_passes == 2 * (n + n_val)  # each member once per view and once on val
     assert first.targets.logits.shape == (1, n, 2, 10)
     for i, m in enumerate(first.teacher.members):  # each column is that member on the cached pixels
-        assert torch.allclose(first.targets.logits[0, :4, i], m.logits(first.targets.views.pixels(0, slice(0, 4))), atol=1e-5)
+        assert torch.allclose(first.targets.logits[0, :4, i], m.logits(first.targets.views.pixels(0, slice(0, 4))),
+                              atol=1e-5)
     # new weights: the same member outputs, no teacher work
     reweighted = cfg_for(tmp_path, {"source": "ensemble", "members": members, "weights": [0.9, 0.1]})
     again = prepare(reweighted, "cpu")
@@ -255,15 +255,14 @@ def test_feature_distillation_trains_an_adapter_on_cached_teacher_features(tmp_p
 
     hp = default_hparams(cfg, prepared.students)
     assert hp.feature_weight == 0.0  # the first choice: features off
-    from dataclasses import replace
 
-    d = Distiller(cfg, replace(hp, feature_weight=1.0), prepared, "cpu")
+    d = Distiller(cfg, hp.replace(feature_weight=1.0), prepared, "cpu")
     adapter = d.trainee.adapter.weight.detach().clone()
     d.run_epoch()
     assert not torch.equal(adapter, d.trainee.adapter.weight)  # the hint's gradient trains the adapter
     state = d.state_dict()  # a trial checkpoint: the student as exported, the adapter beside it
     assert "adapter" in state and set(state["model"]) == set(d.model.state_dict())
-    resumed = Distiller(cfg, replace(hp, feature_weight=1.0), prepared, "cpu")
+    resumed = Distiller(cfg, hp.replace(feature_weight=1.0), prepared, "cpu")
     resumed.load_state_dict(state)
     assert torch.equal(resumed.trainee.adapter.weight, d.trainee.adapter.weight)
     off = Distiller(cfg, hp, prepared, "cpu")
@@ -278,12 +277,6 @@ def test_feature_distillation_needs_a_splittable_teacher(tmp_path):
     with pytest.raises(KdsearchError, match="search.space.feature_weight: the teacher \\(torchscript\\) exposes no"):
         prepare(cfg, "cpu")
 
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 def test_search_with_an_ensemble_of_all_three_modes(ray_cluster, tmp_path, hf, monkeypatch):

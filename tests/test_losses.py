@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from kdsearch.labels import UNLABELED
-from kdsearch.losses import FeatureHintLoss, class_weights, create_loss, cross_entropy_loss, list_losses, teacher_log_probs
+from kdsearch.losses import (
+    FeatureHintLoss,
+    class_weights,
+    create_loss,
+    cross_entropy_loss,
+    list_losses,
+    teacher_log_probs,
+)
 
 
 def _hand_kd(s, t, y, alpha, T, w):
@@ -246,9 +253,10 @@ def test_dkd_reproduces_kd_with_the_papers_coupling():
 
 def test_start_points_put_each_loss_at_its_papers_settings_inside_the_users_ranges():
     from kdsearch.config import Space
-    from kdsearch.space import start_points
+    from kdsearch.tune_space import start_points
 
-    space = Space.model_validate({"loss": {"choice": ["kd", "dist", "kd_ls", "dkd"]}, "dkd_beta": {"uniform": [0.5, 4.0]},
+    space = Space.model_validate({"loss": {"choice": ["kd", "dist", "kd_ls", "dkd"]}, "dkd_beta": {"uniform": [0.5,
+                                                                                                               4.0]},
                                   "temperature": {"uniform": [1.5, 3.0]}, "alpha": {"uniform": [0.1, 1.0]},
                                   "lr": {"loguniform": [1.0e-3, 1.0e-1]}, "batch_size": {"choice": [64, 128]}})
     points = start_points(space, ["resnet8", "mobilenet_v3_small"])

@@ -12,11 +12,12 @@ from kdsearch.config import Config
 from kdsearch.report import search_trials
 from kdsearch.tuner import run_search
 
-from conftest import tiny_config
+from conftest import own_ray, tiny_config
 
 
 @pytest.fixture
 def two_nodes():
+    own_ray()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()

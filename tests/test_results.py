@@ -15,7 +15,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import ray
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -24,7 +23,7 @@ from kdsearch.distill import Hparams, prepare, train_student
 from kdsearch.engine import evaluate
 from kdsearch.export import export_best
 from kdsearch.report import run_report
-from kdsearch.teachers import student_spec
+from kdsearch.students import student_spec
 from kdsearch.tuner import run_search
 
 from conftest import REPO, tiny_config, write_config
@@ -33,7 +32,7 @@ PLOTS = {"learning_curves", "metric_vs_size", "parallel_coordinates", "confusion
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory):
+def searched(ray_cluster, tmp_path_factory):
     """A finished, exported tiny search on digits: 4 trials of up to 2 epochs, alpha searched."""
     tmp = tmp_path_factory.mktemp("results")
     raw = tiny_config(tmp, name="results", student={"candidates": ["shufflenet_v2_x0_5", "resnet8"]},
@@ -42,11 +41,7 @@ def searched(tmp_path_factory):
                               "space": {"lr": 3.0e-3, "alpha": {"uniform": [0.2, 1.0]}, "temperature": 4.0,
                                         "batch_size": 64, "weight_decay": 1e-4, "class_weight_power": 0.0}})
     cfg = Config.model_validate(raw)
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        result = run_search(cfg, device="cpu")
-    finally:
-        ray.shutdown()
+    result = run_search(cfg, device="cpu")
     export_best(cfg)
     return tmp, cfg, write_config(tmp, raw), result
 

@@ -1,4 +1,5 @@
-"""A search whose whole process group is SIGKILLed resumes with --resume: every trial exactly once, no MLflow duplicates."""
+"""A search whose whole process group is SIGKILLed resumes with --resume: every trial exactly once, no MLflow
+duplicates."""
 
 from __future__ import annotations
 

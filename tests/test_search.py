@@ -9,14 +9,14 @@ import subprocess
 import sys
 
 import pytest
-import ray
 import torch
 from mlflow.tracking import MlflowClient
 
 from kdsearch.config import Config
 from kdsearch.errors import KdsearchError
+from kdsearch.experiment import experiment_dir
 from kdsearch.export import export_best
-from kdsearch.tuner import experiment_path, run_search
+from kdsearch.tuner import run_search
 
 from conftest import tiny_config
 
@@ -35,12 +35,6 @@ def search_config(tmp, **search) -> Config:
                           "weight_decay": 1.0e-4, "class_weight_power": 0.0}, **search},
     ))
 
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +56,14 @@ def test_size_filter_never_trains_an_over_limit_student(searched):
     cfg, result = searched
     assert result.students == ["shufflenet_v2_x0_5", "mobilenet_v3_small"]
     configs = [json.loads(p.read_text().splitlines()[0])["config"]
-               for p in experiment_path(cfg).glob("*/result.json") if p.read_text().strip()]
+               for p in experiment_dir(cfg).glob("*/result.json") if p.read_text().strip()]
     assert len(configs) == 6 and {c["student"] for c in configs} <= set(result.students)
 
 
 def test_rungs_score_a_fixed_subset_and_last_epochs_the_whole_split(searched):
     cfg, result = searched
-    epochs = [json.loads(line) for p in experiment_path(cfg).glob("*/result.json") for line in p.read_text().splitlines()]
+    epochs = [json.loads(line) for p in experiment_dir(cfg).glob("*/result.json")
+              for line in p.read_text().splitlines()]
     for e in epochs:
         assert (e["val_images"], e["val_full"]) == ((360, True) if e["epoch"] == 3 else (120, False))
     assert result.best["metrics"]["val_full"] and result.best["metrics"]["training_iteration"] == 3
@@ -77,8 +72,9 @@ def test_rungs_score_a_fixed_subset_and_last_epochs_the_whole_split(searched):
 def test_the_first_trial_starts_at_the_papers_settings(searched):
     cfg, result = searched
     # a trial's folder is <trainable>_<id>_<n>_<params>: n counts up in the order trials were suggested
-    configs = {int(re.search(r"_[0-9a-f]{8}_(\d+)_", p.parent.name).group(1)): json.loads(p.read_text().splitlines()[0])["config"]
-               for p in experiment_path(cfg).glob("*/result.json") if p.read_text().strip()}
+    configs = {int(re.search(r"_[0-9a-f]{8}_(\d+)_",
+                             p.parent.name).group(1)): json.loads(p.read_text().splitlines()[0])["config"]
+               for p in experiment_dir(cfg).glob("*/result.json") if p.read_text().strip()}
     first = configs[min(configs)]
     # KD's T=4, alpha=0.9 enqueued before TPE's random start-up; a uniform draw never lands on 0.9 exactly
     assert (first["alpha"], first["lr"], first["student"]) == (0.9, 3.0e-3, "shufflenet_v2_x0_5")
@@ -132,8 +128,8 @@ def test_export_writes_every_file_and_reproduces_the_metric(searched, tmp_path):
 
     # the TorchScript file alone, in a Python that cannot import kdsearch, reproduces the val metric
     from kdsearch.data import load_dataset
+    from kdsearch.students import student_spec
     from kdsearch.transforms import to_input
-    from kdsearch.teachers import student_spec
 
     data = load_dataset(cfg)
     torch.save({"x": to_input(data.val.x, student_spec(cfg), 8), "y": data.val.y}, tmp_path / "val.pt")

@@ -9,14 +9,13 @@ import os
 import subprocess
 
 import pytest
-import ray
 import torch
 
 from kdsearch.config import Config
 from kdsearch.distill import prepare
 from kdsearch.errors import KdsearchError
 from kdsearch.students import create_student
-from kdsearch.teacher_worker import worker_resources
+from kdsearch.teacher_worker import on_worker, worker_resources
 
 from conftest import KDSEARCH, tiny_config, write_config
 
@@ -31,20 +30,15 @@ def checkpoint_config(tmp_path, out: str, **teacher) -> dict:
                                 **teacher})
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
 
 def test_teacher_outputs_come_from_a_ray_task_and_match_the_drivers(ray_cluster, tmp_path, caplog):
     remote = Config.model_validate(checkpoint_config(tmp_path, "remote", resources={"gpu": 0, "cpu": 1}))
     local = Config.model_validate(checkpoint_config(tmp_path, "local"))
     assert worker_resources(local) is None  # no GPU anywhere: the default is this process
     with caplog.at_level(logging.INFO, logger="kdsearch"):
-        far = prepare(remote, "cpu", worker=worker_resources(remote))
-    pid = int(next(r.getMessage() for r in caplog.records if "Ray task" in r.getMessage()).split("pid ")[1].split(",")[0])
+        far = prepare(remote, "cpu", teach_fn=on_worker(worker_resources(remote)))
+    line = next(r.getMessage() for r in caplog.records if "Ray task" in r.getMessage())
+    pid = int(line.split("pid ")[1].split(",")[0])
     assert pid != os.getpid()
     near = prepare(local, "cpu")
     n = len(near.data.pool_labels())
@@ -62,7 +56,7 @@ def test_a_teacher_refused_on_the_worker_exits_cleanly_and_caches_nothing(ray_cl
     cfg = Config.model_validate(checkpoint_config(tmp_path, "refused", resources={"gpu": 0, "cpu": 1},
                                                   min_val_macro_f1=0.99))  # a random-weight teacher
     with pytest.raises(KdsearchError, match=r"^teacher.min_val_macro_f1 0.99: .*scores val macro-F1"):
-        prepare(cfg, "cpu", worker=worker_resources(cfg))
+        prepare(cfg, "cpu", teach_fn=on_worker(worker_resources(cfg)))
     assert not list((tmp_path / "refused" / "out" / "teacher").glob("logits-*.pt"))
 
 

@@ -34,7 +34,8 @@ USER_MODEL = textwrap.dedent("""
 def user_module(tmp_path, monkeypatch):
     (tmp_path / "my_models.py").write_text(USER_MODEL)
     monkeypatch.syspath_prepend(str(tmp_path))
-    import importlib, sys
+    import importlib
+    import sys
     sys.modules.pop("my_models", None)
     return importlib.import_module("my_models")
 
@@ -57,7 +58,8 @@ def test_module_class_checkpoint_teacher_loads(tmp_path, user_module):
 
 def test_class_count_mismatch_names_both_counts(tmp_path, user_module):
     torch.save(user_module.TinyNet(classes=7).state_dict(), tmp_path / "seven.pt")
-    cfg = cfg_with(tmp_path, {"source": "checkpoint", "arch": "my_models:TinyNet", "weights": str(tmp_path / "seven.pt"),
+    cfg = cfg_with(tmp_path, {"source": "checkpoint", "arch": "my_models:TinyNet",
+                              "weights": str(tmp_path / "seven.pt"),
                               "arch_kwargs": {"classes": 7}})
     with pytest.raises(KdsearchError, match=r"outputs \(7,\) classes but the data has 10"):
         build_teacher(cfg, load_dataset(cfg), "cpu")
@@ -96,7 +98,8 @@ def test_garbage_weights_exit_2(tmp_path):
 
 def test_unknown_arch_exit_2(tmp_path):
     torch.save({}, tmp_path / "w.pt")
-    cfg = cfg_with(tmp_path, {"source": "checkpoint", "arch": "not_a_model_anywhere", "weights": str(tmp_path / "w.pt")})
+    cfg = cfg_with(tmp_path, {"source": "checkpoint", "arch": "not_a_model_anywhere",
+                              "weights": str(tmp_path / "w.pt")})
     with pytest.raises(KdsearchError, match="teacher.arch 'not_a_model_anywhere': unknown"):
         build_teacher(cfg, load_dataset(cfg), "cpu")
 
@@ -117,12 +120,12 @@ def test_trained_teacher_is_cached(tmp_path, monkeypatch):
     cfg = cfg_with(tmp_path, {"source": "train", "arch": "resnet8", "epochs": 1})
     data = load_dataset(cfg)
     first = build_teacher(cfg, data, "cpu")
-    import kdsearch.teachers as teachers
+    import kdsearch.teachers.train as trained
 
     def no_training(*a, **k):
         raise AssertionError("teacher trained twice")
 
-    monkeypatch.setattr(teachers, "fit_teacher", no_training)
+    monkeypatch.setattr(trained, "fit_teacher", no_training)
     second = build_teacher(cfg, data, "cpu")
     assert first.fingerprint == second.fingerprint
     for k, v in first.model.state_dict().items():
@@ -166,7 +169,8 @@ def test_corrupted_teacher_cache_is_detected_and_rebuilt(tmp_path, user_module, 
     """A truncated file fails to load; a flipped byte in tensor data loads fine, and only the SHA-256
     recorded beside the file catches it. Either way the outputs are recomputed, never used."""
     torch.save(user_module.TinyNet().state_dict(), tmp_path / "tiny.pt")
-    cfg = cfg_with(tmp_path, {"source": "checkpoint", "arch": "my_models:TinyNet", "weights": str(tmp_path / "tiny.pt")})
+    cfg = cfg_with(tmp_path, {"source": "checkpoint", "arch": "my_models:TinyNet",
+                              "weights": str(tmp_path / "tiny.pt")})
     data = load_dataset(cfg)
     teacher = build_teachers(cfg, data, "cpu")
     first = teacher_targets(cfg, data, teacher, "cpu")

@@ -78,4 +78,5 @@ def test_best_prefers_whole_split_scores_over_higher_subset_ones():
               {"id": "d", "val_loss": 0.1}]
     assert best(trials, lambda t: t, "val_macro_f1", "max")["id"] == "c"
     assert best(trials[:1], lambda t: t, "val_macro_f1", "max")["id"] == "a"  # no whole-split score at all
-    assert best(trials, lambda t: t, "val_loss", "min")["id"] == "d" and best([], lambda t: t, "val_loss", "min") is None
+    assert best(trials, lambda t: t, "val_loss", "min")["id"] == "d" and best([], lambda t: t, "val_loss",
+                                                                              "min") is None

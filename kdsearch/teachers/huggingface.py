@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import Config, HuggingFaceTeacher, InputSpec
-from ._io import fingerprint
-from .data import Dataset
-from .errors import KdsearchError
-from .losses import class_weights
-from .students import final_linear
-from .teachers import Teacher, student_spec
+from .._io import fingerprint
+from ..config import Config, HuggingFaceTeacher, InputSpec
+from ..data import Dataset
+from ..errors import KdsearchError
+from ..losses import class_weights
+from ..students import final_linear, student_spec
+from .base import Teacher
 
 log = logging.getLogger("kdsearch")
 

@@ -1,0 +1,75 @@
+"""teacher.source checkpoint (an architecture plus a state_dict) and torchscript (a compiled model file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .._io import file_sha256, fingerprint
+from ..config import CheckpointTeacher, Config, TorchscriptTeacher
+from ..data import Dataset
+from ..errors import KdsearchError
+from ..students import final_linear
+from .base import SOURCES, Teacher, model_from_arch, teacher_spec
+
+
+def load_state_dict_file(path: Path, key: str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise KdsearchError(f"{key} {path}: file not found; give the path of a saved state_dict (torch.save)")
+    try:
+        obj = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:
+        raise KdsearchError(f"{key} {path}: not a loadable PyTorch weights file ({type(e).__name__}); save it with "
+                            "torch.save(model.state_dict(), path)") from None
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise KdsearchError(f"{key} {path}: holds no state_dict of tensors; save it with "
+                            "torch.save(model.state_dict(), path)")
+    return obj
+
+
+def load_checkpoint_model(t: CheckpointTeacher, num_classes: int, size: int, key: str = "teacher") -> nn.Module:
+    """The architecture with the checkpoint's weights; exit 2 when the file, the class count or the arch is wrong."""
+    state = load_state_dict_file(t.weights, f"{key}.weights")
+    model = model_from_arch(t.arch, num_classes, size, dict(t.arch_kwargs))
+    expected = model.state_dict()
+    for k, v in state.items():
+        if k in expected and expected[k].shape != v.shape and expected[k].shape[:1] == (num_classes,):
+            raise KdsearchError(f"{key}.weights {t.weights}: the checkpoint has {v.shape[0]} classes ({k}) but the "
+                                f"data has {num_classes}; use a teacher trained on these classes")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[1:2] or [str(e)]
+        raise KdsearchError(f"{key}.weights {t.weights}: does not match {key}.arch {t.arch} ({first[0].strip()}); "
+                            "check that arch and weights belong together") from None
+    return model
+
+
+@SOURCES.register("checkpoint")
+def _build_checkpoint(t: CheckpointTeacher, cfg: Config, data: Dataset, device) -> Teacher:
+    spec = teacher_spec(t, cfg)
+    model = load_checkpoint_model(t, data.num_classes, spec.size)
+    fp = fingerprint({"arch": t.arch, "kwargs": t.arch_kwargs, "sha256": file_sha256(t.weights),
+                "spec": spec.model_dump(mode="json")})
+    identity = {"source": "checkpoint", "arch": t.arch, "weights": str(t.weights), "fingerprint": fp}
+    return Teacher(model.to(device).eval(), spec, fp, identity, head=final_linear(model))
+
+
+@SOURCES.register("torchscript")
+def _build_torchscript(t: TorchscriptTeacher, cfg: Config, data: Dataset, device) -> Teacher:
+    spec = teacher_spec(t, cfg)
+    if not t.path.is_file():
+        raise KdsearchError(f"teacher.path {t.path}: file not found; give a model saved with torch.jit.save")
+    try:
+        model = torch.jit.load(str(t.path), map_location=device)
+    except Exception as e:
+        raise KdsearchError(f"teacher.path {t.path}: not a TorchScript file ({type(e).__name__}); "
+                            "save the teacher with torch.jit.save(torch.jit.script(model), path)") from None
+    fp = fingerprint({"sha256": file_sha256(t.path), "spec": spec.model_dump(mode="json")})
+    identity = {"source": "torchscript", "path": str(t.path), "fingerprint": fp}
+    return Teacher(model.eval(), spec, fp, identity)  # a compiled graph: no head to split off

@@ -1,0 +1,124 @@
+"""A search in MLflow, written from the driver as a Ray Tune callback: one parent run, one child run per trial.
+
+Lives apart from the store helpers (`kdsearch.tracking`) so that the commands without Ray (`kdsearch train`)
+never import it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ray import tune
+
+from ..config import Config
+from ..results import LOGGED, ended
+from . import SEARCH_TAG, TRIAL_TAG, _client, epoch_metrics
+
+
+class SearchTracker(tune.Callback):
+    """A Tune callback on the driver: one MLflow parent run per search, one nested child run per trial.
+
+    Child runs are created when a trial starts and get each epoch's metrics as
+    it is reported (step = epoch), so the MLflow UI shows a search while it runs.
+    Only the driver writes, so parallel trials never contend for a sqlite store.
+    On resume the callback is unpickled by Tune; it finds its runs again by tag
+    and skips epochs already logged, so MLflow holds no duplicates.
+    """
+
+    def __init__(self, cfg: Config, search_id: str, sizes_mb: dict[str, float], class_names: list[str]):
+        self.cfg, self.search_id, self.sizes_mb, self.class_names = cfg, search_id, sizes_mb, class_names
+        self.parent_run_id: str | None = None
+        self._client = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_client": None}
+
+    # -- runs
+
+    def start(self) -> str:
+        """Create (or find again) the parent run; returns its id."""
+        client, exp_id = _client(self.cfg)
+        self._client = client
+        found = client.search_runs([exp_id], f"tags.`{SEARCH_TAG}` = '{self.search_id}' and "
+                                   "tags.`kdsearch.kind` = 'search'")
+        if found:
+            self.parent_run_id = found[0].info.run_id
+            client.update_run(self.parent_run_id, "RUNNING")
+        else:
+            run = client.create_run(exp_id, run_name=f"search-{self.cfg.name}",
+                                    tags={"kdsearch.kind": "search", SEARCH_TAG: self.search_id})
+            self.parent_run_id = run.info.run_id
+            client.log_dict(self.parent_run_id, self.cfg.model_dump(mode="json", by_alias=True), "config.yaml")
+        return self.parent_run_id
+
+    def setup(self, **info) -> None:
+        if self._client is None or self.parent_run_id is None:
+            self.start()
+        self._exp_id = self._client.get_run(self.parent_run_id).info.experiment_id
+        self._children: dict[str, str] = {}
+        self._last_step: dict[str, int] = {}
+        for run in self._client.search_runs([self._exp_id], f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'"):
+            trial_id = run.data.tags.get(TRIAL_TAG)
+            if trial_id:
+                self._children[trial_id] = run.info.run_id
+                history = self._client.get_metric_history(run.info.run_id, "train_loss")
+                self._last_step[trial_id] = max((m.step for m in history), default=0)
+
+    def _child(self, trial) -> str:
+        if trial.trial_id not in self._children:
+            student = str(trial.config.get("student"))
+            run = self._client.create_run(
+                self._exp_id, run_name=f"trial-{trial.trial_id}",
+                tags={"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id, "kdsearch.kind": "trial",
+                      "student": student, "size_mb": f"{self.sizes_mb.get(student, float('nan')):.3f}",
+                      "kdsearch.ended": "running"})
+            from mlflow.entities import Param
+
+            self._client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in sorted(trial.config.items())])
+            self._children[trial.trial_id] = run.info.run_id
+            self._last_step[trial.trial_id] = 0
+        return self._children[trial.trial_id]
+
+    # -- Tune hooks (driver side)
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._child(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        run_id = self._child(trial)
+        step = int(result["training_iteration"])
+        if step <= self._last_step.get(trial.trial_id, 0):
+            return  # already logged before an interruption: no duplicates on resume
+        if "node_id" in result and self._last_step.get(trial.trial_id, 0) == 0:
+            self._client.set_tag(run_id, "kdsearch.node_id", str(result["node_id"]))  # where it ran
+        metrics = epoch_metrics([{**result, "epoch": step}], self.class_names)
+        self._client.log_batch(run_id, metrics=[m for m in metrics if m.key in LOGGED or m.key.startswith("val_f1.")])
+        self._last_step[trial.trial_id] = step
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._end(trial, ended(trial.last_result or {}, self.cfg.search.max_epochs), "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._end(trial, "errored", "FAILED")
+
+    def _end(self, trial, ended: str, status: str) -> None:
+        run_id = self._child(trial)
+        self._client.set_tag(run_id, "kdsearch.ended", ended)
+        self._client.set_terminated(run_id, status)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        """A trial that started just before an interruption but never reached Tune's saved state is
+        suggested again under a new id on resume; its child run is an orphan and is deleted, so every
+        trial appears exactly once."""
+        known = {t.trial_id for t in trials}
+        for trial_id, run_id in self._children.items():
+            if trial_id not in known:
+                self._client.delete_run(run_id)
+
+    def finish(self, summary: dict[str, float], status: str = "FINISHED") -> None:
+        """Search-level metrics on the parent run, then close it."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._client.log_batch(self.parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
+        self._client.set_terminated(self.parent_run_id, status)
