@@ -82,6 +82,7 @@ def test_the_engine_knows_no_ray_mlflow_or_pipeline():
         assert not any(t.startswith(("kdsearch.tuner", "kdsearch.tracking", "kdsearch.distill")) for t in imported)
 
 
+@pytest.mark.e2e
 def test_kdsearch_train_does_not_import_ray(tmp_path):
     path = write_config(tmp_path, tiny_config(tmp_path))
     script = (

@@ -22,6 +22,8 @@ from kdsearch.tuner import run_search
 
 from conftest import own_ray, tiny_config
 
+pytestmark = pytest.mark.e2e  # a real Ray search, server or subprocess run: not in the fast tier
+
 FLAKY = textwrap.dedent('''
     import os, signal
     from torch import nn

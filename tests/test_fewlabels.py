@@ -171,6 +171,7 @@ def few_labels(tmp_path_factory):
     return cfg, prepare(cfg, "cpu")
 
 
+@pytest.mark.e2e
 def test_alpha_zero_skips_transfer_images_and_kd_uses_them(few_labels):
     cfg, prepared = few_labels
     without = Distiller(cfg, hp(alpha=0.0), prepared, "cpu")
@@ -180,6 +181,7 @@ def test_alpha_zero_skips_transfer_images_and_kd_uses_them(few_labels):
     assert len(with_kd.y) == len(prepared.data.train.y) and (with_kd.y == UNLABELED).sum() == len(with_kd.y) - 30
 
 
+@pytest.mark.e2e
 def test_transfer_images_make_a_better_student_than_its_labels_alone(few_labels):
     cfg, prepared = few_labels
     assert prepared.teacher_metrics["val_macro_f1"] > 0.9  # trained on every train label
@@ -192,6 +194,7 @@ def test_transfer_images_make_a_better_student_than_its_labels_alone(few_labels)
 # --------------------------------------------------------------------------- a search, as users run it
 
 
+@pytest.mark.e2e
 def test_search_with_transfer_images_and_the_loss_menu(tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -238,6 +241,7 @@ def test_search_with_transfer_images_and_the_loss_menu(tmp_path):
 # --------------------------------------------------------------------------- the teacher check
 
 
+@pytest.mark.e2e
 def test_a_teacher_no_better_than_the_majority_class_warns_and_can_be_refused(tmp_path):
     from kdsearch.students import create_student
 

@@ -174,6 +174,7 @@ class _GatedHub(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.e2e
 def test_gated_model_exits_2_and_the_token_reaches_only_the_hub(tmp_path):
     """A real HTTP server plays the hub: kdsearch sends HF_TOKEN to it, and nowhere else (stderr, files)."""
     server = HTTPServer(("127.0.0.1", 0), _GatedHub)
@@ -279,6 +280,7 @@ def test_feature_distillation_needs_a_splittable_teacher(tmp_path):
 
 
 
+@pytest.mark.e2e
 def test_search_with_an_ensemble_of_all_three_modes(ray_cluster, tmp_path, hf, monkeypatch):
     """One search: classifier + zero_shot + linear_probe members, searched member weights and feature hints.
     Teacher passes happen once per (member, view) before the trials, none inside them."""

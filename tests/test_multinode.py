@@ -14,6 +14,8 @@ from kdsearch.tuner import run_search
 
 from conftest import own_ray, tiny_config
 
+pytestmark = pytest.mark.e2e  # a real Ray search, server or subprocess run: not in the fast tier
+
 
 @pytest.fixture
 def two_nodes():

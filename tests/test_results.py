@@ -28,6 +28,8 @@ from kdsearch.tuner import run_search
 
 from conftest import REPO, tiny_config, write_config
 
+pytestmark = pytest.mark.e2e  # a real Ray search, server or subprocess run: not in the fast tier
+
 PLOTS = {"learning_curves", "metric_vs_size", "parallel_coordinates", "confusion_matrix", "sample_predictions"}
 
 

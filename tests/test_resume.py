@@ -14,9 +14,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import tiny_config, write_config
+
+pytestmark = pytest.mark.e2e  # a real Ray search, server or subprocess run: not in the fast tier
 
 KDSEARCH = str(Path(sys.executable).with_name("kdsearch"))
 EPOCHS = 4

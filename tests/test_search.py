@@ -20,6 +20,8 @@ from kdsearch.tuner import run_search
 
 from conftest import tiny_config
 
+pytestmark = pytest.mark.e2e  # a real Ray search, server or subprocess run: not in the fast tier
+
 
 def search_config(tmp, **search) -> Config:
     return Config.model_validate(tiny_config(

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 import course_server
 from conftest import KDSEARCH, tiny_config, write_config
 
+pytestmark = pytest.mark.e2e  # a real Ray search, server or subprocess run: not in the fast tier
 TOKEN = course_server.Behaviour().token
 
 

@@ -19,6 +19,8 @@ from kdsearch.teacher_worker import on_worker, worker_resources
 
 from conftest import KDSEARCH, tiny_config, write_config
 
+pytestmark = pytest.mark.e2e  # a real Ray search, server or subprocess run: not in the fast tier
+
 
 def checkpoint_config(tmp_path, out: str, **teacher) -> dict:
     weights = tmp_path / "r8.pt"
