@@ -12,7 +12,6 @@ because the course's status URL itself contains the token.
 from __future__ import annotations
 
 import email.utils
-import importlib
 import time
 from html.parser import HTMLParser
 from pathlib import Path
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from .config import SubmitConfig
 from .errors import KdsearchError
+from .registry import Registry, import_object
 
 TERMINAL = ("successful", "failed")
 
@@ -85,31 +85,24 @@ class Protocol:
         return None
 
 
-_PROTOCOLS: dict[str, type[Protocol]] = {}
+PROTOCOLS: Registry[type[Protocol]] = Registry("submit.protocol")
 
 
 def register_protocol(name: str):
-    def wrap(cls):
-        _PROTOCOLS[name] = cls
-        return cls
-    return wrap
+    return PROTOCOLS.register(name)
 
 
 def create_protocol(settings: SubmitConfig, token: str) -> Protocol:
     name = settings.protocol
     if ":" in name:
-        module, _, cls_name = name.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module), cls_name)
-        except (ImportError, AttributeError) as e:
-            raise KdsearchError(f"submit.protocol {name}: cannot import ({e}); make sure the module is on "
-                                "PYTHONPATH") from None
+        cls = import_object(name, "submit.protocol")
         if not (isinstance(cls, type) and issubclass(cls, Protocol)):
             raise KdsearchError(f"submit.protocol {name}: not a subclass of kdsearch.protocols.Protocol")
-    elif name in _PROTOCOLS:
-        cls = _PROTOCOLS[name]
+    elif name in PROTOCOLS:
+        cls = PROTOCOLS[name]
     else:
-        raise KdsearchError(f"submit.protocol {name!r}: unknown; use {', '.join(_PROTOCOLS)} or package.module:Class")
+        raise KdsearchError(f"submit.protocol {name!r}: unknown; use {', '.join(PROTOCOLS.names())} or "
+                            "package.module:Class")
     return cls(settings, token)
 
 

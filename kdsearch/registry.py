@@ -7,8 +7,11 @@ an unknown name raises KeyError listing the valid ones. Registering a name twice
 
 from __future__ import annotations
 
+import importlib
 import warnings
-from typing import Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, TypeVar
+
+from .errors import KdsearchError
 
 T = TypeVar("T")
 
@@ -38,3 +41,12 @@ class Registry(Generic[T]):
         if name not in self._entries:
             raise KeyError(f"unknown {self.kind} {name!r}; valid: {', '.join(self._entries)}")
         return self._entries[name]
+
+
+def import_object(spec: str, key: str) -> Any:
+    """`package.module:Name` (the user's own class, beside a registry's names) imported; exit 2 naming `key`."""
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise KdsearchError(f"{key} {spec}: cannot import ({e}); make sure the module is on PYTHONPATH") from None

@@ -11,7 +11,6 @@ builder in `SOURCES`.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from ..data import Dataset
 from ..engine import EVAL_BATCH, Metrics, classification_metrics
 from ..errors import KdsearchError
 from ..losses import teacher_log_probs
-from ..registry import Registry
+from ..registry import Registry, import_object
 from ..students import create_student, forward_with_features, list_students, student_spec
 from ..transforms import to_input
 
@@ -177,13 +176,7 @@ def build_teacher(cfg: Config, data: Dataset, device: torch.device | str, t=None
 def model_from_arch(arch: str, num_classes: int, image_size: int, kwargs: dict | None = None) -> nn.Module:
     """A registry name, a timm name, or `package.module:ClassName` (called with `kwargs`)."""
     if ":" in arch:
-        module_name, _, cls_name = arch.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module_name), cls_name)
-        except (ImportError, AttributeError) as e:
-            raise KdsearchError(f"teacher.arch {arch}: cannot import ({e}); make sure the module is on "
-                                f"PYTHONPATH") from None
-        return cls(**(kwargs or {}))
+        return import_object(arch, "teacher.arch")(**(kwargs or {}))
     if arch in list_students():
         return create_student(arch, num_classes, image_size)
     import timm
