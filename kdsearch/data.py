@@ -218,8 +218,8 @@ def _check_decoded(d: DataConfig, dec: dict) -> None:
     present = torch.unique(dec["train_y"]).numel()
     if present < 2:
         raise KdsearchError(
-            f"data.root {where}: found {present} class; a classifier needs at least two (one subfolder or label per "
-            f"class)")
+            f"data.root {where}: found {present} class; a classifier needs at least two "
+            "(one subfolder or label per class)")
 
 
 def _split(dec: dict, d: DataConfig, seed: int, key: str) -> Dataset:

@@ -127,8 +127,8 @@ def teach(cfg: Config, data: Dataset, device) -> tuple[Teachers, TeacherTargets 
     if cfg.search.space.may_use_features and not teacher.has_features:
         kinds = ", ".join(m.identity["source"] for m in teacher.members if m.head is None)
         raise KdsearchError(f"search.space.feature_weight: the teacher ({kinds}) exposes no penultimate features "
-                            "(TorchScript, or a model whose last linear layer is not its output); set feature_weight: "
-                            "0")
+                            "(TorchScript, or a model whose last linear layer is not its output); "
+                            "set feature_weight: 0")
     scores: dict[str, float] = {}
     baseline = majority_baseline(data)
 

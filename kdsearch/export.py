@@ -113,8 +113,8 @@ def export_best(cfg: Config, out: Path | None = None, data: Dataset | None = Non
         # rung subset when no trial completed)
         trial_device = str(trial.metrics.get("device", "cpu"))
         device = "cuda" if trial_device == "cuda" and torch.cuda.is_available() else "cpu"
-        tolerance = TOLERANCE[precision] if trial_device == device == "cpu" else max(TOLERANCE[precision],
-                                                                                     GPU_TOLERANCE)
+        exact = trial_device == device == "cpu"
+        tolerance = TOLERANCE[precision] if exact else max(TOLERANCE[precision], GPU_TOLERANCE)
         m = evaluate(reloaded.to(device), data.val.x, data.val.y, spec, size, data.num_classes, device)
         checked = m
         if not results.on_full_split(trial.metrics):
@@ -133,8 +133,8 @@ def export_best(cfg: Config, out: Path | None = None, data: Dataset | None = Non
             "hyperparameters": hp.as_dict(),
             "metrics": {"val_macro_f1": m.macro_f1, "val_accuracy": m.accuracy, "val_loss": m.loss,
                         "val_per_class_f1": dict(zip(data.class_names, m.per_class_f1)),
-                        f"trial_{metric}": expected, "trial_val_images": int(trial.metrics.get("val_images", 0))
-                        or len(data.val.y)},
+                        f"trial_{metric}": expected,
+                        "trial_val_images": int(trial.metrics.get("val_images") or len(data.val.y))},
             "files": {k: v for k, v in files.items() if k != "model_card.json"},
             "size_limit_mb": cfg.student.max_size_mb,
             "precision": precision,

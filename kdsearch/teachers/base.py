@@ -199,8 +199,8 @@ def _check_outputs(t, teacher: Teacher, num_classes: int, device) -> None:
         out, feats = teacher.outputs(probe, features=True)
     except Exception as e:
         raise KdsearchError(f"teacher ({t.source}): forward pass on a {spec.channels}x{spec.size}x{spec.size} "
-                            f"input failed ({type(e).__name__}: {e}); set teacher.input to what the model "
-                            f"expects") from None
+                            f"input failed ({type(e).__name__}: {e}); "
+                            "set teacher.input to what the model expects") from None
     teacher.forward_passes, teacher.seconds = passes, seconds  # the probe is not teacher work
     if out.ndim != 2 or out.shape[1] != num_classes:
         raise KdsearchError(f"teacher ({t.source}): outputs {tuple(out.shape[1:])} classes but the data has "
