@@ -14,6 +14,7 @@ import pickle
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from ._io import fingerprint, load_cache, save_atomic
 from .config import Config, DataConfig, UnlabeledConfig
 from .errors import KdsearchError
 from .labels import UNLABELED
+from .registry import Registry
 
 log = logging.getLogger("kdsearch")
 
@@ -110,7 +112,7 @@ def load_dataset(cfg: Config) -> Dataset:
     decoded = load_cache(cache)
     to_save = []  # written only once everything decoded and checked: bad input leaves no cache behind
     if decoded is None:
-        decoded = _DECODERS[d.source](d)
+        decoded = DECODERS[d.source](d)
         _check_decoded(d, decoded)
         to_save.append((decoded, cache))
     for name in decoded["unreadable"]:
@@ -313,6 +315,10 @@ def _image_folder_files(root: Path) -> list[Path]:
                   and not p.parent.name.startswith(".") and not p.name.startswith("."))
 
 
+DECODERS: Registry[Callable[[DataConfig], dict]] = Registry("data.source")
+"""data.source -> decoder(data config) -> {"splits": ..., "class_names": ..., "unreadable": ...}."""
+
+
 def _decode_files(paths: list[Path], labels: list[int], size: int, base: Path) -> dict:
     """PIL-decode each file, square-resize it; unreadable files are skipped and named."""
     arrays, ys, sizes, bad = [], [], [], []
@@ -334,6 +340,7 @@ def _decode_files(paths: list[Path], labels: list[int], size: int, base: Path) -
             "orig_sizes": torch.tensor(sizes, dtype=torch.int64).reshape(-1, 2)}
 
 
+@DECODERS.register("image_folder")
 def _decode_image_folder(d: DataConfig) -> dict:
     root = _require_dir(d)
     files = _image_folder_files(root)
@@ -370,6 +377,7 @@ def _csv_rows(d: DataConfig) -> tuple[Path, list[tuple[str, str]]]:
     return root, rows
 
 
+@DECODERS.register("csv")
 def _decode_csv(d: DataConfig) -> dict:
     root, rows = _csv_rows(d)
     classes = sorted({label for _, label in rows})
@@ -421,6 +429,7 @@ def _from_arrays(d: DataConfig, splits: dict[str, tuple[np.ndarray, np.ndarray]]
     return out
 
 
+@DECODERS.register("digits")
 def _decode_digits(d: DataConfig) -> dict:
     from sklearn.datasets import load_digits
 
@@ -439,6 +448,7 @@ def _npz_path(root: Path, key: str = "data.root") -> Path:
     return found[0]
 
 
+@DECODERS.register("npz")
 def _decode_npz(d: DataConfig) -> dict:
     path = _npz_path(Path(d.root))
     try:
@@ -480,6 +490,7 @@ def read_idx(path: Path) -> np.ndarray:
         raise KdsearchError(f"data.root {path}: not an unsigned-byte IDX file ({e})") from None
 
 
+@DECODERS.register("idx")
 def _decode_idx(d: DataConfig) -> dict:
     files = _idx_files(Path(d.root))
     return _from_arrays(d, {s: (read_idx(images), read_idx(labels)) for s, (images, labels) in files.items()})
@@ -517,6 +528,7 @@ def _unpickle(path: Path) -> dict:
         raise KdsearchError(f"data.root {path}: not a CIFAR python batch ({e})") from None
 
 
+@DECODERS.register("cifar10")
 def _decode_cifar10(d: DataConfig) -> dict:
     files = _cifar_files(Path(d.root))
     splits: dict[str, list] = {"train": [], "test": []}
@@ -625,12 +637,3 @@ def _load_unlabeled(cfg: Config, channels: int) -> tuple[torch.Tensor, str, list
         x = (x.float() * luma).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
     return x, key, [f"unlabeled: {n}" for n in decoded["unreadable"]], pending
 
-
-_DECODERS = {
-    "image_folder": _decode_image_folder,
-    "csv": _decode_csv,
-    "npz": _decode_npz,
-    "idx": _decode_idx,
-    "cifar10": _decode_cifar10,
-    "digits": _decode_digits,
-}

@@ -78,7 +78,7 @@ def test_decode_cache_is_reused(tmp_path, monkeypatch):
     def no_decoding(d):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setitem(data_mod._DECODERS, "image_folder", no_decoding)
+    monkeypatch.setitem(data_mod.DECODERS._entries, "image_folder", no_decoding)  # the registered decoder
     second = load_dataset(cfg)
     assert torch.equal(first.train.x, second.train.x) and first.fingerprint == second.fingerprint
     # a changed file changes the key: decoding happens again

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,10 +23,14 @@ from ..config import Config, HuggingFaceTeacher, InputSpec
 from ..data import Dataset
 from ..errors import KdsearchError
 from ..losses import class_weights
+from ..registry import Registry
 from ..students import final_linear, student_spec
 from .base import Teacher
 
 log = logging.getLogger("kdsearch")
+
+MODES: Registry[Callable] = Registry("teacher.mode")
+"""teacher.mode -> builder(teacher config, config, data, spec) -> (model, head, fit_head)."""
 
 PROBE_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # inverse regularisation strengths tried by the linear probe
 
@@ -38,7 +42,7 @@ def build_huggingface(t: HuggingFaceTeacher, cfg: Config, data: Dataset, device)
     spec = t.input or processor_spec(t) or student_spec(cfg)
     if spec.size is None:
         spec = spec.model_copy(update={"size": cfg.data.image_size})
-    build = {"classifier": _classifier, "zero_shot": _zero_shot, "linear_probe": _linear_probe}[t.mode]
+    build = MODES[t.mode]
     model, head, fit_head = build(t, cfg, data, spec)
     settings = t.model_dump(mode="json", exclude={"cache", "cache_views", "batch_size", "input", "model", "resources"})
     fp = fingerprint({"weights": _weights_identity(t), "settings": settings, "spec": spec.model_dump(mode="json"),
@@ -152,6 +156,7 @@ class ImageEmbedder(nn.Module):
 # --------------------------------------------------------------------------- modes
 
 
+@MODES.register("classifier")
 def _classifier(t: HuggingFaceTeacher, cfg: Config, data: Dataset, spec: InputSpec):
     """The model's own head, its rows reordered (and cut) to the dataset's classes."""
     from transformers import AutoModelForImageClassification
@@ -211,6 +216,7 @@ def class_prompts(t: HuggingFaceTeacher, class_names: list[str]) -> list[list[st
     return out
 
 
+@MODES.register("zero_shot")
 def _zero_shot(t: HuggingFaceTeacher, cfg: Config, data: Dataset, spec: InputSpec):
     """CLIP/SigLIP: logits = scale * cos(image, class text) + bias, as the model scores image-text pairs."""
     from transformers import AutoModel, AutoTokenizer
@@ -239,6 +245,7 @@ def _zero_shot(t: HuggingFaceTeacher, cfg: Config, data: Dataset, spec: InputSpe
     return nn.Sequential(ImageEmbedder(model, normalize=True), head), head, None
 
 
+@MODES.register("linear_probe")
 def _linear_probe(t: HuggingFaceTeacher, cfg: Config, data: Dataset, spec: InputSpec):
     """Frozen image embeddings -> a head fitted later by logistic regression (`fit_probe`)."""
     from transformers import AutoModel
