@@ -636,4 +636,3 @@ def _load_unlabeled(cfg: Config, channels: int) -> tuple[torch.Tensor, str, list
         luma = torch.tensor([0.299, 0.587, 0.114])[None, :, None, None]
         x = (x.float() * luma).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
     return x, key, [f"unlabeled: {n}" for n in decoded["unreadable"]], pending
-
