@@ -172,7 +172,7 @@ def test_mlflow_server_shows_the_search(searched):
 @pytest.mark.slow
 def test_screenshot_of_the_trials_compare_view(searched, tmp_path):
     """Headless Chromium renders MLflow's compare view of the search's trials (apt-get install chromium).
-    KDSEARCH_SCREENSHOT=docs/mlflow_compare.png keeps the picture (the README's)."""
+    KDSEARCH_SCREENSHOT=docs/mlflow_compare.png keeps the picture (docs/results.md's)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     assert chromium, "needs Chromium: apt-get install -y chromium"
     _, cfg, _, result = searched
