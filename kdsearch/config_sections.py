@@ -19,10 +19,10 @@ from pydantic import (
 
 from .input_spec import InputSpec
 from .results import METRIC_MODES
-from .search_space import Scalar, Space, _check_student_name, _Model
+from .search_space import ConfigModel, Scalar, Space, check_student_name
 
 
-class DataConfig(_Model):
+class DataConfig(ConfigModel):
     """Where the images come from and how they are shaped."""
 
     source: Literal["image_folder", "csv", "npz", "idx", "cifar10", "digits"] = "digits"
@@ -56,7 +56,7 @@ class DataConfig(_Model):
         return self
 
 
-class UnlabeledConfig(_Model):
+class UnlabeledConfig(ConfigModel):
     """Images without labels: a folder (with or without subfolders), a csv with a `path` column, an npz of images,
     or IDX image files. Unreadable files are skipped and named."""
 
@@ -78,7 +78,7 @@ class UnlabeledConfig(_Model):
 DataConfig.model_rebuild()
 
 
-class TeacherResources(_Model):
+class TeacherResources(ConfigModel):
     """Ray resources of the task that does the teacher's once-per-search work."""
 
     gpu: float = Field(1.0, ge=0)
@@ -95,7 +95,7 @@ _RESOURCES_DOC = """Run the teacher's once-per-search work (training a `train` t
     Unset = on a GPU worker ({gpu: 1}) when this machine has no GPU but the Ray cluster has one, else here."""
 
 
-class _TeacherBase(_Model):
+class _TeacherBase(ConfigModel):
     cache: bool = True
     """Compute the teacher's outputs once and reuse them; false = the teacher runs live on every batch."""
     cache_views: int = Field(1, ge=1, le=64)
@@ -192,7 +192,7 @@ def _default_source(v: Any) -> Any:
     return {**v, "source": "train"} if isinstance(v, dict) and "source" not in v else v
 
 
-class EnsembleTeacher(_Model):
+class EnsembleTeacher(ConfigModel):
     """Several teachers distilled into one student: the target is their weighted mean probability at T."""
 
     source: Literal["ensemble"]
@@ -238,7 +238,7 @@ TeacherConfig = Annotated[Union[TrainTeacher, CheckpointTeacher, TorchscriptTeac
                                 EnsembleTeacher], Field(discriminator="source")]
 
 
-class StudentConfig(_Model):
+class StudentConfig(ConfigModel):
     """The student zoo the search draws from, and the size limit."""
 
     candidates: list[str] = Field(
@@ -254,11 +254,11 @@ class StudentConfig(_Model):
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
         for name in v:
-            _check_student_name(name)
+            check_student_name(name)
         return v
 
 
-class Resources(_Model):
+class Resources(ConfigModel):
     """Ray resources one trial holds."""
 
     cpu: float = Field(1.0, gt=0)
@@ -267,7 +267,7 @@ class Resources(_Model):
     """GPUs per trial; fractions (0.25) pack several small students on one GPU."""
 
 
-class SearchConfig(_Model):
+class SearchConfig(ConfigModel):
     """Ray Tune + Optuna (TPE) + ASHA settings."""
 
     num_samples: int = Field(32, ge=1)
@@ -317,17 +317,17 @@ class SearchConfig(_Model):
         return METRIC_MODES[self.metric]
 
 
-class TrackingConfig(_Model):
+class TrackingConfig(ConfigModel):
     uri: str = "sqlite:///mlflow.db"
     """MLflow tracking URI. A local sqlite file needs no server and is what `mlflow ui` opens."""
 
 
-class OutputConfig(_Model):
+class OutputConfig(ConfigModel):
     dir: Path | None = None
     """Ray results, the teacher and its cache, exports and reports; unset = runs/<name>."""
 
 
-class SubmitConfig(_Model):
+class SubmitConfig(ConfigModel):
     """An evaluation server that scores exported students (a course's or a competition's)."""
 
     url: str = Field(pattern=r"^https?://")
@@ -350,7 +350,7 @@ class SubmitConfig(_Model):
     """The server's leaderboard page (an HTML table), for `kdsearch leaderboard`."""
 
 
-class Config(_Model):
+class Config(ConfigModel):
     """A kdsearch experiment."""
 
     name: str = Field("kdsearch", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

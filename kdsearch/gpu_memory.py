@@ -71,7 +71,8 @@ def resident_bytes(prepared) -> int:
     if t is not None:
         return t.views.nbytes + t.logits.nbytes + (0 if t.features is None else t.features.nbytes)
     params = sum(p.numel() * p.element_size() for m in prepared.teacher.members for p in m.model.parameters())
-    return prepared.data.pool().x.nbytes + params
+    data = prepared.data  # the pool's bytes without concatenating it
+    return data.train.x.nbytes + (0 if data.unlabeled is None else data.unlabeled.nbytes) + params
 
 
 def check_fit(per_trial: int, trials: int, free: int) -> None:

@@ -23,14 +23,14 @@ from pydantic import (
 Scalar = Union[bool, int, float, str]
 
 
-class _Model(BaseModel):
+class ConfigModel(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
 
 
 # --------------------------------------------------------------------------- search space
 
 
-class Dist(_Model):
+class Dist(ConfigModel):
     """A distribution to search over: exactly one of `uniform`, `loguniform`, `choice`, `int`."""
 
     uniform: tuple[float, float] | None = None
@@ -123,7 +123,7 @@ _SPACE_BOUNDS = {
 FEATURE_LOSSES = ("mse", "cosine")
 
 
-class Space(_Model):
+class Space(ConfigModel):
     """What Optuna searches. Every key is a distribution or a fixed value."""
 
     temperature: Param = Dist(uniform=(1.0, 8.0))
@@ -190,7 +190,7 @@ class Space(_Model):
     def _known_student(cls, v: Param | None) -> Param | None:
         if v is not None:
             for x in v.values_to_check() if isinstance(v, Dist) else [v]:
-                _check_student_name(x)
+                check_student_name(x)
         return v
 
     def fixed(self) -> dict[str, Scalar]:
@@ -215,7 +215,7 @@ class Space(_Model):
 OPTIMIZERS = ("adamw", "sgd")
 
 
-def _check_student_name(name: Any) -> None:
+def check_student_name(name: Any) -> None:
     from .students import list_students  # the registry pulls in torch; import late
 
     if name not in list_students():

@@ -102,3 +102,13 @@ def test_trials_that_cannot_fit_on_the_gpu_exit_2_before_any_starts(tmp_path):
     with pytest.raises(KdsearchError, match=r"resources_per_trial.gpu: 100000 trials per GPU"):
         run_search(Config.model_validate(raw), device="cuda")
     assert not (tmp_path / "out" / "ray" / "crowded" / "kdsearch.json").exists()  # no search was started
+
+
+def test_a_live_teachers_trial_holds_the_pool_and_the_teacher(tmp_path):  # runs everywhere: the estimate's parts
+    from kdsearch.gpu_memory import resident_bytes
+
+    cfg = Config.model_validate(tiny_config(tmp_path, teacher=_checkpoint_teacher(tmp_path, cache=False),
+                                            data={"label_budget": 5}))
+    prepared = prepare(cfg, "cpu")
+    params = sum(p.numel() * 4 for p in prepared.teacher.members[0].model.parameters())
+    assert resident_bytes(prepared) == prepared.data.pool().x.nbytes + params
