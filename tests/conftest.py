@@ -38,6 +38,19 @@ def tiny_config(tmp_path: Path, **sections) -> dict:
     return cfg
 
 
+def resnet8_teacher(tmp_path: Path, **teacher) -> dict:
+    """A `checkpoint` teacher section: a seeded, untrained ResNet-8 for digits at 8 px, saved once under tmp_path."""
+    import torch
+
+    from kdsearch.students import create_student
+
+    weights = tmp_path / "r8.pt"
+    if not weights.exists():
+        torch.manual_seed(0)
+        torch.save(create_student("resnet8", 10, 8).state_dict(), weights)
+    return {"source": "checkpoint", "arch": "resnet8", "weights": str(weights), **teacher}
+
+
 def write_config(tmp_path: Path, cfg: dict, name: str = "cfg.yaml") -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg))

@@ -17,22 +17,15 @@ from kdsearch.distill import Distiller, Hparams, prepare
 from kdsearch.errors import KdsearchError
 from kdsearch.export import export_best
 from kdsearch.gpu_memory import check_fit
-from kdsearch.students import create_student
 from kdsearch.tuner import run_search
 
-from conftest import own_ray, tiny_config
+from conftest import own_ray, resnet8_teacher, tiny_config
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 pytestmark = pytest.mark.gpu
 
 HP = Hparams(student="resnet8", temperature=4.0, alpha=0.9, lr=3e-3, weight_decay=1e-4, batch_size=64,
              class_weight_power=0.0)
-
-
-def _checkpoint_teacher(tmp_path, **teacher) -> dict:
-    torch.manual_seed(0)
-    torch.save(create_student("resnet8", 10, 8).state_dict(), tmp_path / "r8.pt")
-    return {"source": "checkpoint", "arch": "resnet8", "weights": str(tmp_path / "r8.pt"), "cache_views": 4, **teacher}
 
 
 def test_preflight_names_the_keys_to_change():  # runs everywhere: the rule itself
@@ -45,7 +38,7 @@ def test_preflight_names_the_keys_to_change():  # runs everywhere: the rule itse
 @cuda
 def test_a_trial_on_cuda_trains_on_the_views_the_teacher_saw(tmp_path):
     cfg = Config.model_validate(tiny_config(tmp_path, data={"augment": "strong"},
-                                            teacher=_checkpoint_teacher(tmp_path), search={"max_epochs": 2}))
+                                            teacher=resnet8_teacher(tmp_path, cache_views=4), search={"max_epochs": 2}))
     prepared = prepare(cfg, "cuda")
     d = Distiller(cfg, HP, prepared, "cuda")
     assert d.views.x.is_cuda and d.logits.is_cuda
@@ -61,9 +54,11 @@ def test_a_trial_on_cuda_trains_on_the_views_the_teacher_saw(tmp_path):
 @cuda
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_a_half_precision_teacher_on_cuda_agrees_with_float32(tmp_path, dtype):
-    full = prepare(Config.model_validate(tiny_config(tmp_path, teacher=_checkpoint_teacher(tmp_path))), "cuda")
-    half = prepare(Config.model_validate(tiny_config(tmp_path, teacher=_checkpoint_teacher(tmp_path, dtype=dtype))),
-                   "cuda")
+    def prepared(**teacher):
+        cfg = Config.model_validate(tiny_config(tmp_path, teacher=resnet8_teacher(tmp_path, **teacher)))
+        return prepare(cfg, "cuda")
+
+    full, half = prepared(cache_views=4), prepared(cache_views=4, dtype=dtype)
     assert half.targets.forward_passes > 0
     agree = (half.targets.logits.argmax(-1) == full.targets.logits.argmax(-1)).float().mean()
     assert agree > 0.95 and torch.allclose(half.targets.logits, full.targets.logits, atol=0.1, rtol=0.05)
@@ -71,7 +66,7 @@ def test_a_half_precision_teacher_on_cuda_agrees_with_float32(tmp_path, dtype):
 
 @cuda
 def test_two_fractional_trials_share_one_gpu_and_the_best_exports(tmp_path):
-    raw = tiny_config(tmp_path, name="gpu", teacher=_checkpoint_teacher(tmp_path),
+    raw = tiny_config(tmp_path, name="gpu", teacher=resnet8_teacher(tmp_path, cache_views=4),
                       student={"candidates": ["resnet8"]},
                       search={"num_samples": 2, "max_concurrent": 2, "max_epochs": 2, "grace_period": 2,
                               "resources_per_trial": {"cpu": 1, "gpu": 0.5},
@@ -91,12 +86,12 @@ def test_two_fractional_trials_share_one_gpu_and_the_best_exports(tmp_path):
     exported = export_best(cfg, out=tmp_path / "best")  # re-checked on the GPU it trained on
     card = json.loads((tmp_path / "best" / "model_card.json").read_text())
     assert abs(card["metrics"]["val_macro_f1"] - result.best["metrics"]["val_macro_f1"]) <= 0.01
-    assert exported is not None
+    assert exported.registered.startswith("gpu-student/")
 
 
 @cuda
 def test_trials_that_cannot_fit_on_the_gpu_exit_2_before_any_starts(tmp_path):
-    raw = tiny_config(tmp_path, name="crowded", teacher=_checkpoint_teacher(tmp_path),
+    raw = tiny_config(tmp_path, name="crowded", teacher=resnet8_teacher(tmp_path, cache_views=4),
                       search={"num_samples": 2, "max_concurrent": 100_000,
                               "resources_per_trial": {"cpu": 1, "gpu": 0.00001}})
     with pytest.raises(KdsearchError, match=r"resources_per_trial.gpu: 100000 trials per GPU"):
@@ -107,7 +102,7 @@ def test_trials_that_cannot_fit_on_the_gpu_exit_2_before_any_starts(tmp_path):
 def test_a_live_teachers_trial_holds_the_pool_and_the_teacher(tmp_path):  # runs everywhere: the estimate's parts
     from kdsearch.gpu_memory import resident_bytes
 
-    cfg = Config.model_validate(tiny_config(tmp_path, teacher=_checkpoint_teacher(tmp_path, cache=False),
+    cfg = Config.model_validate(tiny_config(tmp_path, teacher=resnet8_teacher(tmp_path, cache=False),
                                             data={"label_budget": 5}))
     prepared = prepare(cfg, "cpu")
     params = sum(p.numel() * 4 for p in prepared.teacher.members[0].model.parameters())

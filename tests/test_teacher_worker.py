@@ -14,22 +14,16 @@ import torch
 from kdsearch.config import Config
 from kdsearch.distill import prepare
 from kdsearch.errors import KdsearchError
-from kdsearch.students import create_student
 from kdsearch.teacher_worker import on_worker, worker_resources
 
-from conftest import KDSEARCH, tiny_config, write_config
+from conftest import KDSEARCH, resnet8_teacher, tiny_config, write_config
 
 pytestmark = pytest.mark.e2e  # a real Ray search, server or subprocess run: not in the fast tier
 
 
 def checkpoint_config(tmp_path, out: str, **teacher) -> dict:
-    weights = tmp_path / "r8.pt"
-    if not weights.exists():
-        torch.manual_seed(0)
-        torch.save(create_student("resnet8", 10, 8).state_dict(), weights)
     return tiny_config(tmp_path / out, data={"augment": "standard"},
-                       teacher={"source": "checkpoint", "arch": "resnet8", "weights": str(weights), "cache_views": 2,
-                                **teacher})
+                       teacher=resnet8_teacher(tmp_path, cache_views=2, **teacher))
 
 
 
