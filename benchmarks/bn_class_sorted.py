@@ -25,7 +25,7 @@ SIZES = {"t-shirt": 1200, "trouser": 400, "pullover": 200, "dress": 100}  # imag
 
 
 def make_folder(root: Path) -> Path:
-    from kdsearch.data import read_idx
+    from kdsearch.sources import read_idx
 
     fashion = Path("/usr/share/datasets/fashion-mnist")
     x, y = read_idx(fashion / "train-images-idx3-ubyte.gz"), read_idx(fashion / "train-labels-idx1-ubyte.gz")

@@ -39,7 +39,7 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 def make_subset(path: Path, n_train: int, n_val: int, n_test: int, seed: int) -> Path:
     """A stratified, seeded subset of Fashion-MNIST as an .npz with train/val/test splits (28 px)."""
-    from kdsearch.data import read_idx
+    from kdsearch.sources import read_idx
 
     x, y = read_idx(FASHION / "train-images-idx3-ubyte.gz"), read_idx(FASHION / "train-labels-idx1-ubyte.gz")
     xt, yt = read_idx(FASHION / "t10k-images-idx3-ubyte.gz"), read_idx(FASHION / "t10k-labels-idx1-ubyte.gz")

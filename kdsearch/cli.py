@@ -339,7 +339,7 @@ def validate(
             console.print(f"  data.label_budget: {cfg.data.label_budget} labeled images per class for the student; "
                           "the rest of the train split are transfer images")
         if cfg.data.unlabeled is not None:
-            from .data import unlabeled_image_count
+            from .sources import unlabeled_image_count
 
             n = unlabeled_image_count(cfg.data.unlabeled)
             console.print(f"  data.unlabeled: {n if n else 'its'} transfer images from {cfg.data.unlabeled.root}"
@@ -385,7 +385,7 @@ def list_models(
     from .students import list_students, student_size
 
     if config is not None:
-        from .data import num_classes_hint
+        from .sources import num_classes_hint
 
         cfg = load_config(config)
         max_size_mb, image_size = cfg.student.max_size_mb, cfg.data.image_size

@@ -28,7 +28,6 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | tuple[torch.Tensor, tor
 class EpochStats:
     train_loss: float
     seconds: float
-    samples: int
 
 
 def train_one_epoch(model: nn.Module, batches: Iterable[Batch], loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
@@ -51,7 +50,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Batch], loss_fn: nn.Modu
         total = part if total is None else total + part
         seen += len(y)
     total = 0.0 if total is None else float(total)
-    return EpochStats(train_loss=total / max(seen, 1), seconds=time.perf_counter() - start, samples=seen)
+    return EpochStats(train_loss=total / max(seen, 1), seconds=time.perf_counter() - start)
 
 
 def recalibrate_bn(model: nn.Module, inputs: Iterable[torch.Tensor]) -> None:

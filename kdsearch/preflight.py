@@ -15,8 +15,8 @@ import urllib.request
 from pathlib import Path
 
 from .config import CheckpointTeacher, Config, EnsembleTeacher, TorchscriptTeacher
-from .data import check_sources, check_unlabeled, num_classes_hint, source_image_count, unlabeled_image_count
 from .errors import KdsearchError
+from .sources import check_sources, check_unlabeled, num_classes_hint, source_image_count, unlabeled_image_count
 
 HEADROOM = 1.2  # free disk wanted over the data cache's estimated size
 

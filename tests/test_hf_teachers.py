@@ -62,7 +62,7 @@ def test_classifier_labels_are_matched_to_the_class_names(tmp_path, hf):
     with torch.no_grad():
         expected = ref(pixel_values=to_input(x, teacher.spec, SIZE)).logits
     # the model's label "c" sits at index 9 - c; the teacher's column c must be that output
-    assert torch.allclose(teacher.logits(x), expected[:, [9 - c for c in range(10)]], atol=1e-5)
+    assert torch.allclose(teacher.outputs(x)[0], expected[:, [9 - c for c in range(10)]], atol=1e-5)
 
 
 def test_classifier_missing_class_exits_2_and_label_map_fixes_it(tmp_path, hf, run_cli):
@@ -80,7 +80,7 @@ def test_classifier_missing_class_exits_2_and_label_map_fixes_it(tmp_path, hf, r
     ref = ViTForImageClassification.from_pretrained(hf["vit_words"]).eval()
     with torch.no_grad():
         expected = ref(pixel_values=to_input(data.val.x[:3], t.spec, SIZE)).logits
-    assert torch.allclose(t.logits(data.val.x[:3]), expected, atol=1e-5)  # "zero" -> "0" keeps the order
+    assert torch.allclose(t.outputs(data.val.x[:3])[0], expected, atol=1e-5)  # "zero" -> "0" keeps the order
 
     bad = cfg_for(tmp_path, {**teacher, "label_map": {"zeroo": "0"}})
     with pytest.raises(KdsearchError, match="teacher.label_map: 'zeroo' not among the labels"):
@@ -99,7 +99,7 @@ def test_zero_shot_logits_are_the_models_image_text_scores(tmp_path, hf):
     x = data.val.x[:5]
     with torch.no_grad():
         expected = ref(**enc, pixel_values=to_input(x, teacher.spec, SIZE)).logits_per_image
-    assert torch.allclose(teacher.logits(x), expected, atol=1e-4)
+    assert torch.allclose(teacher.outputs(x)[0], expected, atol=1e-4)
     # features are the normalised image embeddings the head scores
     logits, feats = teacher.outputs(x, features=True)
     assert torch.allclose(feats.norm(dim=1), torch.ones(5), atol=1e-5)
@@ -113,7 +113,7 @@ def test_zero_shot_prompts_per_class(tmp_path, hf):
     plain = build_teacher(cfg_for(tmp_path, hf_teacher(hf, "zero_shot")), data, "cpu")
     ensembled = build_teacher(cfg, data, "cpu")
     x = data.val.x[:4]
-    a, b = plain.logits(x), ensembled.logits(x)
+    a, b = plain.outputs(x)[0], ensembled.outputs(x)[0]
     assert torch.allclose(a[:, [0, 1, 2, 4]], b[:, [0, 1, 2, 4]], atol=1e-5)  # other classes unchanged
     assert not torch.allclose(a[:, 3], b[:, 3], atol=1e-4)  # class 3 averages two prompts
     bad = cfg_for(tmp_path, hf_teacher(hf, "zero_shot", prompts={"melanoma": "x"}))
@@ -145,7 +145,7 @@ def test_linear_probe_beats_chance_with_one_pass_per_view(tmp_path, hf):
     fitted, restored = member.head.weight, again.teacher.members[0].head.weight
     assert fitted.abs().sum() > 0 and torch.equal(restored, fitted)
     x = prepared.data.val.x[:8]
-    assert torch.allclose(again.teacher.members[0].logits(x), member.logits(x), atol=1e-5)
+    assert torch.allclose(again.teacher.members[0].outputs(x)[0], member.outputs(x)[0], atol=1e-5)
 
 
 def test_unreachable_hub_model_exits_2_naming_hf_token(tmp_path, run_cli):
@@ -223,7 +223,7 @@ def test_ensemble_of_different_input_sizes_caches_each_member_once(tmp_path, hf,
     assert first.targets.forward_passes == 2 * (n + n_val)  # each member once per view and once on val
     assert first.targets.logits.shape == (1, n, 2, 10)
     for i, m in enumerate(first.teacher.members):  # each column is that member on the cached pixels
-        assert torch.allclose(first.targets.logits[0, :4, i], m.logits(first.targets.views.pixels(0, slice(0, 4))),
+        assert torch.allclose(first.targets.logits[0, :4, i], m.outputs(first.targets.views.pixels(0, slice(0, 4)))[0],
                               atol=1e-5)
     # new weights: the same member outputs, no teacher work
     reweighted = cfg_for(tmp_path, {"source": "ensemble", "members": members, "weights": [0.9, 0.1]})

@@ -53,7 +53,7 @@ def test_module_class_checkpoint_teacher_loads(tmp_path, user_module):
     data = load_dataset(cfg)
     teacher = build_teacher(cfg, data, "cpu")
     assert torch.equal(teacher.model.head.weight, net.head.weight)  # the saved weights, not a fresh init
-    assert teacher.logits(data.val.x[:4]).shape == (4, 10)
+    assert teacher.outputs(data.val.x[:4])[0].shape == (4, 10)
 
 
 def test_class_count_mismatch_names_both_counts(tmp_path, user_module):
@@ -86,7 +86,8 @@ def test_timm_checkpoint_teacher(tmp_path):
     assert teacher.spec.size == 32
     net.eval()
     from kdsearch.transforms import to_input
-    assert torch.allclose(teacher.logits(data.val.x[:3]), net(to_input(data.val.x[:3], teacher.spec, 32)), atol=1e-5)
+    expected = net(to_input(data.val.x[:3], teacher.spec, 32))
+    assert torch.allclose(teacher.outputs(data.val.x[:3])[0], expected, atol=1e-5)
 
 
 def test_garbage_weights_exit_2(tmp_path):
@@ -113,7 +114,7 @@ def test_torchscript_teacher_with_its_own_grayscale_input(tmp_path):
     teacher = build_teacher(cfg, data, "cpu")
     x = data.val.x[:2]
     expected = net(torch.nn.functional.interpolate(x.float() / 255, size=(12, 12), mode="bilinear", antialias=True))
-    assert torch.allclose(teacher.logits(x), expected, atol=1e-5)
+    assert torch.allclose(teacher.outputs(x)[0], expected, atol=1e-5)
 
 
 def test_trained_teacher_is_cached(tmp_path, monkeypatch):
@@ -148,7 +149,7 @@ def test_teacher_outputs_computed_once_per_view(tmp_path, user_module, augment, 
     assert (first.views.num_views, len(first.views)) == (expect_views, n)
     assert first.logits.shape == (expect_views, n, 1, 10)
     # the cached logits are the teacher's on exactly the pixels the views remake
-    assert torch.allclose(first.logits[-1, :5, 0], teachers.members[0].logits(first.views.pixels(-1, slice(0, 5))),
+    assert torch.allclose(first.logits[-1, :5, 0], teachers.members[0].outputs(first.views.pixels(-1, slice(0, 5)))[0],
                           atol=1e-5)
     if augment != "none":
         assert not torch.equal(first.views.pixels(0, slice(None)), first.views.pixels(1, slice(None)))

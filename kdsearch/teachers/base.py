@@ -72,9 +72,6 @@ class Teacher:
         self.seconds += time.perf_counter() - start
         return logits.float(), feats
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.outputs(x)[0]
-
 
 @dataclass
 class Teachers:

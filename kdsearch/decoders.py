@@ -1,0 +1,214 @@
+"""Decoders: one per data.source, each turning its files into uint8 tensors at image_size (registered in DECODERS).
+
+Image files are decoded with PIL (an unreadable one is skipped and named); array sources (digits, npz, idx,
+cifar10) are resized as tensors, in chunks.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from .config import DataConfig, UnlabeledConfig
+from .errors import KdsearchError
+from .labels import UNLABELED
+from .registry import Registry
+from .sources import (
+    cifar_files,
+    csv_rows,
+    idx_files,
+    image_folder_files,
+    npz_path,
+    read_idx,
+    require_root,
+    require_unlabeled_root,
+    unlabeled_csv_paths,
+    unlabeled_folder_files,
+    unlabeled_idx_files,
+)
+
+DECODERS: Registry[Callable[[DataConfig], dict]] = Registry("data.source")
+"""data.source -> decoder(data config) -> {"splits": ..., "class_names": ..., "unreadable": ...}."""
+
+
+def _decode_files(paths: list[Path], labels: list[int], size: int, base: Path) -> dict:
+    """PIL-decode each file, square-resize it; unreadable files are skipped and named."""
+    arrays, ys, sizes, bad = [], [], [], []
+    for p, label in zip(paths, labels):
+        try:
+            with Image.open(p) as im:
+                im.load()
+                sizes.append(im.size)
+                gray = im.mode in ("1", "L", "I", "I;16", "F")
+                im = im.convert("L" if gray else "RGB").resize((size, size), Image.BILINEAR)
+                arrays.append(np.asarray(im))
+                ys.append(label)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            bad.append(f"{p.relative_to(base) if p.is_relative_to(base) else p} ({type(e).__name__})")
+    if any(a.ndim == 3 for a in arrays):  # mixed folders become RGB
+        arrays = [np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
+    x = _nhwc_to_nchw(np.stack(arrays)) if arrays else torch.zeros(0, 3, size, size, dtype=torch.uint8)
+    return {"train_x": x, "train_y": torch.tensor(ys, dtype=torch.int64), "unreadable": bad,
+            "orig_sizes": torch.tensor(sizes, dtype=torch.int64).reshape(-1, 2)}
+
+
+@DECODERS.register("image_folder")
+def _decode_image_folder(d: DataConfig) -> dict:
+    root = require_root(d)
+    files = image_folder_files(root)
+    classes = sorted({p.parent.name for p in files})
+    index = {c: i for i, c in enumerate(classes)}
+    out = _decode_files(files, [index[p.parent.name] for p in files], d.image_size, root)
+    out["class_names"] = classes
+    return out
+
+
+@DECODERS.register("csv")
+def _decode_csv(d: DataConfig) -> dict:
+    root, rows = csv_rows(d)
+    classes = sorted({label for _, label in rows})
+    index = {c: i for i, c in enumerate(classes)}
+    out = _decode_files([root / p for p, _ in rows], [index[label] for _, label in rows], d.image_size, root)
+    out["class_names"] = classes
+    return out
+
+
+def _resize_tensor(x: np.ndarray, size: int) -> torch.Tensor:
+    """[N, H, W] or [N, H, W, C] uint8 -> [N, C, size, size] uint8, antialiased, in chunks to bound memory."""
+    if x.ndim == 3:
+        x = x[..., None]
+    t = _nhwc_to_nchw(x)
+    if t.shape[-1] == size and t.shape[-2] == size:
+        return t
+    out = torch.empty(t.shape[0], t.shape[1], size, size, dtype=torch.uint8)
+    for i in range(0, len(t), 4096):
+        chunk = F.interpolate(t[i:i + 4096].float(), size=(size, size), mode="bilinear", antialias=True,
+                              align_corners=False)
+        out[i:i + 4096] = chunk.round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
+def _nhwc_to_nchw(x: np.ndarray) -> torch.Tensor:
+    if x.ndim == 3:
+        x = x[..., None]
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(torch.uint8)
+
+
+def _names(d: DataConfig, num: int) -> list[str]:
+    if d.class_names is not None:
+        if len(d.class_names) < num:
+            raise KdsearchError(f"data.class_names: {len(d.class_names)} names for {num} label ids; give one per label")
+        return list(d.class_names[:num])
+    return [str(i) for i in range(num)]
+
+
+def _from_arrays(d: DataConfig, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+    out: dict = {"unreadable": []}
+    num = 0
+    for name, (x, y) in splits.items():
+        out[f"{name}_x"] = _resize_tensor(x, d.image_size)
+        out[f"{name}_y"] = torch.from_numpy(np.asarray(y).reshape(-1).astype(np.int64))
+        num = max(num, int(out[f"{name}_y"].max()) + 1 if len(y) else 0)
+    out["orig_sizes"] = torch.tensor([[splits["train"][0].shape[2], splits["train"][0].shape[1]]] *
+                                     len(splits["train"][0]), dtype=torch.int64).reshape(-1, 2)
+    out["class_names"] = _names(d, num)
+    return out
+
+
+@DECODERS.register("digits")
+def _decode_digits(d: DataConfig) -> dict:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # 8x8, values 0..16
+    return _from_arrays(d, {"train": (x, digits.target)})
+
+
+@DECODERS.register("npz")
+def _decode_npz(d: DataConfig) -> dict:
+    path = npz_path(Path(d.root))
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise KdsearchError(f"data.root {path}: not a readable .npz ({e})") from None
+    with z:
+        if "train_images" not in z or "train_labels" not in z:
+            raise KdsearchError(f"data.root {path}: needs arrays train_images and train_labels (found "
+                                f"{list(z.keys())})")
+        splits = {s: (z[f"{s}_images"], z[f"{s}_labels"]) for s in ("train", "val", "test") if f"{s}_images" in z}
+    return _from_arrays(d, splits)
+
+
+@DECODERS.register("idx")
+def _decode_idx(d: DataConfig) -> dict:
+    files = idx_files(Path(d.root))
+    return _from_arrays(d, {s: (read_idx(images), read_idx(labels)) for s, (images, labels) in files.items()})
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """CIFAR's python batches are pickles; allow only what they hold, so a planted file cannot run code."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR batch")
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with path.open("rb") as f:
+            return _ArraysOnly(f, encoding="bytes").load()
+    except Exception as e:
+        raise KdsearchError(f"data.root {path}: not a CIFAR python batch ({e})") from None
+
+
+@DECODERS.register("cifar10")
+def _decode_cifar10(d: DataConfig) -> dict:
+    files = cifar_files(Path(d.root))
+    splits: dict[str, list] = {"train": [], "test": []}
+    names = None
+    for p in files:
+        batch = _unpickle(p)
+        if p.name == "batches.meta":
+            names = [n.decode() for n in batch[b"label_names"]]
+            continue
+        x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        splits["test" if p.name == "test_batch" else "train"].append((x, np.asarray(batch[b"labels"])))
+    arrays = {s: (np.concatenate([a for a, _ in v]), np.concatenate([b for _, b in v])) for s, v in splits.items() if v}
+    out = _from_arrays(d, arrays)
+    if names and d.class_names is None:
+        out["class_names"] = names[:len(out["class_names"])]
+    return out
+
+
+def decode_unlabeled(u: UnlabeledConfig, size: int) -> dict:
+    root = require_unlabeled_root(u)
+    if u.source in ("image_folder", "csv"):
+        paths = (unlabeled_folder_files(root) if u.source == "image_folder"
+                 else [root / p for p in unlabeled_csv_paths(u)])
+        out = _decode_files(paths, [UNLABELED] * len(paths), size, root)
+        return {"x": out["train_x"], "unreadable": out["unreadable"]}
+    if u.source == "npz":
+        path = npz_path(root, "data.unlabeled.root")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                keys = ["images"] if "images" in z.files else sorted(k for k in z.files if k.endswith("images"))
+                if not keys:
+                    raise KdsearchError(f"data.unlabeled.root {path}: needs an `images` array (or *_images arrays); "
+                                        f"found {z.files}")
+                arrays = [z[k] for k in keys]
+        except (ValueError, OSError) as e:
+            raise KdsearchError(f"data.unlabeled.root {path}: not a readable .npz ({e})") from None
+    else:
+        arrays = [read_idx(p) for p in unlabeled_idx_files(root)]
+    return {"x": torch.cat([_resize_tensor(a, size) for a in arrays]), "unreadable": []}

@@ -1,0 +1,234 @@
+"""Where a data source's files are, and what can be learned from them without decoding: the file list that
+fingerprints the decode (path, size, mtime), the image and class counts that `validate` and the preflight use, and
+a one-line error for every missing file or wrong layout."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .config import DataConfig, UnlabeledConfig
+from .errors import KdsearchError
+
+
+def _stat(p: Path) -> list:
+    st = p.stat()
+    return [str(p), st.st_size, st.st_mtime_ns]
+
+
+def require_root(d: DataConfig) -> Path:
+    """data.root, which must be a folder (npz: a folder or the .npz file itself)."""
+    root = Path(d.root)
+    if not (root.is_dir() or (d.source == "npz" and root.is_file())):
+        layout = {
+            "image_folder": "one subfolder per class holding its images (root/<class>/<image>)",
+            "csv": f"the images and the manifest {d.manifest}",
+            "npz": "a MedMNIST-style .npz (train_images, train_labels, val_*, test_*)",
+            "idx": "*-images-idx3-ubyte[.gz] and *-labels-idx1-ubyte[.gz] files",
+            "cifar10": "the python batches data_batch_1..5 and test_batch",
+        }[d.source]
+        what = "not found" if d.source == "npz" else "folder not found"
+        raise KdsearchError(f"data.root {root}: {what}; it should hold {layout}. "
+                            f"Point data.root elsewhere with --set data.root=PATH")
+    return root
+
+
+def image_folder_files(root: Path) -> list[Path]:
+    exts = {e.lower() for e in Image.registered_extensions()}
+    return sorted(p for p in root.glob("*/*") if p.is_file() and p.suffix.lower() in exts
+                  and not p.parent.name.startswith(".") and not p.name.startswith("."))
+
+
+def manifest_path(d: DataConfig | UnlabeledConfig, key: str = "data") -> Path:
+    path = Path(d.manifest)
+    path = path if path.is_absolute() else Path(d.root) / path
+    if not path.is_file():
+        columns = "path,label" if key == "data" else "path"
+        raise KdsearchError(f"{key}.manifest {path}: file not found; give a CSV with column(s) {columns} "
+                            f"(paths relative to {key}.root)")
+    return path
+
+
+def csv_rows(d: DataConfig) -> tuple[Path, list[tuple[str, str]]]:
+    root = require_root(d)
+    manifest = manifest_path(d)
+    with manifest.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+            raise KdsearchError(f"data.manifest {manifest}: needs a header with columns path,label "
+                                f"(found {reader.fieldnames})")
+        rows = [(r["path"], r["label"]) for r in reader]
+    missing = [p for p, _ in rows if not (root / p).is_file()]
+    if missing:
+        raise KdsearchError(f"data.manifest {manifest}: {len(missing)} listed file(s) missing under {root}, e.g. "
+                            f"{', '.join(missing[:3])}; fix the paths or data.root")
+    return root, rows
+
+
+def npz_path(root: Path, key: str = "data.root") -> Path:
+    if root.is_file():
+        return root
+    found = sorted(root.glob("*.npz"))
+    if len(found) != 1:
+        raise KdsearchError(f"{key} {root}: expected exactly one .npz file, found {len(found)}; "
+                            f"point {key} at the .npz file")
+    return found[0]
+
+
+def idx_files(root: Path) -> dict[str, tuple[Path, Path]]:
+    out = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        imgs = sorted(root.glob(f"{prefix}-images-idx3-ubyte*"))
+        labels = sorted(root.glob(f"{prefix}-labels-idx1-ubyte*"))
+        if imgs and labels:
+            out[split] = (imgs[0], labels[0])
+    if "train" not in out:
+        raise KdsearchError(f"data.root {root}: no train-images-idx3-ubyte[.gz] with train-labels-idx1-ubyte[.gz]; "
+                            "point data.root at the folder holding the MNIST-format files")
+    return out
+
+
+def read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    try:
+        zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
+        if zero != 0 or dtype != 0x08:
+            raise ValueError("bad magic number")
+        dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+        return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims).copy()
+    except (struct.error, ValueError) as e:
+        raise KdsearchError(f"data.root {path}: not an unsigned-byte IDX file ({e})") from None
+
+
+def cifar_files(root: Path) -> list[Path]:
+    base = root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
+    files = [base / f"data_batch_{i}" for i in range(1, 6)] + [base / "test_batch"]
+    present = [p for p in files if p.is_file()]
+    if not any(p.name.startswith("data_batch") for p in present):
+        raise KdsearchError(f"data.root {root}: no data_batch_N files; point data.root at the extracted "
+                            "cifar-10-batches-py folder")
+    meta = base / "batches.meta"
+    return present + ([meta] if meta.is_file() else [])
+
+
+def source_files(d: DataConfig) -> list:
+    """What the decode depends on, cheaply: (path, size, mtime) of each input file."""
+    if d.source == "digits":
+        import sklearn
+        return [f"sklearn-{sklearn.__version__}"]
+    root = require_root(d)
+    if d.source == "image_folder":
+        return [_stat(p) for p in image_folder_files(root)]
+    if d.source == "csv":
+        _, rows = csv_rows(d)
+        return [_stat(manifest_path(d))] + [_stat(root / p) for p, _ in rows]
+    if d.source == "npz":
+        return [_stat(npz_path(root))]
+    if d.source == "idx":
+        return [_stat(p) for pair in idx_files(root).values() for p in pair]
+    return [_stat(p) for p in cifar_files(root)]
+
+
+def check_sources(d: DataConfig) -> None:
+    """The data's files exist and are where the config says, without decoding anything."""
+    source_files(d)
+
+
+def source_image_count(d: DataConfig) -> int:
+    """Images the source holds, counted without decoding (0 where that needs a full read)."""
+    if d.source == "image_folder":
+        return len(image_folder_files(Path(d.root)))
+    if d.source == "csv":
+        return len(csv_rows(d)[1])
+    if d.source == "npz":
+        with np.load(npz_path(Path(d.root)), allow_pickle=False) as z:
+            return sum(len(z[k]) for k in z.files if k.endswith("_labels"))
+    return 0  # digits, idx, cifar10: fixed, small sets
+
+
+def num_classes_hint(d: DataConfig) -> int:
+    """Class count without decoding images (for size checks in `validate`)."""
+    if d.class_names is not None:
+        return len(d.class_names)
+    if d.source == "image_folder":
+        return len({p.parent.name for p in image_folder_files(Path(d.root))})
+    if d.source == "csv":
+        return len({label for _, label in csv_rows(d)[1]})
+    if d.source == "npz":
+        with np.load(npz_path(Path(d.root)), allow_pickle=False) as z:
+            return int(z["train_labels"].max()) + 1
+    if d.source == "idx":
+        return int(read_idx(idx_files(Path(d.root))["train"][1]).max()) + 1
+    return 10  # digits and cifar10
+
+
+def require_unlabeled_root(u: UnlabeledConfig) -> Path:
+    root = Path(u.root)
+    if root.is_dir() or (u.source in ("npz", "idx") and root.is_file()):
+        return root
+    layout = {"image_folder": "images, in subfolders or not", "csv": f"the images and the manifest {u.manifest}",
+              "npz": "an .npz with an images array", "idx": "*-images-idx3-ubyte[.gz] files"}[u.source]
+    raise KdsearchError(f"data.unlabeled.root {root}: not found; it should hold {layout}. "
+                        "Point it elsewhere with --set data.unlabeled.root=PATH")
+
+
+def unlabeled_folder_files(root: Path) -> list[Path]:
+    exts = {e.lower() for e in Image.registered_extensions()}
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def unlabeled_csv_paths(u: UnlabeledConfig) -> list[str]:
+    root, manifest = require_unlabeled_root(u), manifest_path(u, "data.unlabeled")
+    with manifest.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise KdsearchError(f"data.unlabeled.manifest {manifest}: needs a header with a path column "
+                                f"(found {reader.fieldnames})")
+        paths = [r["path"] for r in reader]
+    missing = [p for p in paths if not (root / p).is_file()]
+    if missing:
+        raise KdsearchError(f"data.unlabeled.manifest {manifest}: {len(missing)} listed file(s) missing under {root}, "
+                            f"e.g. {', '.join(missing[:3])}; fix the paths or data.unlabeled.root")
+    return paths
+
+
+def unlabeled_idx_files(root: Path) -> list[Path]:
+    files = [root] if root.is_file() else sorted(root.glob("*-images-idx3-ubyte*"))
+    if not files:
+        raise KdsearchError(f"data.unlabeled.root {root}: no *-images-idx3-ubyte[.gz] file; point it at the IDX "
+                            "images file or its folder")
+    return files
+
+
+def unlabeled_files(u: UnlabeledConfig) -> list:
+    root = require_unlabeled_root(u)
+    if u.source == "image_folder":
+        return [_stat(p) for p in unlabeled_folder_files(root)]
+    if u.source == "csv":
+        return [_stat(manifest_path(u, "data.unlabeled"))] + [_stat(root / p) for p in unlabeled_csv_paths(u)]
+    if u.source == "npz":
+        return [_stat(npz_path(root, "data.unlabeled.root"))]
+    return [_stat(p) for p in unlabeled_idx_files(root)]
+
+
+def check_unlabeled(u: UnlabeledConfig) -> None:
+    """data.unlabeled's files exist, without decoding anything."""
+    unlabeled_files(u)
+
+
+def unlabeled_image_count(u: UnlabeledConfig) -> int:
+    """Images data.unlabeled holds, counted without decoding where that is cheap (folders, csv), else 0."""
+    if u.source == "image_folder":
+        return len(unlabeled_folder_files(require_unlabeled_root(u)))
+    if u.source == "csv":
+        return len(unlabeled_csv_paths(u))
+    unlabeled_files(u)  # the files exist
+    return 0
