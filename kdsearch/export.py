@@ -86,70 +86,21 @@ def export_best(cfg: Config, out: Path | None = None, data: Dataset | None = Non
     """Write student.pt, student.torchscript.pt, student.onnx (when onnx is installed) and model_card.json."""
     trial = best_trial(cfg)
     data = data if data is not None else load_dataset(cfg)
-    if search_state is None:
-        search_state = read_search_state(cfg)
+    search_state = search_state if search_state is not None else read_search_state(cfg)
     hp = Hparams.from_mapping(trial.config)
-    size, spec, metric, precision = cfg.data.image_size, student_spec(cfg), cfg.search.metric, cfg.student.precision
     state = torch.load(trial.checkpoint_dir / TRIAL_STATE_FILE, weights_only=True, map_location="cpu")
-    model = create_student(hp.student, data.num_classes, size)
+    model = create_student(hp.student, data.num_classes, cfg.data.image_size)
     model.load_state_dict(state["model"])
     out = Path(out) if out is not None else cfg.output_dir / "best"
     with atomic_dir(out) as tmp:
-        torch.save(cast_state_dict(model, precision), tmp / "student.pt")
-        limit = cfg.student.max_size_mb * 1_000_000
-        if (tmp / "student.pt").stat().st_size > limit:
-            raise KdsearchError(f"student.max_size_mb {cfg.student.max_size_mb:g}: the exported {hp.student} is "
-                                f"{(tmp / 'student.pt').stat().st_size / 1e6:.2f} MB in {precision}; export refused")
-        # Everything below starts from the written file, so it checks what users get.
-        written = torch.load(tmp / "student.pt", weights_only=True)
-        model = create_student(hp.student, data.num_classes, size).eval()
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in written.items()})
-        example = torch.zeros(1, 3, size, size)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated but is what the contract ships
-            torch.jit.trace(model, example).save(str(tmp / "student.torchscript.pt"))
-            reloaded = torch.jit.load(str(tmp / "student.torchscript.pt"))
-        # checked on the trial's device type, against the images its last score saw (the whole val split, or the
-        # rung subset when no trial completed)
-        trial_device = str(trial.metrics.get("device", "cpu"))
-        device = "cuda" if trial_device == "cuda" and torch.cuda.is_available() else "cpu"
-        exact = trial_device == device == "cpu"
-        tolerance = TOLERANCE[precision] if exact else max(TOLERANCE[precision], GPU_TOLERANCE)
-        m = evaluate(reloaded.to(device), data.val.x, data.val.y, spec, size, data.num_classes, device)
-        checked = m
-        if not results.on_full_split(trial.metrics):
-            idx = val_subset(data, cfg.search.rung_val_size, cfg.seed)
-            checked = evaluate(reloaded, data.val.x[idx], data.val.y[idx], spec, size, data.num_classes, device)
-        got, expected = results.metric_value(checked, metric), float(trial.metrics[metric])
-        if abs(got - expected) > tolerance:
-            raise KdsearchError(f"{out}: the exported student scores {metric}={got:.6f} on val but its trial "
-                                f"reported {expected:.6f}; export refused (re-run `kdsearch export-best`)")
-        reloaded.to("cpu")
+        # Everything after the weights starts from the written file, so it checks what users get.
+        model = write_weights(cfg, hp.student, model, data.num_classes, tmp / "student.pt")
+        example = torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size)
+        scripted = write_torchscript(model, example, tmp / "student.torchscript.pt")
+        m = check_against_trial(cfg, scripted, trial, data, out)
         _export_onnx(model, example, tmp / "student.onnx")
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
-        files["model_card.json"] = 0
-        card = {
-            "student": hp.student,
-            "hyperparameters": hp.as_dict(),
-            "metrics": {"val_macro_f1": m.macro_f1, "val_accuracy": m.accuracy, "val_loss": m.loss,
-                        "val_per_class_f1": dict(zip(data.class_names, m.per_class_f1)),
-                        f"trial_{metric}": expected,
-                        "trial_val_images": int(trial.metrics.get("val_images") or len(data.val.y))},
-            "files": {k: v for k, v in files.items() if k != "model_card.json"},
-            "size_limit_mb": cfg.student.max_size_mb,
-            "precision": precision,
-            "class_names": data.class_names,
-            "input": {"size": size, "channels": 3, "mean": list(spec.mean), "std": list(spec.std),
-                      "layout": "float32 NCHW, RGB scaled to [0, 1], then (x - mean) / std"},
-            "teacher": search_state.get("teacher", {}),
-            "data": {"source": cfg.data.source, "fingerprint": data.fingerprint, "train_images": len(data.train.y),
-                     "val_images": len(data.val.y), "label_budget": cfg.data.label_budget,
-                     "images": data.counts()},  # labeled / transfer / val / test: what the student learned from
-            "trial_id": trial.trial_id,
-            "seed": cfg.seed,
-            "versions": _versions(),
-            "config": cfg.model_dump(mode="json", by_alias=True),
-        }
+        card = model_card(cfg, hp, trial, data, m, files, search_state)
         (tmp / "model_card.json").write_text(json.dumps(card, indent=2))
         files["model_card.json"] = (tmp / "model_card.json").stat().st_size
     registered = None
@@ -158,6 +109,78 @@ def export_best(cfg: Config, out: Path | None = None, data: Dataset | None = Non
 
         registered = register_student(cfg, model, example, out, search_state.get("parent_run_id"))
     return ExportResult(out, trial, m, files, registered)
+
+
+def write_weights(cfg: Config, student: str, model: torch.nn.Module, num_classes: int, path: Path) -> torch.nn.Module:
+    """Save the state dict in student.precision, refuse it over the size limit, and return the model as loaded
+    back from the file (in float32, eval mode)."""
+    precision = cfg.student.precision
+    torch.save(cast_state_dict(model, precision), path)
+    if path.stat().st_size > cfg.student.max_size_mb * 1_000_000:
+        raise KdsearchError(f"student.max_size_mb {cfg.student.max_size_mb:g}: the exported {student} is "
+                            f"{path.stat().st_size / 1e6:.2f} MB in {precision}; export refused")
+    written = torch.load(path, weights_only=True)
+    model = create_student(student, num_classes, cfg.data.image_size).eval()
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in written.items()})
+    return model
+
+
+def write_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -> torch.jit.ScriptModule:
+    """Trace the model to `path` and return it loaded back."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated but is what the contract ships
+        torch.jit.trace(model, example).save(str(path))
+        return torch.jit.load(str(path))
+
+
+def check_against_trial(cfg: Config, model: torch.nn.Module, trial: BestTrial, data: Dataset, out: Path) -> Metrics:
+    """The exported model's whole-split val metrics, after checking that it reproduces its trial's score on the
+    trial's device type and on the images that score saw (the whole val split, or the rung subset when no trial
+    completed); refuses the export otherwise."""
+    spec, size, metric, precision = student_spec(cfg), cfg.data.image_size, cfg.search.metric, cfg.student.precision
+    trial_device = str(trial.metrics.get("device", "cpu"))
+    device = "cuda" if trial_device == "cuda" and torch.cuda.is_available() else "cpu"
+    exact = trial_device == device == "cpu"
+    tolerance = TOLERANCE[precision] if exact else max(TOLERANCE[precision], GPU_TOLERANCE)
+    m = evaluate(model.to(device), data.val.x, data.val.y, spec, size, data.num_classes, device)
+    checked = m
+    if not results.on_full_split(trial.metrics):
+        idx = val_subset(data, cfg.search.rung_val_size, cfg.seed)
+        checked = evaluate(model, data.val.x[idx], data.val.y[idx], spec, size, data.num_classes, device)
+    got, expected = results.metric_value(checked, metric), float(trial.metrics[metric])
+    model.to("cpu")
+    if abs(got - expected) > tolerance:
+        raise KdsearchError(f"{out}: the exported student scores {metric}={got:.6f} on val but its trial "
+                            f"reported {expected:.6f}; export refused (re-run `kdsearch export-best`)")
+    return m
+
+
+def model_card(cfg: Config, hp: Hparams, trial: BestTrial, data: Dataset, m: Metrics, files: dict[str, int],
+               search_state: dict[str, Any]) -> dict[str, Any]:
+    """model_card.json: what the student is, how it scores, what it was trained on and with."""
+    spec, metric = student_spec(cfg), cfg.search.metric
+    return {
+        "student": hp.student,
+        "hyperparameters": hp.as_dict(),
+        "metrics": {"val_macro_f1": m.macro_f1, "val_accuracy": m.accuracy, "val_loss": m.loss,
+                    "val_per_class_f1": dict(zip(data.class_names, m.per_class_f1)),
+                    f"trial_{metric}": float(trial.metrics[metric]),
+                    "trial_val_images": int(trial.metrics.get("val_images") or len(data.val.y))},
+        "files": dict(files),
+        "size_limit_mb": cfg.student.max_size_mb,
+        "precision": cfg.student.precision,
+        "class_names": data.class_names,
+        "input": {"size": cfg.data.image_size, "channels": 3, "mean": list(spec.mean), "std": list(spec.std),
+                  "layout": "float32 NCHW, RGB scaled to [0, 1], then (x - mean) / std"},
+        "teacher": search_state.get("teacher", {}),
+        "data": {"source": cfg.data.source, "fingerprint": data.fingerprint, "train_images": len(data.train.y),
+                 "val_images": len(data.val.y), "label_budget": cfg.data.label_budget,
+                 "images": data.counts()},  # labeled / transfer / val / test: what the student learned from
+        "trial_id": trial.trial_id,
+        "seed": cfg.seed,
+        "versions": _versions(),
+        "config": cfg.model_dump(mode="json", by_alias=True),
+    }
 
 
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:

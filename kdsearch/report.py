@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ import torch
 from . import results
 from ._io import atomic_dir
 from .config import Config
+from .data import Dataset, Split
 from .distill import Hparams, Prepared, default_hparams, prepare, train_student
 from .engine import Metrics, evaluate, predict_logits
 from .experiment import experiment_dir
@@ -79,43 +81,18 @@ def _summary(runs: list[Metrics], prefix: str, suffix: str) -> dict[str, float]:
 
 
 def run_report(cfg: Config, seeds: int = 1, device: str | torch.device = "cpu") -> dict[str, Any]:
-    from . import plots
     from .tracking import log_report
 
     prepared = prepare(cfg, device)
     prepared.teacher.to(device)
-    data, spec, size = prepared.data, student_spec(cfg), cfg.data.image_size
+    data = prepared.data
     trials = search_trials(cfg)
     hp, source = best_hparams(cfg, trials, prepared.students)
-    without = hp.replace(alpha=0.0, feature_weight=0.0)
     splits = {"val": data.val, **({"test": data.test} if data.test is not None else {})}
     seed_list = [cfg.seed + i for i in range(seeds)]
-    runs: dict[str, dict[str, list[Metrics]]] = {s: {"with_kd": [], "without_kd": []} for s in splits}
-    first_student = None
-    for seed in seed_list:
-        for kind, h in (("with_kd", hp), ("without_kd", without)):
-            log.info("report: training %s with seed %d (%s)", h.student, seed, kind)
-            d, _ = train_student(cfg, h, prepared, device, seed=seed)
-            for split, s in splits.items():
-                runs[split][kind].append(evaluate(d.model, s.x, s.y, spec, size, data.num_classes, device))
-            if first_student is None and kind == "with_kd":
-                first_student = d.model
-
+    runs, first_student = train_arms(cfg, prepared, hp, splits, seed_list, device)
+    figures, teacher_val_pred = kd_figures(prepared, splits, runs, device)
     family = "vit" if hp.student.startswith("vit") else "cnn"
-    figures: dict[str, Any] = {}
-    teacher_val_pred = None
-    for split, s in splits.items():
-        tm, pred = _teacher_metrics(prepared, split, s.x, s.y, device)
-        teacher_val_pred = pred if split == "val" else teacher_val_pred
-        sfx = "" if split == "val" else "_test"
-        figures.update({f"teacher_accuracy{sfx}": tm.accuracy, f"teacher_macro_f1{sfx}": tm.macro_f1})
-        figures.update(_summary(runs[split]["without_kd"], "student", "_without_kd" + sfx))
-        figures.update(_summary(runs[split]["with_kd"], "student", "_with_kd" + sfx))
-        for name in ("accuracy", "macro_f1"):
-            figures[f"kd_gain_{name}{sfx}"] = (figures[f"student_{name}_with_kd{sfx}"]
-                                               - figures[f"student_{name}_without_kd{sfx}"])
-    # figures without suffix are on the val split, the one the search optimised; _test on the held-out test split
-
     report = {
         "config": cfg.name,
         family: figures,
@@ -130,25 +107,75 @@ def run_report(cfg: Config, seeds: int = 1, device: str | torch.device = "cpu") 
     }
     out = cfg.output_dir / "report"
     with atomic_dir(out) as tmp:
-        written = {}
-        if trials:
-            metric = cfg.search.metric
-            written["learning_curves"] = plots.learning_curves(trials, metric, cfg.search.resolved_mode,
-                                                               tmp / "learning_curves.png", TOP_TRIALS)
-            written["metric_vs_size"] = plots.metric_vs_size(trials, metric, cfg.student.max_size_mb,
-                                                             tmp / "metric_vs_size.png")
-            searched = [k for k in trials[0]["config"] if len({str(t["config"].get(k)) for t in trials}) > 1]
-            written["parallel_coordinates"] = plots.parallel_coordinates(trials, searched or list(trials[0]["config"]),
-                                                                         metric, tmp / "parallel_coordinates.png")
-        m = runs["val"]["with_kd"][0]
-        written["confusion_matrix"] = plots.confusion(m.confusion, data.class_names,
-                                                      f"{hp.student} with KD, val (seed {seed_list[0]})",
-                                                      tmp / "confusion_matrix.png")
-        logits = predict_logits(first_student, data.val.x, spec, size, device)
-        written["sample_predictions"] = plots.sample_predictions(data.val.x, data.val.y, teacher_val_pred,
-                                                                 logits.argmax(1), data.class_names,
-                                                                 tmp / "sample_predictions.png")
+        student_pred = predict_logits(first_student, data.val.x, student_spec(cfg), cfg.data.image_size,
+                                      device).argmax(1)
+        written = draw_plots(cfg, tmp, trials, data, hp.student, runs["val"]["with_kd"][0], seed_list[0],
+                             teacher_val_pred, student_pred)
         report["plots"] = {k: str(out / p.name) for k, p in written.items()}
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
         report["mlflow_run_id"] = log_report(cfg, tmp, figures)
     return report
+
+
+Runs = dict[str, dict[str, list[Metrics]]]
+"""split -> "with_kd" / "without_kd" -> one Metrics per seed."""
+
+
+def train_arms(cfg: Config, prepared: Prepared, hp: Hparams, splits: dict[str, Split], seed_list: list[int],
+               device) -> tuple[Runs, torch.nn.Module]:
+    """The best configuration trained with KD and without (alpha = 0, feature_weight = 0) for each seed, scored on
+    each split; also returns the first seed's student with KD (for the sample predictions)."""
+    data, spec, size = prepared.data, student_spec(cfg), cfg.data.image_size
+    without = hp.replace(alpha=0.0, feature_weight=0.0)
+    runs: Runs = {s: {"with_kd": [], "without_kd": []} for s in splits}
+    first_student = None
+    for seed in seed_list:
+        for kind, h in (("with_kd", hp), ("without_kd", without)):
+            log.info("report: training %s with seed %d (%s)", h.student, seed, kind)
+            d, _ = train_student(cfg, h, prepared, device, seed=seed)
+            for split, s in splits.items():
+                runs[split][kind].append(evaluate(d.model, s.x, s.y, spec, size, data.num_classes, device))
+            if first_student is None and kind == "with_kd":
+                first_student = d.model
+    return runs, first_student
+
+
+def kd_figures(prepared: Prepared, splits: dict[str, Split], runs: Runs, device) -> tuple[dict[str, float],
+                                                                                       torch.Tensor | None]:
+    """Teacher, student without KD, student with KD and the KD gain per split (no suffix: val, the split the search
+    optimised; _test: the held-out test split); also the teacher's val predictions."""
+    figures: dict[str, float] = {}
+    teacher_val_pred = None
+    for split, s in splits.items():
+        tm, pred = _teacher_metrics(prepared, split, s.x, s.y, device)
+        teacher_val_pred = pred if split == "val" else teacher_val_pred
+        sfx = "" if split == "val" else "_test"
+        figures.update({f"teacher_accuracy{sfx}": tm.accuracy, f"teacher_macro_f1{sfx}": tm.macro_f1})
+        figures.update(_summary(runs[split]["without_kd"], "student", "_without_kd" + sfx))
+        figures.update(_summary(runs[split]["with_kd"], "student", "_with_kd" + sfx))
+        for name in ("accuracy", "macro_f1"):
+            figures[f"kd_gain_{name}{sfx}"] = (figures[f"student_{name}_with_kd{sfx}"]
+                                               - figures[f"student_{name}_without_kd{sfx}"])
+    return figures, teacher_val_pred
+
+
+def draw_plots(cfg: Config, folder: Path, trials: list[dict[str, Any]], data: Dataset, student: str, m: Metrics,
+               seed: int, teacher_pred: torch.Tensor, student_pred: torch.Tensor) -> dict[str, Path]:
+    """The search's plots (when there is a search) and the KD student's confusion matrix and sample predictions."""
+    from . import plots
+
+    written = {}
+    if trials:
+        metric = cfg.search.metric
+        written["learning_curves"] = plots.learning_curves(trials, metric, cfg.search.resolved_mode,
+                                                           folder / "learning_curves.png", TOP_TRIALS)
+        written["metric_vs_size"] = plots.metric_vs_size(trials, metric, cfg.student.max_size_mb,
+                                                         folder / "metric_vs_size.png")
+        searched = [k for k in trials[0]["config"] if len({str(t["config"].get(k)) for t in trials}) > 1]
+        written["parallel_coordinates"] = plots.parallel_coordinates(trials, searched or list(trials[0]["config"]),
+                                                                     metric, folder / "parallel_coordinates.png")
+    title = f"{student} with KD, val (seed {seed})"
+    written["confusion_matrix"] = plots.confusion(m.confusion, data.class_names, title, folder / "confusion_matrix.png")
+    written["sample_predictions"] = plots.sample_predictions(data.val.x, data.val.y, teacher_pred, student_pred,
+                                                             data.class_names, folder / "sample_predictions.png")
+    return written

@@ -24,7 +24,7 @@ from ray.tune.search.sample import Domain
 
 from .config import Config
 from .devices import resolve_device
-from .distill import prepare
+from .distill import Prepared, prepare
 from .errors import KdsearchError
 from .experiment import experiment_dir, read_search_state, write_search_state
 from .gpu_memory import preflight_gpu, release_cuda
@@ -77,26 +77,56 @@ def init_ray(address: str | None) -> None:
 def run_search(cfg: Config, resume: bool = False, address: str | None = None, device: str = "auto") -> SearchResult:
     """Run (or continue) the search and return its summary; raises KdsearchError on user errors."""
     path = experiment_dir(cfg)
+    check_resume(cfg, path, resume)
+    preflight(cfg)  # config, data paths, teacher files, size limit, output.dir, MLflow: before anything is written
+    start = time.perf_counter()
+    init_ray(address)  # before the teacher: its work may run as a Ray task on a GPU node (teacher_worker.py)
+    prepared, shipped = prepare_driver(cfg, device)
+    tracker, state = start_tracking(cfg, prepared, resume)
+    tuner = make_tuner(cfg, path, shipped, tracker, resume)
+    fit_start = time.perf_counter()
+    results = tuner.fit()
+    fit_seconds = time.perf_counter() - fit_start
+    wall = time.perf_counter() - start
+    summary = summarize(results, cfg)
+    teacher_passes, teacher_seconds = teacher_totals(prepared, results)
+    best = summary.pop("best")
+    metric = cfg.search.metric
+    tracker.finish({"wall_seconds": wall, "teacher_forward_passes": teacher_passes, "teacher_seconds": teacher_seconds,
+                    **{f"trials_{k}": v for k, v in summary["trials"].items()},
+                    **({f"best_{metric}": best["metrics"][metric]} if best else {})})
+    return SearchResult(path, summary["trials"], best, wall, fit_seconds, summary["trial_seconds"],
+                        summary["trial_epochs"], teacher_passes, teacher_seconds, state["parent_run_id"],
+                        prepared.students, prepared.data.counts())
+
+
+def check_resume(cfg: Config, path: Path, resume: bool) -> None:
+    """--resume needs a search to continue; a fresh run must not land on an existing one."""
     restorable = tune.Tuner.can_restore(str(path))
     if resume and not restorable:
         raise KdsearchError(f"--resume: no search to continue at {path}; run without --resume to start one")
     if not resume and restorable:
         raise KdsearchError(f"a search named {cfg.name!r} already exists at {path}; continue it with --resume, "
                             f"or move it away (mv {path} {path}.old) or set another name (--set name=...)")
-    preflight(cfg)  # config, data paths, teacher files, size limit, output.dir, MLflow: before anything is written
-    start = time.perf_counter()
-    init_ray(address)  # before the teacher: its work may run as a Ray task on a GPU node (teacher_worker.py)
+
+
+def prepare_driver(cfg: Config, device: str) -> tuple[Prepared, Prepared]:
+    """The once-per-search work (data, students that fit, teacher and its outputs): what the driver keeps, and
+    what trials get through the object store. With cached outputs trials get no teacher model at all (a MedSigLIP
+    is gigabytes); a live teacher goes on the CPU and each trial moves it to its own device."""
     prepared = prepare(cfg, resolve_device(device), teach_fn=on_worker(worker_resources(cfg)))
     check_store(cfg)
-    # Trials get what they need through the object store: with cached outputs no teacher model at all (a
-    # MedSigLIP is gigabytes); a live teacher goes on the CPU and each trial moves it to its own device.
     shipped = replace(prepared, teacher=prepared.teacher.without_models()) if prepared.targets is not None else prepared
     prepared.teacher.to("cpu")
     release_cuda()  # the teacher's CUDA memory goes back before trials share the GPU
     preflight_gpu(cfg, prepared)
     log.info("students that fit %g MB in %s: %s", cfg.student.max_size_mb, cfg.student.precision,
              ", ".join(prepared.students))
+    return prepared, shipped
 
+
+def start_tracking(cfg: Config, prepared: Prepared, resume: bool) -> tuple[SearchTracker, dict[str, Any]]:
+    """The MLflow parent run (the same one on --resume) and the search state saved beside Ray's."""
     state = read_search_state(cfg) if resume else {}
     state.setdefault("search_id", uuid.uuid4().hex)
     sizes = {s: student_size(s, prepared.data.num_classes, cfg.data.image_size).bytes(cfg.student.precision) / 1e6
@@ -105,64 +135,59 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     state["parent_run_id"] = tracker.start()
     state["teacher"] = {**prepared.teacher.identity, **prepared.teacher_metrics}
     write_search_state(cfg, state)
+    return tracker, state
 
+
+def make_tuner(cfg: Config, path: Path, shipped: Prepared, tracker: SearchTracker, resume: bool) -> tune.Tuner:
+    """Tuner + OptunaSearch (TPE, start points first) + ASHA, or the saved one restored on --resume."""
     res = cfg.search.resources_per_trial
     trainable = tune.with_resources(tune.with_parameters(distill_trainable, cfg=cfg, prepared=shipped),
                                     {"cpu": res.cpu, "gpu": res.gpu})
-    metric, mode = cfg.search.metric, cfg.search.resolved_mode
-    if resume:
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        space = tune_space(cfg.search.space, prepared.students)
-        # Optuna needs something to sample; a fully fixed space just repeats that configuration.
-        searchable = any(isinstance(v, Domain) for v in space.values())
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space,
-            tune_config=tune.TuneConfig(
-                metric=metric, mode=mode,
-                search_alg=OptunaSearch(
-                    sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-                    points_to_evaluate=start_points(cfg.search.space, prepared.students) if cfg.search.start_points
-                    else None) if searchable else None,
-                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.search.max_epochs,
-                                        grace_period=cfg.search.grace_period,
-                                        reduction_factor=cfg.search.reduction_factor),
-                num_samples=cfg.search.num_samples,
-                max_concurrent_trials=cfg.search.max_concurrent,
-                time_budget_s=cfg.search.time_budget_s,
-                # A fresh worker per trial re-imports torch and re-fetches the data (seconds each); reusing the
-                # slots' workers keeps that to once per slot.
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=cfg.name,
-                storage_path=str(path.parent),
-                failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest epoch is all a resume needs
-                callbacks=[tracker, SearchProgress(metric, mode, cfg.search.max_epochs)],
-                verbose=0,
-            ),
-        )
     # Short epochs checkpoint often; Tune then snapshots its state often (cheap here) and warns each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    fit_start = time.perf_counter()
-    results = tuner.fit()
-    fit_seconds = time.perf_counter() - fit_start
-    wall = time.perf_counter() - start
-    summary = summarize(results, cfg)
-    live_passes = sum(int(r.metrics.get("teacher_forward_passes", 0)) for r in results if r.metrics)
-    teacher_passes = prepared.teacher.forward_passes + live_passes
-    # seconds of the last epoch's report count each trial once: its whole run in this process
-    teacher_seconds = prepared.teacher.seconds + sum(float(r.metrics.get("teacher_seconds", 0.0))
-                                                     for r in results if r.metrics)
-    best = summary.pop("best")
-    tracker.finish({"wall_seconds": wall, "teacher_forward_passes": teacher_passes, "teacher_seconds": teacher_seconds,
-                    **{f"trials_{k}": v for k, v in summary["trials"].items()},
-                    **({f"best_{metric}": best["metrics"][metric]} if best else {})})
-    return SearchResult(path, summary["trials"], best, wall, fit_seconds, summary["trial_seconds"],
-                        summary["trial_epochs"], teacher_passes, teacher_seconds, state["parent_run_id"],
-                        prepared.students, prepared.data.counts())
+    if resume:
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    metric, mode = cfg.search.metric, cfg.search.resolved_mode
+    space = tune_space(cfg.search.space, shipped.students)
+    # Optuna needs something to sample; a fully fixed space just repeats that configuration.
+    searchable = any(isinstance(v, Domain) for v in space.values())
+    points = start_points(cfg.search.space, shipped.students) if cfg.search.start_points else None
+    search_alg = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.seed), points_to_evaluate=points
+                              ) if searchable else None
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=metric, mode=mode,
+            search_alg=search_alg,
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.search.max_epochs,
+                                    grace_period=cfg.search.grace_period,
+                                    reduction_factor=cfg.search.reduction_factor),
+            num_samples=cfg.search.num_samples,
+            max_concurrent_trials=cfg.search.max_concurrent,
+            time_budget_s=cfg.search.time_budget_s,
+            # A fresh worker per trial re-imports torch and re-fetches the data (seconds each); reusing the
+            # slots' workers keeps that to once per slot.
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.name,
+            storage_path=str(path.parent),
+            failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest epoch is all a resume needs
+            callbacks=[tracker, SearchProgress(metric, mode, cfg.search.max_epochs)],
+            verbose=0,
+        ),
+    )
+
+
+def teacher_totals(prepared: Prepared, results) -> tuple[int, float]:
+    """Teacher forward passes and seconds for the whole search: the driver's (cached outputs) plus live teachers'
+    inside trials (each trial's last report counts its whole run in its process)."""
+    reported = [r.metrics for r in results if r.metrics]
+    passes = prepared.teacher.forward_passes + sum(int(m.get("teacher_forward_passes", 0)) for m in reported)
+    seconds = prepared.teacher.seconds + sum(float(m.get("teacher_seconds", 0.0)) for m in reported)
+    return passes, seconds
 
 
 def summarize(results, cfg: Config) -> dict[str, Any]:
