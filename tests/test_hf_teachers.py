@@ -196,6 +196,7 @@ def test_gated_model_exits_2_and_the_token_reaches_only_the_hub(tmp_path):
     assert not (tmp_path / "out" / "train").exists()
 
 
+@pytest.mark.e2e  # three whole `kdsearch train` runs with MLflow; the fast tier checks each mode's outputs above
 @pytest.mark.parametrize("mode", ["classifier", "zero_shot", "linear_probe"])
 def test_every_mode_drives_train_and_the_token_is_never_written(tmp_path, hf, run_cli, monkeypatch, mode):
     monkeypatch.setenv("HF_TOKEN", SENTINEL)
