@@ -380,6 +380,7 @@ def list_models(
     max_size_mb: Annotated[float, typer.Option(help="size limit in MB (1,000,000 bytes)")] = 25.0,
     num_classes: Annotated[int, typer.Option(help="classifier outputs")] = 10,
     image_size: Annotated[int, typer.Option(help="input side in pixels")] = 224,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list instead of the table")] = False,
 ) -> None:
     """The student zoo: parameters, fp32/fp16 size, whether each fits the size limit."""
     from .students import list_students, student_size
@@ -390,11 +391,16 @@ def list_models(
         cfg = load_config(config)
         max_size_mb, image_size = cfg.student.max_size_mb, cfg.data.image_size
         num_classes = num_classes_hint(cfg.data)
+    sizes = {name: student_size(name, num_classes, image_size) for name in list_students()}
+    if as_json:
+        print(json.dumps([{"student": name, "params": s.params, "fp32_bytes": s.fp32_bytes, "fp16_bytes": s.fp16_bytes,
+                           "fits_fp32": s.fits(max_size_mb, "fp32"), "fits_fp16": s.fits(max_size_mb, "fp16")}
+                          for name, s in sizes.items()], indent=2))
+        return
     table = Table(title=f"students at {image_size}px, {num_classes} classes, limit {max_size_mb:g} MB")
     for col in ("student", "params", "fp32 MB", "fp16 MB", "fits fp32", "fits fp16"):
         table.add_column(col, justify="left" if col == "student" else "right")
-    for name in list_students():
-        s = student_size(name, num_classes, image_size)
+    for name, s in sizes.items():
         table.add_row(name, f"{s.params:,}", f"{s.fp32_bytes / 1e6:.2f}", f"{s.fp16_bytes / 1e6:.2f}",
                       _yes(s.fits(max_size_mb, "fp32")), _yes(s.fits(max_size_mb, "fp16")))
     console.print(table)

@@ -6,6 +6,7 @@ from a user module), not by a test hook in kdsearch."""
 
 from __future__ import annotations
 
+import math
 import os
 import textwrap
 
@@ -16,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from kdsearch.config import Config
+from kdsearch.data import load_dataset
 from kdsearch.experiment import experiment_dir
 from kdsearch.tracking import TRIAL_TAG
 from kdsearch.tuner import run_search
@@ -51,6 +53,10 @@ FLAKY = textwrap.dedent('''
                         os.kill(os.getpid(), signal.SIGKILL)
                     raise RuntimeError("injected fault")
             return self.head(self.body(x))
+
+        def __setstate__(self, state):  # a trial's copy (through Ray's object store) counts its own passes
+            super().__setstate__(state)
+            self.calls = 0
 ''')
 
 
@@ -77,8 +83,10 @@ def test_a_failed_trial_resumes_from_its_checkpoint(user_code, tmp_path, kind):
 
     marker = tmp_path / "fail-once"
     marker.touch()
-    # driver: 1 probe pass + 2 val batches; a trial: 23 batches an epoch (1,437 / 64). Pass 30 falls in epoch 2.
-    kwargs = {"marker": str(marker), "fail_at": 30, "kind": kind}
+    # A live teacher does one pass per training batch; failing halfway through a trial's epoch 2 means the trial
+    # has a checkpoint (epoch 1) to resume from, whatever the data's size.
+    per_epoch = math.ceil(len(load_dataset(Config.model_validate(tiny_config(tmp_path))).train.y) / 64)
+    kwargs = {"marker": str(marker), "fail_at": per_epoch + per_epoch // 2, "kind": kind}
     torch.save(flaky.FlakyNet(**kwargs).state_dict(), tmp_path / "w.pt")
     cfg = Config.model_validate(tiny_config(
         tmp_path, name=f"fault-{kind}",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -64,9 +66,12 @@ def test_vit_student_shape():
 
 
 def test_list_models_command(run_cli):
-    code, out, _ = run_cli("list-models", "--image-size", "32")
+    code, out, _ = run_cli("list-models", "--image-size", "32", "--json")
     assert code == 0
-    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") > 3}
-    assert rows["efficientnet_b1"].split("│")[5].strip() == "no"  # fp32 over 25 MB
-    assert rows["resnet18"].split("│")[5].strip() == "no"
-    assert rows["resnet8"].split("│")[5].strip() == "yes"
+    rows = {r["student"]: r for r in json.loads(out)}
+    assert set(rows) == set(list_students())
+    assert not rows["efficientnet_b1"]["fits_fp32"] and rows["efficientnet_b1"]["fits_fp16"]  # fp32 over 25 MB
+    assert not rows["resnet18"]["fits_fp32"]
+    assert rows["resnet8"]["fits_fp32"] and rows["resnet8"]["fp32_bytes"] == student_size("resnet8", 10, 32).fp32_bytes
+    code, table, _ = run_cli("list-models", "--image-size", "32")  # the table a person reads names every student
+    assert code == 0 and all(name in table for name in rows)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 
 import torch
-from conftest import tiny_config
 
 from kdsearch.config import Config
 from kdsearch.export import export_best
 from kdsearch.tuner import run_search
+
+from conftest import tiny_config
 
 
 def test_a_tiny_search_runs_both_trials_picks_the_better_and_exports_it(ray_cluster, tmp_path):
