@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..config import Config
 from ..data import Dataset
-from . import checkpoint, train  # noqa: F401  (register their sources)
+from . import checkpoint, torchscript, train  # noqa: F401  (register their sources)
 from .base import SOURCES, Teacher, Teachers, build_teacher, build_teachers, model_from_arch, teacher_spec
 from .checkpoint import load_checkpoint_model, load_state_dict_file
 from .train import fit_teacher

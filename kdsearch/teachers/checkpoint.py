@@ -1,4 +1,5 @@
-"""teacher.source checkpoint (an architecture plus a state_dict) and torchscript (a compiled model file)."""
+"""teacher.source checkpoint: an architecture (a student, a torchvision/timm name or module:Class) plus a
+state_dict file."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from torch import nn
 
 from .._io import file_sha256, fingerprint
-from ..config import CheckpointTeacher, Config, TorchscriptTeacher
+from ..config import CheckpointTeacher, Config
 from ..data import Dataset
 from ..errors import KdsearchError
 from ..students import final_linear
@@ -58,18 +59,3 @@ def _build_checkpoint(t: CheckpointTeacher, cfg: Config, data: Dataset, device) 
                 "spec": spec.model_dump(mode="json")})
     identity = {"source": "checkpoint", "arch": t.arch, "weights": str(t.weights), "fingerprint": fp}
     return Teacher(model.to(device).eval(), spec, fp, identity, head=final_linear(model))
-
-
-@SOURCES.register("torchscript")
-def _build_torchscript(t: TorchscriptTeacher, cfg: Config, data: Dataset, device) -> Teacher:
-    spec = teacher_spec(t, cfg)
-    if not t.path.is_file():
-        raise KdsearchError(f"teacher.path {t.path}: file not found; give a model saved with torch.jit.save")
-    try:
-        model = torch.jit.load(str(t.path), map_location=device)
-    except Exception as e:
-        raise KdsearchError(f"teacher.path {t.path}: not a TorchScript file ({type(e).__name__}); "
-                            "save the teacher with torch.jit.save(torch.jit.script(model), path)") from None
-    fp = fingerprint({"sha256": file_sha256(t.path), "spec": spec.model_dump(mode="json")})
-    identity = {"source": "torchscript", "path": str(t.path), "fingerprint": fp}
-    return Teacher(model.eval(), spec, fp, identity)  # a compiled graph: no head to split off
