@@ -1,24 +1,28 @@
 """The `kdsearch` command line. Thin: parse, call, print.
 
-User errors (KdsearchError) print one line on stderr and exit 2; anything else
-is a bug and keeps its traceback (exit 1).
+User errors (KdsearchError, a full disk, Click's usage errors) print one line on stderr and exit 2; Ctrl-C exits
+130 and SIGTERM 143; anything else is a bug: one line naming a crash log that holds the traceback, exit 1.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
+import os
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from . import interrupts
 from .config import Config, load_config
 from .errors import KdsearchError
 
@@ -26,6 +30,9 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
                   help="Hyperparameter search for knowledge distillation (Ray Tune + Optuna + ASHA, MLflow).")
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True)
+
+SECRET_NAMES = r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_KEY|ACCESS_KEY"
+"""Environment variables whose values a crash log never shows."""
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config, e.g. search_spaces/digits.yaml")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE override, dotted into the YAML "
@@ -48,7 +55,7 @@ def run(
     from .export import export_best
     from .tuner import run_search
 
-    cfg = load_config(config, set_ or [])
+    cfg = _load(config, set_, "run")
     if submit_:
         from .submit import connect
 
@@ -66,6 +73,19 @@ def run(
     _print_export(cfg, exported)
     if submit_:
         _submit_and_report(cfg, None, wait=True)
+
+
+_held = contextlib.ExitStack()
+"""Locks a command holds until it ends (main() closes it on every exit path)."""
+
+
+def _load(config: Path, set_: Optional[list[str]], command: str, shared: bool = False) -> Config:
+    """The config, with its output.dir locked for this command (shared for commands that only read it)."""
+    from .locks import output_lock
+
+    cfg = load_config(config, set_ or [])
+    _held.enter_context(output_lock(cfg.output_dir, command, shared))
+    return cfg
 
 
 def _submit_and_report(cfg: Config, file: Optional[Path], wait: bool) -> None:
@@ -93,7 +113,7 @@ def submit_cmd(
                                           "exit 2 if the server's rate limit does not allow a submission now")] = False,
 ) -> None:
     """Upload the exported student to the config's evaluation server, wait for its score, record it in MLflow."""
-    cfg = load_config(config, set_ or [])
+    cfg = _load(config, set_, "submit")
     _submit_and_report(cfg, file, wait=not no_wait)
 
 
@@ -107,7 +127,7 @@ def submissions(
     from . import submit as submitting
     from .tracking import submissions as recorded
 
-    cfg = load_config(config, set_ or [])
+    cfg = _load(config, set_, "submissions", shared=not sync)
     if sync:
         err_console.print(f"synced {submitting.sync(cfg)} submission(s) not yet scored")
     table = Table(title=f"{cfg.name}: submissions")
@@ -142,12 +162,14 @@ def export_best_cmd(
     config: ConfigArg,
     set_: SetOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="folder to write (default output.dir/best)")] = None,
+    partial: Annotated[bool, typer.Option("--partial", help="export from a search that was stopped before it "
+                                          "finished (its model card says so)")] = False,
 ) -> None:
     """Write the best finished trial of the config's search as a deployable student."""
     from .export import export_best
 
-    cfg = load_config(config, set_ or [])
-    _print_export(cfg, export_best(cfg, out=out))
+    cfg = _load(config, set_, "export-best")
+    _print_export(cfg, export_best(cfg, out=out, partial=partial))
 
 
 def _print_export(cfg: Config, e) -> None:
@@ -185,7 +207,7 @@ def bench(
     from .bench import run_bench
     from .devices import resolve_device
 
-    cfg = load_config(config, set_ or [])
+    cfg = _load(config, set_, "bench")
     figures = run_bench(cfg, str(resolve_device(device)), epochs)
     path = out or cfg.output_dir / "bench" / "bench.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,7 +224,7 @@ def train(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "auto") ->
     from .devices import resolve_device
     from .train import run_train
 
-    cfg = load_config(config, set_ or [])
+    cfg = _load(config, set_, "train")
     progress = Progress(TextColumn("[bold]epoch"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
                         TextColumn("{task.description}"), console=err_console)
     task = progress.add_task("", total=cfg.search.max_epochs)
@@ -252,7 +274,7 @@ def report(
 
     if seeds < 1:
         raise KdsearchError(f"--seeds {seeds}: give 1 or more")
-    cfg = load_config(config, set_ or [])
+    cfg = _load(config, set_, "report")
     rep = run_report(cfg, seeds=seeds, device=resolve_device(device))
     family = "vit" if "vit" in rep else "cnn"
     f = rep[family]
@@ -293,7 +315,7 @@ def train_teacher(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "a
     from .devices import resolve_device
     from .distill import teach
 
-    cfg = load_config(config, set_ or [])
+    cfg = _load(config, set_, "train-teacher")
     data = load_dataset(cfg)
     if address is not None or cfg.teacher.resources is not None:
         from .teacher_worker import teach_on_worker, worker_resources
@@ -351,7 +373,7 @@ def inspect_data_cmd(config: ConfigArg, set_: SetOpt = None) -> None:
     """Class counts, imbalance, image sizes, unreadable files, suggested class weights, a sample grid."""
     from .inspect_data import inspect_data
 
-    cfg = load_config(config, set_ or [])
+    cfg = _load(config, set_, "inspect-data")
     summary, out = inspect_data(cfg)
     table = Table(title=f"{cfg.name}: {cfg.data.source} data")
     for col in ("class", "labeled", "val", "weight (power 1)"):
@@ -431,16 +453,49 @@ def main() -> None:
                         show_time=False, show_path=False)])
     for noisy in ("mlflow", "alembic", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    interrupts.install()
     try:
-        app(standalone_mode=False)
+        # Standalone mode: Click itself prints usage errors (`Usage: ... Error: No such option`, exit 2) whatever
+        # copy of Click the installed Typer uses; everything else that escapes is handled below.
+        with _held:
+            app()
     except KdsearchError as e:
         print(f"kdsearch: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Exit as e:
+    except interrupts.Interrupted as e:
+        print(f"kdsearch: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        print("kdsearch: aborted", file=sys.stderr)
+    except KeyboardInterrupt:  # a SIGINT before the handlers were installed
+        print("kdsearch: interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            _crash(e)
+        print(f"kdsearch: error: {e.filename or 'a file'}: no space left on the device; free space there (or "
+              "point output.dir elsewhere) and run again", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:
+        _crash(e)
+
+
+def _crash(e: BaseException) -> None:
+    """A bug: one line naming the crash log (the traceback, command and versions, secrets redacted), exit 1."""
+    import traceback
+
+    from .versions import versions
+
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdsearch" / "crashes"
+    text = "".join(traceback.format_exception(e)) + f"\ncommand: {sys.argv}\nversions: {versions()}\n"
+    secrets = [v for k, v in os.environ.items() if len(v) >= 4 and re.search(SECRET_NAMES, k, re.IGNORECASE)]
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        log_path = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        log_path.write_text(text)
+        where = f"details in {log_path}"
+    except OSError:
+        where = "the crash log could not be written:\n" + text
+    print(f"kdsearch: internal error ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
+          f"{where}; please report it", file=sys.stderr)
+    sys.exit(1)

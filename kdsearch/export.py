@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-import platform
 import warnings
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from .engine import Metrics, evaluate
 from .errors import KdsearchError
 from .experiment import TRIAL_STATE_FILE, experiment_dir, read_search_state
 from .students import cast_state_dict, create_student, student_spec
+from .versions import versions
 
 log = logging.getLogger("kdsearch")
 
@@ -34,7 +33,6 @@ log = logging.getLogger("kdsearch")
 # prediction or two.
 TOLERANCE = {"fp32": 1e-6, "fp16": 0.01}
 GPU_TOLERANCE = 0.01
-PACKAGES = ("kdsearch", "torch", "torchvision", "timm", "ray", "optuna", "mlflow", "scikit-learn", "pydantic", "onnx")
 
 
 @dataclass
@@ -54,13 +52,20 @@ class ExportResult:
     registered: str | None
 
 
-def best_trial(cfg: Config) -> BestTrial:
-    """The best finished trial of the config's search (results.best: by its last whole-split score)."""
+def best_trial(cfg: Config, partial: bool = False) -> BestTrial:
+    """The best finished trial of the config's search (results.best: by its last whole-split score). A search that
+    was stopped before it finished exports only with `partial`."""
     from ray import tune
 
     path = experiment_dir(cfg)
     if not tune.Tuner.can_restore(str(path)):
         raise KdsearchError(f"no search found at {path}; run `kdsearch run CONFIG` first (or check name/output.dir)")
+    state = read_search_state(cfg)
+    if not state.get("finished", True) and not partial:
+        done = sum(state.get("trials", {}).values())
+        raise KdsearchError(f"{path}: the search was stopped before it finished ({done} of {cfg.search.num_samples} "
+                            "trials finished); continue it with `kdsearch run CONFIG --resume`, or export its best so "
+                            "far with `kdsearch export-best CONFIG --partial`")
     metric, mode = cfg.search.metric, cfg.search.resolved_mode
     analysis = tune.ExperimentAnalysis(str(path), default_metric=metric, default_mode=mode)
     finished = [t for t in analysis.trials
@@ -71,20 +76,11 @@ def best_trial(cfg: Config) -> BestTrial:
     return BestTrial(best.trial_id, dict(best.config), dict(best.last_result), Path(best.checkpoint.path))
 
 
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
 def export_best(cfg: Config, out: Path | None = None, data: Dataset | None = None,
-                search_state: dict[str, Any] | None = None, register: bool = True) -> ExportResult:
+                search_state: dict[str, Any] | None = None, register: bool = True,
+                partial: bool = False) -> ExportResult:
     """Write student.pt, student.torchscript.pt, student.onnx (when onnx is installed) and model_card.json."""
-    trial = best_trial(cfg)
+    trial = best_trial(cfg, partial)
     data = data if data is not None else load_dataset(cfg)
     search_state = search_state if search_state is not None else read_search_state(cfg)
     hp = Hparams.from_mapping(trial.config)
@@ -177,8 +173,9 @@ def model_card(cfg: Config, hp: Hparams, trial: BestTrial, data: Dataset, m: Met
                  "val_images": len(data.val.y), "label_budget": cfg.data.label_budget,
                  "images": data.counts()},  # labeled / transfer / val / test: what the student learned from
         "trial_id": trial.trial_id,
+        "search_finished": search_state.get("finished", True),  # false: exported from a stopped search (--partial)
         "seed": cfg.seed,
-        "versions": _versions(),
+        "versions": versions(),
         "config": cfg.model_dump(mode="json", by_alias=True),
     }
 

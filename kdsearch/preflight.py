@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .config import CheckpointTeacher, Config, EnsembleTeacher, TorchscriptTeacher
 from .errors import KdsearchError
+from .locks import check_output_folder
 from .sources import check_sources, check_unlabeled, num_classes_hint, source_image_count, unlabeled_image_count
 
 HEADROOM = 1.2  # free disk wanted over the data cache's estimated size
@@ -39,25 +40,10 @@ def preflight(cfg: Config) -> tuple[list[str], list]:
     return students
 
 
-def _existing_ancestor(path: Path) -> Path:
-    path = path.resolve()
-    while not path.exists():
-        path = path.parent
-    return path
-
-
 def check_output_dir(cfg: Config) -> None:
     """output.dir (or its nearest existing parent) is a writable folder with room for the data cache."""
     out = cfg.output_dir
-    if out.exists() and not out.is_dir():
-        raise KdsearchError(f"output.dir {out}: is a file; set output.dir (or KDSEARCH_OUTPUT_DIR) to a folder")
-    base = _existing_ancestor(out)
-    if not base.is_dir():
-        raise KdsearchError(f"output.dir {out}: {base} is a file, not a folder; set output.dir (or "
-                            "KDSEARCH_OUTPUT_DIR) to a folder")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise KdsearchError(f"output.dir {out}: {base} is not writable; set output.dir (or KDSEARCH_OUTPUT_DIR) to a "
-                            "folder you can write")
+    base = check_output_folder(out)
     images = source_image_count(cfg.data) + (unlabeled_image_count(cfg.data.unlabeled) if cfg.data.unlabeled else 0)
     need = images * 3 * cfg.data.image_size ** 2 * HEADROOM  # uint8 RGB per image
     free = shutil.disk_usage(base).free

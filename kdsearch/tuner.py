@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -22,6 +23,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.sample import Domain
 
+from . import interrupts
 from .config import Config
 from .devices import resolve_device
 from .distill import Prepared, prepare
@@ -69,6 +71,7 @@ def init_ray(address: str | None) -> None:
     try:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
                  configure_logging=True)
+        interrupts.reinstall()  # ray.init replaces the SIGTERM handler
     except ConnectionError as e:
         raise KdsearchError(f"--address {address}: cannot reach a Ray cluster ({e}); start one with `ray start --head` "
                             "or `ray up ray_cluster.yaml`, or drop --address to run locally") from None
@@ -77,7 +80,7 @@ def init_ray(address: str | None) -> None:
 def run_search(cfg: Config, resume: bool = False, address: str | None = None, device: str = "auto") -> SearchResult:
     """Run (or continue) the search and return its summary; raises KdsearchError on user errors."""
     path = experiment_dir(cfg)
-    check_resume(cfg, path, resume)
+    resume = check_resume(cfg, path, resume)
     preflight(cfg)  # config, data paths, teacher files, size limit, output.dir, MLflow: before anything is written
     start = time.perf_counter()
     init_ray(address)  # before the teacher: its work may run as a Ray task on a GPU node (teacher_worker.py)
@@ -85,29 +88,41 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     tracker, state = start_tracking(cfg, prepared, resume)
     tuner = make_tuner(cfg, path, shipped, tracker, resume)
     fit_start = time.perf_counter()
-    results = tuner.fit()
+    with interrupts.search():
+        results = tuner.fit()
     fit_seconds = time.perf_counter() - fit_start
     wall = time.perf_counter() - start
     summary = summarize(results, cfg)
     teacher_passes, teacher_seconds = teacher_totals(prepared, results)
     best = summary.pop("best")
     metric = cfg.search.metric
+    # Tune returns normally from a stop it was asked for: a signal, or trials left unfinished, mean interrupted
+    unfinished = len(results) - results.num_terminated - results.num_errors
+    stopped_by = interrupts.received() or (signal.SIGINT if unfinished else None)
     tracker.finish({"wall_seconds": wall, "teacher_forward_passes": teacher_passes, "teacher_seconds": teacher_seconds,
                     **{f"trials_{k}": v for k, v in summary["trials"].items()},
-                    **({f"best_{metric}": best["metrics"][metric]} if best else {})})
+                    **({f"best_{metric}": best["metrics"][metric]} if best else {})},
+                   status="KILLED" if stopped_by else "FINISHED")
+    write_search_state(cfg, {**state, "finished": stopped_by is None, "trials": summary["trials"]})
+    if stopped_by:
+        done = sum(summary["trials"].values())
+        raise interrupts.Interrupted(stopped_by, f"search {cfg.name!r} interrupted with {done} of "
+                                     f"{cfg.search.num_samples} trials finished; nothing exported. Ray Tune saved "
+                                     f"its state in {path}: `kdsearch run CONFIG --resume` continues it")
     return SearchResult(path, summary["trials"], best, wall, fit_seconds, summary["trial_seconds"],
                         summary["trial_epochs"], teacher_passes, teacher_seconds, state["parent_run_id"],
                         prepared.students, prepared.data.counts())
 
 
-def check_resume(cfg: Config, path: Path, resume: bool) -> None:
-    """--resume needs a search to continue; a fresh run must not land on an existing one."""
+def check_resume(cfg: Config, path: Path, resume: bool) -> bool:
+    """Whether there is a search to continue; a fresh run must not land on an existing one."""
     restorable = tune.Tuner.can_restore(str(path))
-    if resume and not restorable:
-        raise KdsearchError(f"--resume: no search to continue at {path}; run without --resume to start one")
+    if resume and not restorable:  # stopped before its first trial: the search starts, reusing what is cached
+        log.info("--resume: no trial has run yet at %s; starting the search", path)
     if not resume and restorable:
         raise KdsearchError(f"a search named {cfg.name!r} already exists at {path}; continue it with --resume, "
                             f"or move it away (mv {path} {path}.old) or set another name (--set name=...)")
+    return resume and restorable
 
 
 def prepare_driver(cfg: Config, device: str) -> tuple[Prepared, Prepared]:
@@ -134,6 +149,7 @@ def start_tracking(cfg: Config, prepared: Prepared, resume: bool) -> tuple[Searc
     tracker = SearchTracker(cfg, state["search_id"], sizes, prepared.data.class_names)
     state["parent_run_id"] = tracker.start()
     state["teacher"] = {**prepared.teacher.identity, **prepared.teacher_metrics}
+    state["finished"] = False  # until Tune returns from a search nobody stopped
     write_search_state(cfg, state)
     return tracker, state
 

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 from ..config import Config
 from ..errors import KdsearchError
 from ..experiment import read_search_state
+from ..locks import store_lock
 from ..results import on_full_split
 
 TRIAL_TAG = "kdsearch.trial_id"
@@ -27,14 +28,18 @@ def _client(cfg: Config):
     # where it would override the next config's tracking.uri in the same process (a notebook, a test).
     from mlflow.tracking import MlflowClient
 
-    try:
-        client = MlflowClient(cfg.tracking.uri)
-        exp = client.get_experiment_by_name(cfg.name)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(cfg.name)
-    except Exception as e:
-        raise KdsearchError(f"tracking.uri {cfg.tracking.uri}: MLflow store not usable ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:200]}); set tracking.uri or MLFLOW_TRACKING_URI to a reachable "
-                            "store, e.g. sqlite:///mlflow.db") from None
+    # Two runs creating one new sqlite store (a SLURM array, two terminals) would run MLflow's schema migration
+    # twice at once, which fails; the lock makes the second wait for the first.
+    with store_lock(cfg.tracking.uri):
+        try:
+            client = MlflowClient(cfg.tracking.uri)
+            exp = client.get_experiment_by_name(cfg.name)
+            exp_id = exp.experiment_id if exp is not None else client.create_experiment(cfg.name)
+        except Exception as e:
+            raise KdsearchError(f"tracking.uri {cfg.tracking.uri}: MLflow store not usable (MLflow raised "
+                                f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); set "
+                                "tracking.uri or MLFLOW_TRACKING_URI to a reachable store, e.g. sqlite:///mlflow.db"
+                                ) from None
     return client, exp_id
 
 
