@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -464,6 +465,13 @@ def main() -> None:
         sys.exit(2)
     except interrupts.Interrupted as e:
         print(f"kdsearch: {e}", file=sys.stderr)
+        if e.signum == signal.SIGTERM:
+            # Ray's processes got the SIGTERM too (a process group's stop); its exit hooks would wait on them and
+            # end the process with their own error. Nothing is left to write: leave now, with the signal's code.
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(e.exit_code)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:  # a SIGINT before the handlers were installed
         print("kdsearch: interrupted", file=sys.stderr)

@@ -2,8 +2,8 @@
 other phase stops where it is. Either way the command exits 130 or 143 and nothing is presented as finished.
 
 Ray Tune stops a search gracefully on SIGINT or SIGUSR1, with a handler it installs while `Tuner.fit` runs. The
-CLI routes both SIGINT and SIGTERM there (SIGTERM would otherwise kill the driver before Tune saves anything), and
-remembers which signal came, so the caller can tell an interrupted search from a finished one.
+CLI routes Ctrl-C there, stops at once on SIGTERM (see `_act`), and remembers which signal came, so the caller can
+tell an interrupted search from a finished one.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ import contextlib
 import logging
 import os
 import signal
+import sys
+import threading
+import time
 from typing import Iterator
 
 log = logging.getLogger("kdsearch")
@@ -25,7 +28,8 @@ class Interrupted(BaseException):
     The CLI prints the message as one line and exits 128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
 
     def __init__(self, signum: int, message: str = ""):
-        super().__init__(message or f"interrupted ({signal.Signals(signum).name})")
+        super().__init__(message or f"interrupted ({signal.Signals(signum).name}); what was finished is kept, "
+                         "nothing half-written")
         self.signum = signum
 
     @property
@@ -36,6 +40,7 @@ class Interrupted(BaseException):
 _received: list[int] = []
 _installed = False
 _in_search = False
+_deferred = 0
 
 
 def install() -> None:
@@ -45,7 +50,43 @@ def install() -> None:
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # SIGINT reaches Tune through our handler, as SIGUSR1
     for sig in SIGNALS:
         signal.signal(sig, _handle)
+    if not _installed:
+        _watch_sigterm()
     _installed = True
+
+
+TERM_GRACE_S = 3.0
+"""How long SIGTERM waits for the main thread to stop cleanly before the watcher ends the process."""
+_last_words = ["interrupted (SIGTERM)"]
+
+
+def on_sigterm(message: str) -> None:
+    """What the watcher prints if it has to end the process itself (see `_watch_sigterm`)."""
+    _last_words[0] = message
+
+
+def _watch_sigterm() -> None:
+    """Python runs signal handlers in the main thread between bytecodes; a main thread blocked in Ray's C++ (its
+    head processes killed by the same group SIGTERM) would only wake when Ray gives up, a minute later, and exit
+    with Ray's error. A thread woken through the signal wakeup fd gives the main thread TERM_GRACE_S to stop
+    cleanly, then prints the one line and exits 143 itself."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread: the handlers alone
+        os.close(r)
+        os.close(w)
+        return
+
+    def watch() -> None:
+        while True:
+            if signal.SIGTERM in os.read(r, 64):
+                time.sleep(TERM_GRACE_S)
+                print(f"kdsearch: {_last_words[0]}", file=sys.stderr, flush=True)
+                os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="kdsearch-sigterm", daemon=True).start()
 
 
 def reinstall() -> None:
@@ -70,11 +111,33 @@ def search() -> Iterator[None]:
         _in_search = False
 
 
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A step that must not be cut in half (MLflow creating its schema): a signal that arrives inside waits until
+    the step is done, then stops the command."""
+    global _deferred
+    _deferred += 1
+    seen = len(_received)
+    try:
+        yield
+    finally:
+        _deferred -= 1
+    if _deferred == 0 and len(_received) > seen:
+        _act(_received[seen], None, first=seen == 0)
+
+
 def _handle(signum: int, frame) -> None:
-    first = not _received
     _received.append(signum)
+    if not _deferred:
+        _act(signum, frame, first=len(_received) == 1)
+
+
+def _act(signum: int, frame, first: bool) -> None:
     tune_stop = signal.getsignal(signal.SIGUSR1)  # Ray Tune's graceful stop, installed while fit runs
-    if first and _in_search and callable(tune_stop):
+    # SIGTERM usually comes to the whole process group (SLURM, systemd, a container stop): Ray's own processes
+    # get it too and are gone, so Tune could not save anything more; stop at once and resume from what Tune and
+    # the trials' checkpoints saved last. Ray's processes ignore SIGINT, so Ctrl-C gets Tune's graceful stop.
+    if first and _in_search and signum == signal.SIGINT and callable(tune_stop):
         log.warning("%s: stopping the search; Ray Tune saves its state (send it again to stop at once)",
                     signal.Signals(signum).name)
         tune_stop(signal.SIGUSR1, frame)

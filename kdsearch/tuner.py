@@ -84,20 +84,34 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     preflight(cfg)  # config, data paths, teacher files, size limit, output.dir, MLflow: before anything is written
     start = time.perf_counter()
     init_ray(address)  # before the teacher: its work may run as a Ray task on a GPU node (teacher_worker.py)
-    prepared, shipped = prepare_driver(cfg, device)
-    tracker, state = start_tracking(cfg, prepared, resume)
-    tuner = make_tuner(cfg, path, shipped, tracker, resume)
+    early = (f"search {cfg.name!r} interrupted before its first trial; nothing exported. `kdsearch run CONFIG "
+             "--resume` starts it, reusing what is cached (data, teacher)")
+    interrupts.on_sigterm(early)
+    try:
+        prepared, shipped = prepare_driver(cfg, device)
+        tracker, state = start_tracking(cfg, prepared, resume)
+        tuner = make_tuner(cfg, path, shipped, tracker, resume)
+    except interrupts.Interrupted as e:
+        raise interrupts.Interrupted(e.signum, early) from None
     fit_start = time.perf_counter()
-    with interrupts.search():
-        results = tuner.fit()
+    interrupts.on_sigterm(f"search {cfg.name!r} stopped (SIGTERM); nothing exported. Finished trials and the "
+                          "others' last checkpoints are kept: `kdsearch run CONFIG --resume` continues it")
+    try:
+        with interrupts.search():
+            tuner.fit()
+    except interrupts.Interrupted as e:
+        raise interrupts.Interrupted(e.signum, f"search {cfg.name!r} stopped ({signal.Signals(e.signum).name}); "
+                                     "nothing exported. Finished trials and the others' last checkpoints are kept: "
+                                     "`kdsearch run CONFIG --resume` continues it") from None
     fit_seconds = time.perf_counter() - fit_start
     wall = time.perf_counter() - start
-    summary = summarize(results, cfg)
-    teacher_passes, teacher_seconds = teacher_totals(prepared, results)
+    trials = tune.ExperimentAnalysis(str(path)).trials  # with their status: what ended and what was stopped
+    summary = summarize(trials, cfg)
+    teacher_passes, teacher_seconds = teacher_totals(prepared, trials)
     best = summary.pop("best")
     metric = cfg.search.metric
     # Tune returns normally from a stop it was asked for: a signal, or trials left unfinished, mean interrupted
-    unfinished = len(results) - results.num_terminated - results.num_errors
+    unfinished = sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
     stopped_by = interrupts.received() or (signal.SIGINT if unfinished else None)
     tracker.finish({"wall_seconds": wall, "teacher_forward_passes": teacher_passes, "teacher_seconds": teacher_seconds,
                     **{f"trials_{k}": v for k, v in summary["trials"].items()},
@@ -197,29 +211,30 @@ def make_tuner(cfg: Config, path: Path, shipped: Prepared, tracker: SearchTracke
     )
 
 
-def teacher_totals(prepared: Prepared, results) -> tuple[int, float]:
+def teacher_totals(prepared: Prepared, trials) -> tuple[int, float]:
     """Teacher forward passes and seconds for the whole search: the driver's (cached outputs) plus live teachers'
     inside trials (each trial's last report counts its whole run in its process)."""
-    reported = [r.metrics for r in results if r.metrics]
+    reported = [t.last_result for t in trials if t.last_result]
     passes = prepared.teacher.forward_passes + sum(int(m.get("teacher_forward_passes", 0)) for m in reported)
     seconds = prepared.teacher.seconds + sum(float(m.get("teacher_seconds", 0.0)) for m in reported)
     return passes, seconds
 
 
-def summarize(results, cfg: Config) -> dict[str, Any]:
-    """Trial outcomes and the best finished trial (results.best: whole-split scores first)."""
+def summarize(trials, cfg: Config) -> dict[str, Any]:
+    """Outcomes of the trials that ended (Tune's Trial objects) and the best of them (results.best: whole-split
+    scores first); a trial still pending or running when the search was stopped counts in neither."""
     counts = {"completed": 0, "stopped_early": 0, "errored": 0}
     trial_seconds, trial_epochs, finished = 0.0, 0, []
-    for r in results:
-        m = r.metrics or {}
+    for t in trials:
+        m = t.last_result or {}
         trial_seconds += float(m.get("time_total_s", 0.0))
         trial_epochs += int(m.get("training_iteration", 0))
-        if r.error is not None:
+        if t.status == "ERROR":
             counts["errored"] += 1
-        elif cfg.search.metric in m:
+        elif t.status == "TERMINATED" and cfg.search.metric in m:
             counts[ended(m, cfg.search.max_epochs)] += 1
-            finished.append(r)
-    top = best(finished, lambda r: r.metrics, cfg.search.metric, cfg.search.resolved_mode)
-    summary = None if top is None else {"trial_id": top.metrics.get("trial_id"), "config": dict(top.config),
-                                        "metrics": dict(top.metrics)}
+            finished.append(t)
+    top = best(finished, lambda t: t.last_result, cfg.search.metric, cfg.search.resolved_mode)
+    summary = None if top is None else {"trial_id": top.trial_id, "config": dict(top.config),
+                                        "metrics": dict(top.last_result)}
     return {"trials": counts, "best": summary, "trial_seconds": trial_seconds, "trial_epochs": trial_epochs}

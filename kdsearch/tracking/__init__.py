@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from .. import interrupts
 from ..config import Config
 from ..errors import KdsearchError
 from ..experiment import read_search_state
@@ -30,7 +31,8 @@ def _client(cfg: Config):
 
     # Two runs creating one new sqlite store (a SLURM array, two terminals) would run MLflow's schema migration
     # twice at once, which fails; the lock makes the second wait for the first.
-    with store_lock(cfg.tracking.uri):
+    # Ctrl-C in the middle of that migration would leave a store MLflow cannot open again: it waits.
+    with store_lock(cfg.tracking.uri), interrupts.deferred():
         try:
             client = MlflowClient(cfg.tracking.uri)
             exp = client.get_experiment_by_name(cfg.name)
