@@ -1,5 +1,6 @@
-"""A search whose whole process group is SIGKILLed resumes with --resume: every trial exactly once, no MLflow
-duplicates."""
+"""A search stopped by the user resumes with --resume: every trial exactly once, no MLflow duplicates. SIGKILL,
+Ctrl-C (SIGINT) and SIGTERM are sent to the whole process group of a real `kdsearch run`, as a terminal, SLURM or
+a container stop sends them."""
 
 from __future__ import annotations
 
@@ -25,14 +26,14 @@ KDSEARCH = str(Path(sys.executable).with_name("kdsearch"))
 EPOCHS = 4
 
 
-def _epochs_done(out: Path) -> list[int]:
+def _epochs_done(out: Path, name: str = "resume") -> list[int]:
     """Each trial's last reported epoch, from Ray's result.json (a trial not yet reporting counts 0).
 
     Ray appends to result.json through a buffered file: a SIGKILL can drop the last line or two of a trial whose
     epoch was checkpointed, so line counts undercount; the last line's training_iteration does not. Exactly-once
     epochs are checked in MLflow, which commits each one."""
     done = []
-    for f in glob.glob(str(out / "ray" / "resume" / "*" / "result.json")):
+    for f in glob.glob(str(out / "ray" / name / "*" / "result.json")):
         last = 0
         for line in open(f).read().splitlines():
             try:  # a line cut off by the kill is not a result
@@ -43,40 +44,36 @@ def _epochs_done(out: Path) -> list[int]:
     return done
 
 
-def test_sigkill_then_resume(tmp_path):
-    cfg = tiny_config(tmp_path, name="resume", student={"candidates": ["shufflenet_v2_x0_5", "mobilenet_v3_small"]},
-                      search={"num_samples": 6, "max_concurrent": 2, "max_epochs": EPOCHS, "grace_period": EPOCHS,
-                              "space": {"lr": 3.0e-3, "batch_size": 16, "class_weight_power": 0.0}})
-    path = write_config(tmp_path, cfg)
-    out = tmp_path / "out"
-    run = subprocess.Popen([KDSEARCH, "run", str(path), "--device", "cpu"], cwd=tmp_path, start_new_session=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _search_config(tmp_path: Path, name: str, **teacher) -> dict:
+    return tiny_config(tmp_path, name=name, student={"candidates": ["shufflenet_v2_x0_5", "mobilenet_v3_small"]},
+                       **({"teacher": {**tiny_config(tmp_path)["teacher"], **teacher}} if teacher else {}),
+                       search={"num_samples": 6, "max_concurrent": 2, "max_epochs": EPOCHS, "grace_period": EPOCHS,
+                               "space": {"lr": 3.0e-3, "batch_size": 16, "class_weight_power": 0.0}})
+
+
+def _stop_when_trials_are_part_way(run: subprocess.Popen, out: Path, name: str, sig: int) -> None:
+    """Send `sig` to the run's process group once a trial has finished and another is part-way."""
     deadline = time.time() + 300
-    while time.time() < deadline:  # kill once a trial has finished and another is part-way
-        done = _epochs_done(out)
+    while time.time() < deadline:
+        done = _epochs_done(out, name)
         if EPOCHS in done and any(0 < d < EPOCHS for d in done):
             break
         assert run.poll() is None, "the search ended before it could be interrupted"
         time.sleep(0.2)
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait()
-    assert not (out / "best").exists()
+    os.killpg(run.pid, sig)
 
-    resumed = subprocess.run([KDSEARCH, "run", str(path), "--resume", "--device", "cpu"], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=400)
+
+def _check_resumed(resumed: subprocess.CompletedProcess, cfg: dict, out: Path) -> None:
+    """The resumed search finished every trial Tune knows exactly once, each epoch once in MLflow, and exported."""
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "teacher forward passes 0" in resumed.stdout  # the teacher cache from the first run was reused
-    done = _epochs_done(out)
-    # A suggestion made in the instant before the kill may be missing from Tune's saved state; it had done no
-    # work and is not rerun, so at most max_concurrent (2) of the 6 can be lost. Every trial Tune knows finishes
-    # exactly once, each epoch reported once.
+    done = _epochs_done(out, cfg["name"])
+    # A suggestion made in the instant before a kill may be missing from Tune's saved state; it had done no
+    # work and is not rerun, so at most max_concurrent (2) of the 6 can be lost.
     assert 4 <= len(done) <= 6 and done == [EPOCHS] * len(done), done
     assert re.search(rf"trials: {len(done)} completed, 0 stopped early by ASHA, 0 errored", resumed.stdout)
     assert (out / "best" / "student.pt").is_file()
-
     client = MlflowClient(cfg["tracking"]["uri"])
-    exp = client.get_experiment_by_name("resume")
-    runs = client.search_runs([exp.experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name(cfg["name"]).experiment_id])
     assert Counter(r.data.tags.get("kdsearch.kind") for r in runs) == {"search": 1, "trial": len(done)}
     for r in runs:
         if r.data.tags.get("kdsearch.kind") == "trial":
@@ -85,7 +82,72 @@ def test_sigkill_then_resume(tmp_path):
             assert r.data.tags["kdsearch.ended"] == "completed" and r.info.status == "FINISHED"
 
 
-def test_resume_without_a_search_exits_2(tmp_path, run_cli):
-    path = write_config(tmp_path, tiny_config(tmp_path, name="nothing-here"))
-    code, _, err = run_cli("run", path, "--resume")
-    assert code == 2 and "no search to continue" in err and "Traceback" not in err
+def _resume(path: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([KDSEARCH, "run", str(path), "--resume", "--device", "cpu"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=400)
+
+
+def test_sigkill_then_resume(tmp_path):
+    cfg = _search_config(tmp_path, "resume")
+    path = write_config(tmp_path, cfg)
+    out = tmp_path / "out"
+    run = subprocess.Popen([KDSEARCH, "run", str(path), "--device", "cpu"], cwd=tmp_path, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _stop_when_trials_are_part_way(run, out, "resume", signal.SIGKILL)
+    run.wait()
+    assert not (out / "best").exists()
+    resumed = _resume(path, tmp_path)
+    assert "teacher forward passes 0" in resumed.stdout  # the teacher cache from the first run was reused
+    _check_resumed(resumed, cfg, out)
+
+
+def test_ctrl_c_stops_the_search_cleanly_exports_nothing_and_resume_finishes_it(tmp_path):
+    cfg = _search_config(tmp_path, "ctrl-c")
+    path = write_config(tmp_path, cfg)
+    out = tmp_path / "out"
+    run = subprocess.Popen([KDSEARCH, "run", str(path), "--device", "cpu"], cwd=tmp_path, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _stop_when_trials_are_part_way(run, out, "ctrl-c", signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    finished = re.fullmatch(r"kdsearch: search 'ctrl-c' interrupted with (\d) of 6 trials finished; nothing exported\. "
+                            r"Ray Tune saved its state in .*: `kdsearch run CONFIG --resume` continues it", last)
+    assert finished and 1 <= int(finished.group(1)) < 6, last
+    assert "Traceback" not in err
+    assert not (out / "best").exists()
+    client = MlflowClient(cfg["tracking"]["uri"])
+    assert client.search_registered_models() == []  # nothing registered
+    parent = [r for r in client.search_runs([client.get_experiment_by_name("ctrl-c").experiment_id])
+              if r.data.tags.get("kdsearch.kind") == "search"]
+    assert [r.info.status for r in parent] == ["KILLED"]
+
+    refused = subprocess.run([KDSEARCH, "export-best", str(path)], cwd=tmp_path, capture_output=True, text=True)
+    assert refused.returncode == 2 and "stopped before it finished" in refused.stderr and "--partial" in refused.stderr
+    assert not (out / "best").exists()
+
+    _check_resumed(_resume(path, tmp_path), cfg, out)
+
+
+def test_sigterm_during_the_teacher_step_then_resume_starts_the_search(tmp_path):
+    cfg = _search_config(tmp_path, "term", epochs=3)
+    path = write_config(tmp_path, cfg)
+    out = tmp_path / "out"
+    run = subprocess.Popen([KDSEARCH, "run", str(path), "--device", "cpu"], cwd=tmp_path, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in run.stderr:  # the teacher's first epoch is logged: it is training now
+        lines.append(line)
+        if "teacher epoch 1" in line:
+            os.killpg(run.pid, signal.SIGTERM)
+            break
+    err = "".join(lines) + run.stderr.read()
+    run.wait(timeout=60)
+    assert run.returncode == 143, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("kdsearch: search 'term' interrupted before its first trial")
+    assert "Traceback" not in err
+    assert not (out / "best").exists() and not list(out.glob("teacher/*.tmp*"))
+
+    resumed = _resume(path, tmp_path)  # nothing searched yet: --resume starts the search
+    assert "no trial has run yet" in resumed.stderr
+    _check_resumed(resumed, cfg, out)
