@@ -55,7 +55,20 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not path.is_file():
         raise KdsearchError(f"{path}: config file not found; pass the path of a YAML config (see search_spaces/)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise KdsearchError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at {e.start}); save the config "
+                            "as UTF-8") from None
+    except OSError as e:
+        raise KdsearchError(f"{path}: cannot be read ({e.strerror}); check its permissions") from None
+    if not text.strip():
+        raise KdsearchError(f"{path}: empty config; start from one in search_spaces/ (e.g. search_spaces/digits.yaml)")
+    try:
+        raw = yaml.safe_load(text)
+        raw = {} if raw is None else raw  # only comments: every default
+    except (ValueError, RecursionError) as e:  # a value YAML parses but cannot build (a 13th month), deep nesting
+        raise KdsearchError(f"{path}: YAML value not understood ({type(e).__name__}: {str(e)[:200]}); fix the YAML"
+                            ) from None
     except yaml.YAMLError as e:
         where = ""
         mark = getattr(e, "problem_mark", None)
@@ -74,9 +87,10 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         if not sep or not key:
             raise KdsearchError(f"--set {item!r}: expected KEY=VALUE, e.g. --set search.num_samples=4")
         try:
-            _set_dotted(raw, key.strip(), yaml.safe_load(value) if value else None)
-        except yaml.YAMLError:
-            _set_dotted(raw, key.strip(), value)
+            parsed = yaml.safe_load(value) if value else None
+        except (yaml.YAMLError, ValueError, RecursionError):  # not YAML: the text itself
+            parsed = value
+        _set_dotted(raw, key.strip(), parsed)
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
