@@ -46,6 +46,10 @@ class DataConfig(ConfigModel):
     transfer images (teacher outputs, no label). null = every label. A teacher trained here still sees every label."""
     unlabeled: "UnlabeledConfig | None" = None
     """Extra images without labels, used as transfer images: the teacher labels them softly for the student."""
+    max_image_pixels: int | None = Field(89_478_485, ge=1)
+    """An image file declaring more pixels than this is skipped and named, like an unreadable one: a
+    decompression bomb (a few KB that claim 60,000 x 60,000 pixels) would otherwise take the machine's memory.
+    The default is Pillow's own limit; raise it (or null: no limit) for genuinely huge slides."""
 
     @model_validator(mode="after")
     def _needs_root(self) -> "DataConfig":

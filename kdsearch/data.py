@@ -20,7 +20,7 @@ from .config import Config, DataConfig
 from .decoders import DECODERS, decode_unlabeled
 from .errors import KdsearchError
 from .labels import UNLABELED
-from .sources import source_files, unlabeled_files
+from .sources import empty_class_folders, source_files, unlabeled_files
 
 log = logging.getLogger("kdsearch")
 
@@ -98,8 +98,9 @@ def load_dataset(cfg: Config) -> Dataset:
     """Decode (or load the decode cache), check, and split the config's data."""
     d = cfg.data
     files = source_files(d)
+    empty_class_folders(d)  # warns
     key = fingerprint({"format": CACHE_FORMAT, "source": d.source, "size": d.image_size, "manifest": d.manifest,
-                 "class_names": d.class_names, "files": files})
+                       "class_names": d.class_names, "max_pixels": d.max_image_pixels, "files": files})
     cache = cfg.output_dir / "cache" / f"data-{key}.pt"
     decoded = load_cache(cache)
     to_save = []  # written only once everything decoded and checked: bad input leaves no cache behind
@@ -201,11 +202,11 @@ def _load_unlabeled(cfg: Config, channels: int) -> tuple[torch.Tensor, str, list
     [(decoded, cache path)] still to be written)."""
     u = cfg.data.unlabeled
     key = fingerprint({"format": CACHE_FORMAT, "unlabeled": u.source, "size": cfg.data.image_size,
-                       "manifest": u.manifest, "files": unlabeled_files(u)})
+                       "manifest": u.manifest, "max_pixels": cfg.data.max_image_pixels, "files": unlabeled_files(u)})
     cache = cfg.output_dir / "cache" / f"unlabeled-{key}.pt"
     decoded, pending = load_cache(cache), []
     if decoded is None:
-        decoded = decode_unlabeled(u, cfg.data.image_size)
+        decoded = decode_unlabeled(u, cfg.data.image_size, cfg.data.max_image_pixels)
         if len(decoded["x"]) == 0:
             extra = f" ({len(decoded['unreadable'])} unreadable)" if decoded["unreadable"] else ""
             raise KdsearchError(f"data.unlabeled.root {u.root}: no readable images found{extra}; check the folder "

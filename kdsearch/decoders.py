@@ -21,6 +21,7 @@ from .labels import UNLABELED
 from .registry import Registry
 from .sources import (
     cifar_files,
+    class_of,
     csv_rows,
     idx_files,
     image_folder_files,
@@ -37,20 +38,31 @@ DECODERS: Registry[Callable[[DataConfig], dict]] = Registry("data.source")
 """data.source -> decoder(data config) -> {"splits": ..., "class_names": ..., "unreadable": ...}."""
 
 
-def _decode_files(paths: list[Path], labels: list[int], size: int, base: Path) -> dict:
-    """PIL-decode each file, square-resize it; unreadable files are skipped and named."""
+def _decode_files(paths: list[Path], labels: list[int], size: int, base: Path, max_pixels: int | None) -> dict:
+    """PIL-decode each file, square-resize it; unreadable files, and files declaring more than `max_pixels`
+    pixels (data.max_image_pixels), are skipped and named."""
     arrays, ys, sizes, bad = [], [], [], []
-    for p, label in zip(paths, labels):
-        try:
-            with Image.open(p) as im:
-                im.load()
-                sizes.append(im.size)
-                gray = im.mode in ("1", "L", "I", "I;16", "F")
-                im = im.convert("L" if gray else "RGB").resize((size, size), Image.BILINEAR)
-                arrays.append(np.asarray(im))
-                ys.append(label)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-            bad.append(f"{p.relative_to(base) if p.is_relative_to(base) else p} ({type(e).__name__})")
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own bomb check follows ours (None: no limit)
+    try:
+        for p, label in zip(paths, labels):
+            name = p.relative_to(base) if p.is_relative_to(base) else p
+            try:
+                with Image.open(p) as im:
+                    if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
+                        bad.append(f"{name} ({im.size[0]} x {im.size[1]} pixels, over data.max_image_pixels "
+                                   f"{max_pixels})")
+                        continue
+                    im.load()
+                    sizes.append(im.size)
+                    arrays.append(_to_uint8(im, size))
+                    ys.append(label)
+            except Image.DecompressionBombError:
+                bad.append(f"{name} (over data.max_image_pixels {max_pixels})")
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+                bad.append(f"{name} ({type(e).__name__})")
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
     if any(a.ndim == 3 for a in arrays):  # mixed folders become RGB
         arrays = [np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
     x = _nhwc_to_nchw(np.stack(arrays)) if arrays else torch.zeros(0, 3, size, size, dtype=torch.uint8)
@@ -58,13 +70,25 @@ def _decode_files(paths: list[Path], labels: list[int], size: int, base: Path) -
             "orig_sizes": torch.tensor(sizes, dtype=torch.int64).reshape(-1, 2)}
 
 
+def _to_uint8(im: Image.Image, size: int) -> np.ndarray:
+    """[size, size] grayscale or [size, size, 3] RGB uint8. 16- and 32-bit grayscale (medical PNGs and TIFFs) is
+    scaled from 0..65535, not clipped at 255; palette, CMYK and alpha images become RGB."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        a = np.asarray(im, dtype=np.float32)
+        if a.max(initial=0) > 255:
+            a = a * (255.0 / 65535.0)
+        im = Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), mode="L")
+    gray = im.mode in ("1", "L")
+    return np.asarray(im.convert("L" if gray else "RGB").resize((size, size), Image.BILINEAR))
+
+
 @DECODERS.register("image_folder")
 def _decode_image_folder(d: DataConfig) -> dict:
     root = require_root(d)
     files = image_folder_files(root)
-    classes = sorted({p.parent.name for p in files})
+    classes = sorted({class_of(root, p) for p in files})
     index = {c: i for i, c in enumerate(classes)}
-    out = _decode_files(files, [index[p.parent.name] for p in files], d.image_size, root)
+    out = _decode_files(files, [index[class_of(root, p)] for p in files], d.image_size, root, d.max_image_pixels)
     out["class_names"] = classes
     return out
 
@@ -74,7 +98,8 @@ def _decode_csv(d: DataConfig) -> dict:
     root, rows = csv_rows(d)
     classes = sorted({label for _, label in rows})
     index = {c: i for i, c in enumerate(classes)}
-    out = _decode_files([root / p for p, _ in rows], [index[label] for _, label in rows], d.image_size, root)
+    out = _decode_files([root / p for p, _ in rows], [index[label] for _, label in rows], d.image_size, root,
+                        d.max_image_pixels)
     out["class_names"] = classes
     return out
 
@@ -191,12 +216,12 @@ def _decode_cifar10(d: DataConfig) -> dict:
     return out
 
 
-def decode_unlabeled(u: UnlabeledConfig, size: int) -> dict:
+def decode_unlabeled(u: UnlabeledConfig, size: int, max_pixels: int | None) -> dict:
     root = require_unlabeled_root(u)
     if u.source in ("image_folder", "csv"):
         paths = (unlabeled_folder_files(root) if u.source == "image_folder"
                  else [root / p for p in unlabeled_csv_paths(u)])
-        out = _decode_files(paths, [UNLABELED] * len(paths), size, root)
+        out = _decode_files(paths, [UNLABELED] * len(paths), size, root, max_pixels)
         return {"x": out["train_x"], "unreadable": out["unreadable"]}
     if u.source == "npz":
         path = npz_path(root, "data.unlabeled.root")

@@ -57,14 +57,22 @@ def output_lock(folder: Path, command: str, shared: bool = False) -> Iterator[No
 
 
 def _tidy(folder: Path, created: bool) -> None:
-    """A command that wrote nothing (bad input, stopped at once) leaves no lock file behind, nor the folder it
-    created for it."""
+    """The lock file goes once no command holds it (checked by taking it), so output.dir holds only what commands
+    wrote; a command that wrote nothing (bad input, stopped at once) also removes the folder it created."""
+    probe = filelock.ReadWriteLock(folder / LOCK_FILE, is_singleton=False)
     try:
-        if {p.name for p in folder.iterdir()} <= {LOCK_FILE, LOCK_FILE + "-journal"}:
-            for name in (LOCK_FILE, LOCK_FILE + "-journal"):
-                (folder / name).unlink(missing_ok=True)
-            if created:
-                folder.rmdir()
+        probe.acquire_write(timeout=0, blocking=False)
+    except (filelock.Timeout, OSError, sqlite3.Error):
+        return  # another command holds it now: it is theirs to remove
+    try:
+        for name in (LOCK_FILE, LOCK_FILE + "-journal"):
+            (folder / name).unlink(missing_ok=True)
+    finally:
+        probe.release(force=True)
+        probe.close()
+    try:
+        if created and not any(folder.iterdir()):
+            folder.rmdir()
     except OSError:
         pass
 

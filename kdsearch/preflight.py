@@ -17,7 +17,14 @@ from pathlib import Path
 from .config import CheckpointTeacher, Config, EnsembleTeacher, TorchscriptTeacher
 from .errors import KdsearchError
 from .locks import check_output_folder
-from .sources import check_sources, check_unlabeled, num_classes_hint, source_image_count, unlabeled_image_count
+from .sources import (
+    check_sources,
+    check_unlabeled,
+    empty_class_folders,
+    num_classes_hint,
+    source_image_count,
+    unlabeled_image_count,
+)
 
 HEADROOM = 1.2  # free disk wanted over the data cache's estimated size
 
@@ -25,6 +32,7 @@ HEADROOM = 1.2  # free disk wanted over the data cache's estimated size
 def preflight(cfg: Config) -> tuple[list[str], list]:
     """Every check below; returns (students that fit, those over the limit) for callers that report them."""
     check_sources(cfg.data)
+    empty_class_folders(cfg.data)  # warns
     if cfg.data.unlabeled is not None:
         check_unlabeled(cfg.data.unlabeled)
     classes = num_classes_hint(cfg.data)

@@ -5,7 +5,10 @@ a one-line error for every missing file or wrong layout."""
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
+import logging
+import os
 import struct
 from pathlib import Path
 
@@ -14,6 +17,8 @@ from PIL import Image
 
 from .config import DataConfig, UnlabeledConfig
 from .errors import KdsearchError
+
+log = logging.getLogger("kdsearch")
 
 
 def _stat(p: Path) -> list:
@@ -39,9 +44,44 @@ def require_root(d: DataConfig) -> Path:
 
 
 def image_folder_files(root: Path) -> list[Path]:
+    """Every image under each class folder, subfolders included (their class is the top folder, as torchvision's
+    ImageFolder reads them). Hidden files and folders are left out; symlinked subfolders are not followed, so a
+    link loop cannot recurse."""
     exts = {e.lower() for e in Image.registered_extensions()}
-    return sorted(p for p in root.glob("*/*") if p.is_file() and p.suffix.lower() in exts
-                  and not p.parent.name.startswith(".") and not p.name.startswith("."))
+    files = []
+    for folder in class_folders(root):
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            files += [Path(dirpath) / f for f in filenames if not f.startswith(".")
+                      and Path(f).suffix.lower() in exts and (Path(dirpath) / f).is_file()]
+    return sorted(files)
+
+
+def class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def class_of(root: Path, path: Path) -> str:
+    """An image folder's class for a file: the top folder under root it is in."""
+    return path.relative_to(root).parts[0]
+
+
+def empty_class_folders(d: DataConfig) -> list[str]:
+    """image_folder: class folders holding no image, which are left out of the classes (and said so, since a
+    teacher or a label_map that counts them no longer matches); [] for other sources."""
+    if d.source != "image_folder" or d.root is None or not Path(d.root).is_dir():
+        return []
+    root = Path(d.root)
+    found = {class_of(root, p) for p in image_folder_files(root)}
+    empty = [f.name for f in class_folders(root) if f.name not in found]
+    if empty:
+        _warn_once(f"data.root {root}: class folder(s) with no images, left out of the classes: {', '.join(empty)}")
+    return empty
+
+
+@functools.cache
+def _warn_once(message: str) -> None:  # validate's preflight and the data load both look; the user reads it once
+    log.warning(message)
 
 
 def manifest_path(d: DataConfig | UnlabeledConfig, key: str = "data") -> Path:
@@ -63,11 +103,21 @@ def csv_rows(d: DataConfig) -> tuple[Path, list[tuple[str, str]]]:
             raise KdsearchError(f"data.manifest {manifest}: needs a header with columns path,label "
                                 f"(found {reader.fieldnames})")
         rows = [(r["path"], r["label"]) for r in reader]
+    check_inside(manifest, root, [p for p, _ in rows], "data")
     missing = [p for p, _ in rows if not (root / p).is_file()]
     if missing:
         raise KdsearchError(f"data.manifest {manifest}: {len(missing)} listed file(s) missing under {root}, e.g. "
                             f"{', '.join(missing[:3])}; fix the paths or data.root")
     return root, rows
+
+
+def check_inside(manifest: Path, root: Path, paths: list[str], key: str) -> None:
+    """A manifest's paths are relative and stay under root: an absolute path or one climbing out with .. is
+    refused (a manifest from elsewhere must not make kdsearch read, and cache, files outside the data)."""
+    outside = [p for p in paths if os.path.isabs(p) or os.path.normpath(p).split(os.sep)[0] == ".."]
+    if outside:
+        raise KdsearchError(f"{key}.manifest {manifest}: {len(outside)} path(s) leave {key}.root {root}, e.g. "
+                            f"{', '.join(outside[:3])}; give paths relative to {key}.root, inside it")
 
 
 def npz_path(root: Path, key: str = "data.root") -> Path:
@@ -158,7 +208,8 @@ def num_classes_hint(d: DataConfig) -> int:
     if d.class_names is not None:
         return len(d.class_names)
     if d.source == "image_folder":
-        return len({p.parent.name for p in image_folder_files(Path(d.root))})
+        root = Path(d.root)
+        return len({class_of(root, p) for p in image_folder_files(root)})
     if d.source == "csv":
         return len({label for _, label in csv_rows(d)[1]})
     if d.source == "npz":
@@ -180,9 +231,14 @@ def require_unlabeled_root(u: UnlabeledConfig) -> Path:
 
 
 def unlabeled_folder_files(root: Path) -> list[Path]:
+    """Every image under root, subfolders included, hidden ones and symlinked folders left out (no link loops)."""
     exts = {e.lower() for e in Image.registered_extensions()}
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        files += [Path(dirpath) / f for f in filenames if not f.startswith(".")
+                  and Path(f).suffix.lower() in exts and (Path(dirpath) / f).is_file()]
+    return sorted(files)
 
 
 def unlabeled_csv_paths(u: UnlabeledConfig) -> list[str]:
@@ -193,6 +249,7 @@ def unlabeled_csv_paths(u: UnlabeledConfig) -> list[str]:
             raise KdsearchError(f"data.unlabeled.manifest {manifest}: needs a header with a path column "
                                 f"(found {reader.fieldnames})")
         paths = [r["path"] for r in reader]
+    check_inside(manifest, root, paths, "data.unlabeled")
     missing = [p for p in paths if not (root / p).is_file()]
     if missing:
         raise KdsearchError(f"data.unlabeled.manifest {manifest}: {len(missing)} listed file(s) missing under {root}, "
