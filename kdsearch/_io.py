@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -20,6 +21,17 @@ log = logging.getLogger("kdsearch")
 def fingerprint(obj: Any) -> str:
     """A short, stable hash of JSON-able settings (key order ignored)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def json_safe(obj: Any) -> Any:
+    """`obj` with NaN and infinite floats as None: JSON has no NaN (jq and JavaScript reject Python's bare NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def file_sha256(path: Path) -> str:

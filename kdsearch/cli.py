@@ -65,6 +65,7 @@ def run(
     t = result.trials
     console.print(_counts_line(result.images))
     console.print(f"trials: {t['completed']} completed, {t['stopped_early']} stopped early by ASHA, "
+                  + (f"{t['diverged']} diverged, " if t["diverged"] else "") +
                   f"{t['errored']} errored; wall time {result.wall_seconds:.1f} s; teacher forward passes "
                   f"{result.teacher_forward_passes} ({result.teacher_seconds:.1f} s)")
     if result.best is None:
@@ -248,6 +249,10 @@ def train(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "auto") ->
     finally:
         progress.stop()
     final = result.history[-1]
+    if final["diverged"]:
+        err_console.print(f"the student diverged at epoch {final['epoch']} (train_loss {final['train_loss']}); "
+                          f"training stopped there. Lower search.space.lr (now {result.hparams.lr:g}) or use "
+                          "optimizer adamw")
     table = Table(title=f"kdsearch train: {cfg.name}")
     table.add_column("")
     table.add_column("val accuracy", justify="right")

@@ -9,6 +9,7 @@ directly, the Ray trainable reports after each epoch.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -253,6 +254,10 @@ class Distiller:
         x, y = (val.x, val.y) if full or self.rung_val is None else (val.x[self.rung_val], val.y[self.rung_val])
         m = evaluate(self.model, x, y, self.spec, self.cfg.data.image_size, self.data.num_classes, self.device)
         self.epoch += 1
+        diverged = not (math.isfinite(stats.train_loss) and math.isfinite(m.loss))
+        if diverged:
+            log.warning("the student diverged at epoch %d (train_loss %s, val_loss %s): lower lr or use adamw",
+                        self.epoch, stats.train_loss, m.loss)
         return {
             "epoch": self.epoch,
             "train_loss": stats.train_loss,
@@ -266,6 +271,7 @@ class Distiller:
             "epoch_seconds": stats.seconds,
             "eval_seconds": time.perf_counter() - start,  # includes BatchNorm recalibration
             "size_mb": self.size.bytes(self.cfg.student.precision) / 1e6,
+            "diverged": diverged,  # NaN or infinite loss: the run stops here and is never the best
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -300,4 +306,6 @@ def train_student(cfg: Config, hp: Hparams, prepared: Prepared, device, epochs: 
         history.append(d.run_epoch(full=epoch == epochs - 1))
         if on_epoch:
             on_epoch(history[-1])
+        if history[-1]["diverged"]:
+            break
     return d, history

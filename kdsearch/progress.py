@@ -41,7 +41,7 @@ class SearchProgress(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         ended = results.ended(trial.last_result or {}, self.max_epochs)
-        self._update(trial, "done" if ended == "completed" else "stopped (ASHA)")
+        self._update(trial, {"completed": "done", "stopped_early": "stopped (ASHA)", "diverged": "diverged"}[ended])
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._update(trial, "errored")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from . import results
-from ._io import atomic_dir
+from ._io import atomic_dir, json_safe
 from .config import Config
 from .data import Dataset, Split
 from .distill import Hparams, Prepared, default_hparams, prepare, train_student
@@ -112,7 +112,7 @@ def run_report(cfg: Config, seeds: int = 1, device: str | torch.device = "cpu") 
         written = draw_plots(cfg, tmp, trials, data, hp.student, runs["val"]["with_kd"][0], seed_list[0],
                              teacher_val_pred, student_pred)
         report["plots"] = {k: str(out / p.name) for k, p in written.items()}
-        (tmp / "report.json").write_text(json.dumps(report, indent=2))
+        (tmp / "report.json").write_text(json.dumps(json_safe(report), indent=2, allow_nan=False))
         report["mlflow_run_id"] = log_report(cfg, tmp, figures)
     return report
 

@@ -7,6 +7,7 @@ completed trial), and only falls back to subset scores when no trial completed (
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterable, TypeVar
 
 T = TypeVar("T")
@@ -17,7 +18,7 @@ METRIC_MODES: dict[str, str] = {"val_macro_f1": "max", "val_accuracy": "max", "v
 
 # What a trial reports after each epoch; the scalars are also MLflow metrics of its child run.
 EPOCH_SCALARS = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "epoch_seconds", "eval_seconds", "size_mb")
-REPORTED = ("epoch", *EPOCH_SCALARS, "val_per_class_f1", "val_full", "val_images")
+REPORTED = ("epoch", *EPOCH_SCALARS, "val_per_class_f1", "val_full", "val_images", "diverged")
 LOGGED = (*EPOCH_SCALARS, *(f"rung_{k}" for k in EPOCH_SCALARS if k.startswith("val_")), "teacher_forward_passes")
 """Per-epoch scalars a trial's child run gets in MLflow (rung_val_*: epochs scored on the rung subset)."""
 
@@ -32,14 +33,28 @@ def on_full_split(result: dict[str, Any]) -> bool:
     return bool(result.get("val_full", True))
 
 
+ENDINGS = ("completed", "stopped_early", "diverged")
+"""How a trial that did not error ended (MLflow's kdsearch.ended tag, the live table, the run summary)."""
+
+
+def diverged(result: dict[str, Any]) -> bool:
+    """The training loss (or the val loss) became NaN or infinite: the trial stopped there and is never best."""
+    return bool(result.get("diverged")) or any(isinstance(result.get(k), float) and not math.isfinite(result[k])
+                                               for k in ("train_loss", "val_loss"))
+
+
 def ended(result: dict[str, Any], max_epochs: int) -> str:
-    """completed | stopped_early, from a trial's last reported result."""
+    """completed | stopped_early | diverged, from a trial's last reported result."""
+    if diverged(result):
+        return "diverged"
     return "completed" if int(result.get("training_iteration", 0)) >= max_epochs else "stopped_early"
 
 
 def best(items: Iterable[T], result: Callable[[T], dict[str, Any]], metric: str, mode: str) -> T | None:
-    """The item whose last result is best on `metric`, preferring whole-split scores; None when none has it."""
-    scored = [i for i in items if metric in (result(i) or {})]
+    """The item whose last result is best on `metric`, preferring whole-split scores; None when none has it.
+    A diverged result, or a metric that is NaN or infinite, never wins."""
+    scored = [i for i in items if metric in (result(i) or {}) and not diverged(result(i))
+              and math.isfinite(float(result(i)[metric]))]
     pool = [i for i in scored if on_full_split(result(i))] or scored
     if not pool:
         return None

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 import yaml
 
-from ._io import atomic_dir
+from ._io import atomic_dir, json_safe
 from .config import Config
 from .distill import Hparams, Prepared, default_hparams, prepare, train_student
 from .preflight import preflight
@@ -60,6 +60,7 @@ def run_train(cfg: Config, device: torch.device, on_start: Callable[[Hparams, Pr
         "teacher": {**prepared.teacher.identity, **prepared.teacher_metrics},
         "student": {"name": hp.student, "params": size.params, "precision": cfg.student.precision,
                     "size_bytes": size.bytes(cfg.student.precision)},
+        "diverged_at_epoch": history[-1]["epoch"] if history[-1]["diverged"] else None,
         "class_names": prepared.data.class_names,
         "images": prepared.data.counts(),
         "data_fingerprint": prepared.data.fingerprint,
@@ -68,7 +69,7 @@ def run_train(cfg: Config, device: torch.device, on_start: Callable[[Hparams, Pr
     out = cfg.output_dir / "train"
     with atomic_dir(out) as tmp:
         torch.save(cast_state_dict(distiller.model, cfg.student.precision), tmp / "student.pt")
-        (tmp / "metrics.json").write_text(json.dumps(report, indent=2))
+        (tmp / "metrics.json").write_text(json.dumps(json_safe(report), indent=2, allow_nan=False))
         (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
         tags = {"student": hp.student, "size_mb": f"{size.bytes(cfg.student.precision) / 1e6:.3f}",
                 "teacher": prepared.teacher.name,

@@ -49,3 +49,5 @@ def distill_trainable(config: dict[str, Any], cfg: Config, prepared: Prepared) -
         with tempfile.TemporaryDirectory() as folder:
             torch.save(distiller.state_dict(), Path(folder) / TRIAL_STATE_FILE)
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
+        if metrics["diverged"]:
+            break  # the trial ends here (marked diverged), freeing its slot

@@ -32,7 +32,7 @@ from .experiment import experiment_dir, read_search_state, write_search_state
 from .gpu_memory import preflight_gpu, release_cuda
 from .preflight import preflight
 from .progress import SearchProgress
-from .results import best, ended
+from .results import ENDINGS, best, ended
 from .students import student_size
 from .teacher_worker import on_worker, worker_resources
 from .tracking import check_store
@@ -46,7 +46,7 @@ log = logging.getLogger("kdsearch")
 class SearchResult:
     experiment_path: Path
     trials: dict[str, int]
-    """completed / stopped_early / errored counts."""
+    """completed / stopped_early / diverged / errored counts."""
     best: dict[str, Any] | None
     """trial_id, config, metrics of the best finished trial."""
     wall_seconds: float
@@ -223,7 +223,7 @@ def teacher_totals(prepared: Prepared, trials) -> tuple[int, float]:
 def summarize(trials, cfg: Config) -> dict[str, Any]:
     """Outcomes of the trials that ended (Tune's Trial objects) and the best of them (results.best: whole-split
     scores first); a trial still pending or running when the search was stopped counts in neither."""
-    counts = {"completed": 0, "stopped_early": 0, "errored": 0}
+    counts = {**dict.fromkeys(ENDINGS, 0), "errored": 0}
     trial_seconds, trial_epochs, finished = 0.0, 0, []
     for t in trials:
         m = t.last_result or {}

@@ -190,3 +190,4 @@ def test_screenshot_of_the_trials_compare_view(searched, tmp_path):
         assert img.size == (1500, 1100)
         colours = img.convert("L").getcolors(maxcolors=1_000_000)
     assert colours is not None and len(colours) > 50  # a rendered page, not a blank one
+
