@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+
+from .errors import KdsearchError
 
 log = logging.getLogger("kdsearch")
 
@@ -46,20 +49,53 @@ def _checksum_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+DISK_FULL_BYTES = 1 << 20
+"""torch's zip writer reports a full disk as a RuntimeError ("unexpected pos"); with less than this left on the
+target's file system, a failed write is taken for a full disk."""
+
+
+def disk_full(e: BaseException, folder: Path) -> bool:
+    """Whether a failed write into `folder` failed because its file system is full."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return True
+    if isinstance(e, RuntimeError):
+        try:
+            return shutil.disk_usage(folder).free < DISK_FULL_BYTES
+        except OSError:
+            return False
+    return False
+
+
+def disk_full_error(path: Path) -> KdsearchError:
+    free = shutil.disk_usage(path.parent if path.parent.exists() else path).free
+    return KdsearchError(f"{path}: no space left on the device writing it ({free / 1e6:.1f} MB free there, partial "
+                         "files removed); free space or point output.dir elsewhere (`kdsearch validate CONFIG` shows "
+                         "what a run writes)")
+
+
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save to a temp file, then rename, then record its SHA-256 beside it (`<file>.sha256`).
 
     A crash never leaves a half-written cache; a crash between the two renames
     leaves a checksum that does not match, so the file is rebuilt, not trusted.
+    A failed write (a full disk, Ctrl-C) removes its temp files.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    digest = file_sha256(tmp)
-    os.replace(tmp, path)
     tmp_sum = _checksum_path(tmp)
-    tmp_sum.write_text(digest + "\n")
-    os.replace(tmp_sum, _checksum_path(path))
+    try:
+        torch.save(obj, tmp)
+        digest = file_sha256(tmp)
+        os.replace(tmp, path)
+        tmp_sum.write_text(digest + "\n")
+        os.replace(tmp_sum, _checksum_path(path))
+    except BaseException as e:
+        full = disk_full(e, path.parent)
+        tmp.unlink(missing_ok=True)
+        tmp_sum.unlink(missing_ok=True)
+        if full:
+            raise disk_full_error(path) from None
+        raise
 
 
 def load_cache(path: Path) -> Any | None:
@@ -93,8 +129,11 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should look like any other folder
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
+        full = disk_full(e, tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise disk_full_error(path) from None
         raise
     old = path.with_name(f".{path.name}.old{os.getpid()}")
     if path.exists():

@@ -358,11 +358,13 @@ def validate(
     for path in configs:
         cfg = load_config(path, set_ or [])
         try:
-            fit, over = preflight(cfg)
+            fit, over, disk = preflight(cfg)
         except KdsearchError as e:
             raise KdsearchError(f"{path}: {e}") from None
         dropped = f"; over the limit: {', '.join(o.name for o in over)}" if over else ""
         console.print(f"{path}: ok ({len(fit)} student(s) fit {cfg.student.max_size_mb:g} MB{dropped})")
+        console.print(f"  disk: a run writes about {sum(disk.values()) / 1e6:,.0f} MB under {cfg.output_dir} ("
+                      + ", ".join(f"{k} {v / 1e6:,.1f} MB" for k, v in disk.items() if v) + ")")
         if cfg.data.label_budget is not None:
             console.print(f"  data.label_budget: {cfg.data.label_budget} labeled images per class for the student; "
                           "the rest of the train split are transfer images")

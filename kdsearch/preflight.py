@@ -13,8 +13,9 @@ import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import NamedTuple
 
-from .config import CheckpointTeacher, Config, EnsembleTeacher, TorchscriptTeacher
+from .config import CheckpointTeacher, Config, EnsembleTeacher, TorchscriptTeacher, TrainTeacher
 from .errors import KdsearchError
 from .locks import check_output_folder
 from .sources import (
@@ -26,11 +27,20 @@ from .sources import (
     unlabeled_image_count,
 )
 
-HEADROOM = 1.2  # free disk wanted over the data cache's estimated size
+HEADROOM = 1.2  # free disk wanted over the estimate of what a run writes
 
 
-def preflight(cfg: Config) -> tuple[list[str], list]:
-    """Every check below; returns (students that fit, those over the limit) for callers that report them."""
+class Checked(NamedTuple):
+    fit: list[str]
+    """Students that fit the size limit."""
+    over: list
+    """Those over it (StudentSize), for callers that report them."""
+    disk: dict[str, int]
+    """What the run will write under output.dir, in bytes, by kind (`disk_estimate`)."""
+
+
+def preflight(cfg: Config, search: bool = True) -> Checked:
+    """Every check below; returns what validate reports. `search`: the disk a search needs (False: `train`)."""
     check_sources(cfg.data)
     empty_class_folders(cfg.data)  # warns
     if cfg.data.unlabeled is not None:
@@ -42,23 +52,70 @@ def preflight(cfg: Config) -> tuple[list[str], list]:
     check_teacher_files(cfg, classes)
     from .distill import select_students
 
-    students = select_students(cfg, classes)
-    check_output_dir(cfg)
+    fit, over = select_students(cfg, classes)
+    disk = disk_estimate(cfg, classes, fit, search)
+    check_output_dir(cfg, disk)
     check_store_reachable(cfg.tracking.uri)
-    return students
+    return Checked(fit, over, disk)
 
 
-def check_output_dir(cfg: Config) -> None:
-    """output.dir (or its nearest existing parent) is a writable folder with room for the data cache."""
+def disk_estimate(cfg: Config, classes: int, students: list[str], search: bool = True) -> dict[str, int]:
+    """Bytes a run writes under output.dir, from the config's real numbers (documented in docs/troubleshooting.md):
+
+    - data cache: every image once, uint8 RGB at image_size (labeled and data.unlabeled);
+    - teacher outputs: cache_views x pool images x members x classes float32 logits, plus val;
+    - teacher checkpoint: a `train` teacher's float32 weights;
+    - trial checkpoints: each trial keeps its latest one: a student's weights and AdamW's two moments (3 x float32
+      parameters, averaged over the fitting students), times search.num_samples;
+    - export: student.pt, TorchScript, ONNX, and the copy MLflow registers (4 x the largest fitting student).
+
+    `search=False` (`kdsearch train`): no trial checkpoints; student.pt and its copy in MLflow as the export.
+    """
+    from .students import student_size
+
+    t = cfg.teacher
+    members = len(t.members) if isinstance(t, EnsembleTeacher) else 1
+    labeled = source_image_count(cfg.data)
+    extra = unlabeled_image_count(cfg.data.unlabeled) if cfg.data.unlabeled else 0
+    sizes = [student_size(s, classes, cfg.data.image_size).fp32_bytes for s in students] or [0]
+    out = {
+        "data cache": (labeled + extra) * 3 * cfg.data.image_size ** 2,
+        "teacher outputs": (t.cache_views * (labeled + extra) + labeled) * members * classes * 4 if t.cache else 0,
+        "teacher checkpoint": _train_teacher_bytes(cfg, classes),
+        "trial checkpoints": 3 * sum(sizes) / len(sizes) * cfg.search.num_samples if search else 0,
+        "export": (4 if search else 2) * max(sizes),
+    }
+    return {k: int(v * HEADROOM) for k, v in out.items()}
+
+
+def _train_teacher_bytes(cfg: Config, classes: int) -> int:
+    """A `train` teacher's float32 weights, counted on PyTorch's meta device (no memory, no download)."""
+    if not isinstance(cfg.teacher, TrainTeacher):
+        return 0
+    import torch
+
+    from .teachers import model_from_arch
+
+    try:
+        with torch.device("meta"):
+            model = model_from_arch(cfg.teacher.arch, classes, cfg.data.image_size)
+    except Exception:  # an arch that cannot be built on the meta device: its check comes later, its size not counted
+        return 0
+    return 4 * sum(p.numel() for p in model.parameters())
+
+
+def check_output_dir(cfg: Config, need: dict[str, int] | None = None) -> None:
+    """output.dir (or its nearest existing parent) is a writable folder with room for what the run writes."""
     out = cfg.output_dir
     base = check_output_folder(out)
-    images = source_image_count(cfg.data) + (unlabeled_image_count(cfg.data.unlabeled) if cfg.data.unlabeled else 0)
-    need = images * 3 * cfg.data.image_size ** 2 * HEADROOM  # uint8 RGB per image
+    if not need:
+        return
     free = shutil.disk_usage(base).free
-    if need > free:
-        raise KdsearchError(f"output.dir {out}: {free / 1e9:.1f} GB free, the decoded images need about "
-                            f"{need / 1e9:.1f} GB; free some space, point output.dir elsewhere, or lower "
-                            f"data.image_size")
+    if sum(need.values()) > free:
+        parts = ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in need.items() if v)
+        raise KdsearchError(f"output.dir {out}: {free / 1e6:.0f} MB free, this run writes about "
+                            f"{sum(need.values()) / 1e6:.0f} MB ({parts}); free some space, point output.dir "
+                            "elsewhere, or lower data.image_size / search.num_samples")
 
 
 def check_teacher_files(cfg: Config, num_classes: int) -> None:

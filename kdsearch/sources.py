@@ -20,6 +20,9 @@ from .errors import KdsearchError
 
 log = logging.getLogger("kdsearch")
 
+DIGITS_IMAGES = 1797  # scikit-learn's digits
+CIFAR_BATCH = 10_000  # images per CIFAR-10 python batch file
+
 
 def _stat(p: Path) -> list:
     st = p.stat()
@@ -143,6 +146,17 @@ def idx_files(root: Path) -> dict[str, tuple[Path, Path]]:
     return out
 
 
+def _idx_count(path: Path) -> int:
+    """The item count in an IDX file's header (the first dimension), without reading the data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        head = f.read(8)
+    try:
+        return struct.unpack(">I", head[4:8])[0]
+    except struct.error:
+        return 0  # the decoder names the broken file
+
+
 def read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
@@ -192,7 +206,7 @@ def check_sources(d: DataConfig) -> None:
 
 
 def source_image_count(d: DataConfig) -> int:
-    """Images the source holds, counted without decoding (0 where that needs a full read)."""
+    """Images the source holds, counted without decoding them (headers, file lists, manifests)."""
     if d.source == "image_folder":
         return len(image_folder_files(Path(d.root)))
     if d.source == "csv":
@@ -200,7 +214,11 @@ def source_image_count(d: DataConfig) -> int:
     if d.source == "npz":
         with np.load(npz_path(Path(d.root)), allow_pickle=False) as z:
             return sum(len(z[k]) for k in z.files if k.endswith("_labels"))
-    return 0  # digits, idx, cifar10: fixed, small sets
+    if d.source == "idx":
+        return sum(_idx_count(images) for images, _ in idx_files(Path(d.root)).values())
+    if d.source == "cifar10":
+        return CIFAR_BATCH * sum(p.name != "batches.meta" for p in cifar_files(Path(d.root)))
+    return DIGITS_IMAGES
 
 
 def num_classes_hint(d: DataConfig) -> int:
