@@ -27,6 +27,7 @@ def test_a_diverged_or_nan_result_never_wins():
     assert best(rows[:2], lambda r: r, "val_loss", "min") is None
 
 
+@pytest.mark.e2e  # a whole `kdsearch train` run
 def test_train_that_diverges_says_so_and_writes_strict_json(tmp_path, run_cli):
     path = write_config(tmp_path, tiny_config(tmp_path, search={"max_epochs": 3, "space": {
         "optimizer": "sgd", "lr": 100.0, "alpha": 0.5, "temperature": 4.0, "batch_size": 64, "weight_decay": 0.0,
