@@ -499,11 +499,16 @@ def _crash(e: BaseException) -> None:
 
     from .versions import versions
 
+    secrets = sorted((v for k, v in os.environ.items() if len(v) >= 4 and re.search(SECRET_NAMES, k, re.IGNORECASE)),
+                     key=len, reverse=True)
+
+    def redact(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        return text
+
     folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdsearch" / "crashes"
-    text = "".join(traceback.format_exception(e)) + f"\ncommand: {sys.argv}\nversions: {versions()}\n"
-    secrets = [v for k, v in os.environ.items() if len(v) >= 4 and re.search(SECRET_NAMES, k, re.IGNORECASE)]
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
+    text = redact("".join(traceback.format_exception(e)) + f"\ncommand: {sys.argv}\nversions: {versions()}\n")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         log_path = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
@@ -511,6 +516,6 @@ def _crash(e: BaseException) -> None:
         where = f"details in {log_path}"
     except OSError:
         where = "the crash log could not be written:\n" + text
-    print(f"kdsearch: internal error ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
-          f"{where}; please report it", file=sys.stderr)
+    summary = redact(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+    print(f"kdsearch: internal error ({summary}); {where}; please report it", file=sys.stderr)
     sys.exit(1)

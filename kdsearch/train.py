@@ -36,7 +36,7 @@ class TrainResult:
 def run_train(cfg: Config, device: torch.device, on_start: Callable[[Hparams, Prepared], None] | None = None,
               on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     start = time.perf_counter()
-    preflight(cfg, search=False)  # config, data paths, teacher files, size limit, output.dir, MLflow: before anything is written
+    preflight(cfg, search=False)  # config, data, teacher files, size limit, output.dir, MLflow: before any write
     prepared = prepare(cfg, device)
     check_store(cfg)
     hp = default_hparams(cfg, prepared.students)
