@@ -72,7 +72,7 @@ def run(
         raise KdsearchError(f"{result.experiment_path}: no trial finished, nothing to export; "
                             "continue with `kdsearch run CONFIG --resume`")
     exported = export_best(cfg)
-    _print_export(cfg, exported)
+    _print_export(cfg, exported, config)
     if submit_:
         _submit_and_report(cfg, None, wait=True)
 
@@ -171,10 +171,10 @@ def export_best_cmd(
     from .export import export_best
 
     cfg = _load(config, set_, "export-best")
-    _print_export(cfg, export_best(cfg, out=out, partial=partial))
+    _print_export(cfg, export_best(cfg, out=out, partial=partial), config)
 
 
-def _print_export(cfg: Config, e) -> None:
+def _print_export(cfg: Config, e, config_path: Path | None = None) -> None:
     from .results import metric_value
 
     metric = cfg.search.metric
@@ -191,9 +191,47 @@ def _print_export(cfg: Config, e) -> None:
     if e.registered:
         table.add_row("MLflow model", e.registered)
     console.print(table)
-    uri = cfg.tracking.uri
-    console.print(f"compare trials: mlflow ui --backend-store-uri {uri} --host 127.0.0.1" if "://" in uri and
-                  not uri.startswith("http") else f"compare trials at {uri}")
+    if cfg.tracking.uri.startswith(("http://", "https://")):
+        from .tracking.ui import links
+
+        found = links(cfg, cfg.tracking.uri)
+        console.print(f"compare the trials: {found.compare or found.experiment}")
+    else:
+        console.print(f"compare the trials in MLflow's UI: kdsearch ui {config_path or 'CONFIG'}")
+
+
+@app.command()
+def ui(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
+    open_: Annotated[bool, typer.Option("--open", help="also open the comparison in a browser")] = False,
+) -> None:
+    """MLflow's UI on the config's store, bound to 127.0.0.1; prints the URL of the latest search's trial comparison."""
+    from .tracking.ui import is_remote, links, start_server, stop_server
+
+    cfg = load_config(config, set_ or [])
+    remote = is_remote(cfg.tracking.uri)
+    server = None if remote else start_server(cfg, port)
+    try:
+        found = links(cfg, cfg.tracking.uri if remote else f"http://127.0.0.1:{port}")
+        console.print(f"experiment {cfg.name}: {found.experiment}")
+        if found.compare:
+            console.print(f"compare its {found.trials} trials (best first): {found.compare}")
+        else:
+            console.print("no search yet: `kdsearch run CONFIG` fills the comparison")
+        if open_:
+            import webbrowser
+
+            webbrowser.open(found.compare or found.experiment)
+        if server is not None:
+            err_console.print("MLflow UI running; Ctrl-C stops it")
+            server.wait()
+    except interrupts.Interrupted:
+        err_console.print("MLflow UI stopped")
+    finally:
+        if server is not None:
+            stop_server(server)
 
 
 @app.command()

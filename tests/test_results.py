@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from kdsearch.report import run_report
 from kdsearch.students import student_spec
 from kdsearch.tuner import run_search
 
-from conftest import REPO, tiny_config, write_config
+from conftest import KDSEARCH, REPO, tiny_config, write_config
 
 pytestmark = pytest.mark.e2e  # a real Ray search, server or subprocess run: not in the fast tier
 
@@ -169,25 +170,79 @@ def test_mlflow_server_shows_the_search(searched):
             assert tag["kdsearch.ended"] in ("completed", "stopped_early")
 
 
+@contextlib.contextmanager
+def kdsearch_ui(config: Path, cwd: Path):
+    """A real `kdsearch ui CONFIG` process; yields (experiment URL, comparison URL) as it prints them."""
+    ui = subprocess.Popen([KDSEARCH, "ui", str(config), "--port", str(_free_port())], cwd=cwd,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        experiment = ui.stdout.readline().strip()
+        compare = ui.stdout.readline().strip()
+        assert experiment.startswith("experiment results: http://127.0.0.1:"), (experiment, ui.stderr.read())
+        yield experiment.split(": ", 1)[1], compare.split(": ", 1)[1]
+    finally:
+        os.killpg(ui.pid, signal.SIGINT)  # Ctrl-C stops the server cleanly
+        assert ui.wait(timeout=60) == 0
+        assert "MLflow UI stopped" in ui.stderr.read()
+
+
+def test_kdsearch_ui_links_the_trials_best_first_and_the_model_training_view(searched):
+    tmp, cfg, config, result = searched
+    client = MlflowClient(cfg.tracking.uri)
+    exp = client.get_experiment_by_name("results")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    trials = {r.info.run_id: r for r in client.search_runs([exp.experiment_id], "tags.`kdsearch.kind` = 'trial'")}
+    with kdsearch_ui(config, tmp) as (experiment, compare):
+        assert experiment.endswith(f"/#/experiments/{exp.experiment_id}?workflowType=machine_learning")
+        query = urllib.parse.parse_qs(compare.split("#/compare-runs?", 1)[1])
+        ids = json.loads(query["runs"][0])
+        assert json.loads(query["experiments"][0]) == [exp.experiment_id] and set(ids) == set(trials)
+        scores = [trials[i].data.metrics.get("val_macro_f1") for i in ids]
+        known = [v for v in scores if v is not None]
+        assert known == sorted(known, reverse=True) and scores[:len(known)] == known  # best first
+        with urllib.request.urlopen(experiment.split("#")[0] + "health", timeout=10) as r:
+            assert r.read().strip() == b"OK"  # MLflow's own server is up behind the links
+
+
+def test_child_runs_last_as_long_as_their_trials(searched):
+    """Each trial's MLflow run starts before its first epoch began and ends after its last was reported, so
+    durations in the UI are the trials'."""
+    _, cfg, _, _ = searched
+    from ray import tune
+
+    client = MlflowClient(cfg.tracking.uri)
+    runs = {r.data.tags["kdsearch.trial_id"]: r for r in client.search_runs(
+        [client.get_experiment_by_name("results").experiment_id], "tags.`kdsearch.kind` = 'trial'")}
+    analysis = tune.ExperimentAnalysis(str(cfg.output_dir / "ray" / "results"))
+    for trial_id, df in analysis.trial_dataframes.items():
+        run = runs[trial_id]
+        first_epoch_began = (df["timestamp"].iloc[0] - df["time_this_iter_s"].iloc[0]) * 1000
+        last_report = df["timestamp"].iloc[-1] * 1000
+        assert run.info.start_time <= first_epoch_began + 1000, trial_id  # timestamps are whole seconds
+        assert run.info.end_time >= last_report - 1000, trial_id
+        assert run.info.status == "FINISHED"
+
+
 @pytest.mark.slow
 def test_screenshot_of_the_trials_compare_view(searched, tmp_path):
-    """Headless Chromium renders MLflow's compare view of the search's trials (apt-get install chromium).
-    KDSEARCH_SCREENSHOT=docs/mlflow_compare.png keeps the picture (docs/results.md's)."""
+    """Headless Chromium renders the comparison `kdsearch ui` links (apt-get install chromium), with the trials'
+    run names. KDSEARCH_SCREENSHOT=docs/mlflow_compare.png keeps the picture (docs/results.md's)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    assert chromium, "needs Chromium: apt-get install -y chromium"
-    _, cfg, _, result = searched
+    if not chromium:
+        pytest.skip("needs Chromium: apt-get install -y chromium")
+    tmp, cfg, config, _ = searched
     client = MlflowClient(cfg.tracking.uri)
-    exp_id = client.get_experiment_by_name("results").experiment_id
-    children = [r.info.run_id for r in client.search_runs([exp_id])
-                if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
+    names = {r.info.run_name for r in client.search_runs(
+        [client.get_experiment_by_name("results").experiment_id], "tags.`kdsearch.kind` = 'trial'")}
     out = Path(os.environ.get("KDSEARCH_SCREENSHOT", tmp_path / "compare.png")).resolve()
-    with mlflow_server(cfg.tracking.uri) as (base, _):
-        query = urllib.parse.urlencode({"runs": json.dumps(children), "experiments": json.dumps([exp_id])})
-        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                        "--window-size=1500,1100", "--virtual-time-budget=20000", f"--screenshot={out}",
-                        f"{base}/#/compare-runs?{query}"], check=True, capture_output=True, timeout=180)
+    browse = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1500,1100",
+              "--virtual-time-budget=20000"]
+    with kdsearch_ui(config, tmp) as (_, compare):
+        subprocess.run([*browse, f"--screenshot={out}", compare], check=True, capture_output=True, timeout=180)
+        dom = subprocess.run([*browse, "--dump-dom", compare], check=True, capture_output=True, text=True,
+                             timeout=180).stdout
+    assert names and all(name in dom for name in names)  # a row per trial, by its run name
     with Image.open(out) as img:
         assert img.size == (1500, 1100)
         colours = img.convert("L").getcolors(maxcolors=1_000_000)
     assert colours is not None and len(colours) > 50  # a rendered page, not a blank one
-

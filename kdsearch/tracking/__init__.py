@@ -21,6 +21,8 @@ from ..locks import store_lock
 from ..results import on_full_split
 
 TRIAL_TAG = "kdsearch.trial_id"
+KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+"""MLflow 3 reads this tag to open an experiment in its model-training view, not the GenAI overview."""
 SEARCH_TAG = "kdsearch.search_id"
 
 
@@ -36,7 +38,12 @@ def _client(cfg: Config):
         try:
             client = MlflowClient(cfg.tracking.uri)
             exp = client.get_experiment_by_name(cfg.name)
-            exp_id = exp.experiment_id if exp is not None else client.create_experiment(cfg.name)
+            if exp is None:
+                exp_id = client.create_experiment(cfg.name, tags={KIND_TAG: EXPERIMENT_KIND})
+            else:
+                exp_id = exp.experiment_id
+                if KIND_TAG not in exp.tags:  # an experiment made before, or by hand; a kind the user set stays
+                    client.set_experiment_tag(exp_id, KIND_TAG, EXPERIMENT_KIND)
         except Exception as e:
             raise KdsearchError(f"tracking.uri {cfg.tracking.uri}: MLflow store not usable (MLflow raised "
                                 f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); set "
