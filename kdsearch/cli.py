@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from . import interrupts
+from . import interrupts, quiet
 from .config import Config, load_config
 from .errors import KdsearchError
 
@@ -40,6 +40,13 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE ov
                                                      "(--set search.num_samples=4); repeatable")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 AddressOpt = Annotated[Optional[str], typer.Option(help="Ray cluster address (or RAY_ADDRESS); default: local")]
+
+
+@app.callback()
+def _options(verbose: Annotated[bool, typer.Option(
+        "-v", "--verbose", help="also show every library's own informational lines (MLflow, Ray, Optuna, torch)")]
+        = False) -> None:
+    quiet.configure(verbose)
 
 
 @app.command()
@@ -68,6 +75,7 @@ def run(
                   + (f"{t['diverged']} diverged, " if t["diverged"] else "") +
                   f"{t['errored']} errored; wall time {result.wall_seconds:.1f} s; teacher forward passes "
                   f"{result.teacher_forward_passes} ({result.teacher_seconds:.1f} s)")
+    console.print(f"Ray Tune's results and checkpoints: {result.experiment_path}")
     if result.best is None:
         raise KdsearchError(f"{result.experiment_path}: no trial finished, nothing to export; "
                             "continue with `kdsearch run CONFIG --resume`")
@@ -497,8 +505,6 @@ def _fmt(v) -> str:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=err_console,
                         show_time=False, show_path=False)])
-    for noisy in ("mlflow", "alembic", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     interrupts.install()
     try:
         # Standalone mode: Click itself prints usage errors (`Usage: ... Error: No such option`, exit 2) whatever

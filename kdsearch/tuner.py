@@ -23,7 +23,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.sample import Domain
 
-from . import interrupts
+from . import interrupts, quiet
 from .config import Config
 from .devices import resolve_device
 from .distill import Prepared, prepare
@@ -181,6 +181,7 @@ def make_tuner(cfg: Config, path: Path, shipped: Prepared, tracker: SearchTracke
     space = tune_space(cfg.search.space, shipped.students)
     # Optuna needs something to sample; a fully fixed space just repeats that configuration.
     searchable = any(isinstance(v, Domain) for v in space.values())
+    quiet.quiet_optuna()  # no "A new study created in memory"
     points = start_points(cfg.search.space, shipped.students) if cfg.search.start_points else None
     search_alg = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.seed), points_to_evaluate=points
                               ) if searchable else None

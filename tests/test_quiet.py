@@ -1,0 +1,36 @@
+"""A search's terminal shows kdsearch's own lines; each library's informational chatter is switched off through
+that library's own setting, and `-v` brings every line back."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from conftest import KDSEARCH, tiny_config, write_config
+
+pytestmark = pytest.mark.e2e  # two real searches through the console script
+
+NOISE = ["Creating initial MLflow database tables", "Token authentication is enabled",
+         "A new study created in memory", "Configuration for experiment", "View detailed results here",
+         "To visualize your results with TensorBoard"]
+
+
+def _run(tmp_path, *flags) -> str:
+    tmp_path.mkdir()
+    cfg = tiny_config(tmp_path, search={"num_samples": 2, "max_concurrent": 2,
+                                        "space": {"lr": {"loguniform": [1e-3, 1e-2]}, "batch_size": 64}})
+    path = write_config(tmp_path, cfg)
+    done = subprocess.run([KDSEARCH, *flags, "run", str(path), "--device", "cpu"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def test_the_demo_shows_only_kdsearch_lines_and_v_brings_the_rest_back(tmp_path):
+    quiet = _run(tmp_path / "quiet")
+    assert [n for n in NOISE if n in quiet] == []
+    assert "Ray Tune's results and checkpoints: " in quiet  # said in kdsearch's words instead
+    assert "compare the trials in MLflow's UI: kdsearch ui " in quiet
+    loud = _run(tmp_path / "loud", "-v")
+    assert [n for n in NOISE if n not in loud] == []
