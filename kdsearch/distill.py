@@ -18,13 +18,13 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from .batches import cached_batches, epoch_generator, live_batches
-from .config import Config, Dist
+from .config import Config
 from .data import Dataset, load_dataset, stratified_sample, val_subset
 from .engine import Metrics, classification_metrics, evaluate, recalibrate_bn, train_one_epoch
 from .errors import KdsearchError
 from .labels import UNLABELED
 from .losses import FeatureHintLoss, class_weights, create_loss
-from .students import FeatureStudent, StudentSize, create_student, fitting_students, student_size, student_spec
+from .students import FeatureStudent, create_student, select_students, student_size, student_spec
 from .teacher_cache import TeacherTargets, fit_heads, teacher_targets
 from .teachers import Teachers, build_teachers
 from .transforms import to_input
@@ -84,19 +84,6 @@ class Prepared:
     teacher_metrics: dict[str, float]
     baseline_metrics: dict[str, float]
     """The majority-class baseline on val: what a teacher must beat to be worth copying."""
-
-
-def select_students(cfg: Config, num_classes: int) -> tuple[list[str], list[StudentSize]]:
-    """Candidates (or space.student's choices) that fit max_size_mb in student.precision; none -> exit 2."""
-    s = cfg.student
-    chosen = cfg.search.space.student
-    names = s.candidates if chosen is None else chosen.values_to_check() if isinstance(chosen, Dist) else [chosen]
-    fit, over = fitting_students(list(names), num_classes, cfg.data.image_size, s.max_size_mb, s.precision)
-    if not fit:
-        sizes = ", ".join(f"{o.name} {o.bytes(s.precision) / 1e6:.1f} MB" for o in over)
-        raise KdsearchError(f"student.max_size_mb {s.max_size_mb:g}: no candidate fits in {s.precision} ({sizes}); "
-                            "raise the limit, set student.precision: fp16, or add smaller student.candidates")
-    return fit, over
 
 
 def default_hparams(cfg: Config, students: list[str]) -> Hparams:

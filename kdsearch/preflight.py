@@ -50,7 +50,7 @@ def preflight(cfg: Config, search: bool = True) -> Checked:
         raise KdsearchError(f"data.root {cfg.data.root}: found {classes} class; a classifier needs at least two "
                             "(one subfolder or label per class)")
     check_teacher_files(cfg, classes)
-    from .distill import select_students
+    from .students import select_students
 
     fit, over = select_students(cfg, classes)
     disk = disk_estimate(cfg, classes, fit, search)
@@ -94,7 +94,7 @@ def _train_teacher_bytes(cfg: Config, classes: int) -> int:
         return 0
     import torch
 
-    from .teachers import model_from_arch
+    from .students import model_from_arch
 
     try:
         with torch.device("meta"):
@@ -121,13 +121,13 @@ def check_output_dir(cfg: Config, need: dict[str, int] | None = None) -> None:
 def check_teacher_files(cfg: Config, num_classes: int) -> None:
     """Checkpoint weights load (weights_only) into their architecture with `num_classes` outputs; TorchScript
     files exist."""
-    from .teachers import load_checkpoint_model, teacher_spec
-
     t = cfg.teacher
     members = [(f"teacher.members.{i}", m) for i, m in enumerate(t.members)] if isinstance(t, EnsembleTeacher) \
         else [("teacher", t)]
     for where, m in members:
         if isinstance(m, CheckpointTeacher):
+            from .teachers import load_checkpoint_model, teacher_spec  # only here: teachers import the data stack
+
             load_checkpoint_model(m, num_classes, teacher_spec(m, cfg).size, where)
         elif isinstance(m, TorchscriptTeacher) and not Path(m.path).is_file():
             raise KdsearchError(f"{where}.path {m.path}: file not found; give a model saved with torch.jit.save")

@@ -10,6 +10,7 @@ import gzip
 import logging
 import os
 import struct
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -185,8 +186,7 @@ def cifar_files(root: Path) -> list[Path]:
 def source_files(d: DataConfig) -> list:
     """What the decode depends on, cheaply: (path, size, mtime) of each input file."""
     if d.source == "digits":
-        import sklearn
-        return [f"sklearn-{sklearn.__version__}"]
+        return [f"sklearn-{version('scikit-learn')}"]  # the package's metadata: no need to import it
     root = require_root(d)
     if d.source == "image_folder":
         return [_stat(p) for p in image_folder_files(root)]

@@ -17,8 +17,9 @@ import torchvision.models as tvm
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from .errors import KdsearchError
 from .input_spec import InputSpec
-from .registry import Registry
+from .registry import Registry, import_object
 
 STUDENTS: Registry[Callable[..., nn.Module]] = Registry("student")
 register_student = STUDENTS.register()
@@ -224,3 +225,34 @@ def fitting_students(candidates: list[str], num_classes: int, image_size: int, m
         size = student_size(name, num_classes, image_size)
         (fit.append(name) if size.fits(max_size_mb, precision) else over.append(size))
     return fit, over
+
+
+def select_students(cfg, num_classes: int) -> tuple[list[str], list[StudentSize]]:
+    """Candidates (or space.student's choices) that fit max_size_mb in student.precision; none -> exit 2."""
+    s = cfg.student
+    chosen = cfg.search.space.student
+    if chosen is None:
+        names = s.candidates
+    else:  # a search_space.Dist over students, or one fixed student
+        names = chosen.values_to_check() if hasattr(chosen, "values_to_check") else [chosen]
+    fit, over = fitting_students(list(names), num_classes, cfg.data.image_size, s.max_size_mb, s.precision)
+    if not fit:
+        sizes = ", ".join(f"{o.name} {o.bytes(s.precision) / 1e6:.1f} MB" for o in over)
+        raise KdsearchError(f"student.max_size_mb {s.max_size_mb:g}: no candidate fits in {s.precision} ({sizes}); "
+                            "raise the limit, set student.precision: fp16, or add smaller student.candidates")
+    return fit, over
+
+
+def model_from_arch(arch: str, num_classes: int, image_size: int, kwargs: dict | None = None) -> nn.Module:
+    """A registry name, a timm name, or `package.module:ClassName` (called with `kwargs`)."""
+    if ":" in arch:
+        return import_object(arch, "teacher.arch")(**(kwargs or {}))
+    if arch in list_students():
+        return create_student(arch, num_classes, image_size)
+    import timm
+
+    if timm.is_model(arch):
+        extra = {"img_size": image_size} if "vit" in arch or "deit" in arch else {}
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, **extra)
+    raise KdsearchError(f"teacher.arch {arch!r}: unknown; use a kdsearch model ({', '.join(list_students())}), "
+                        "a timm model name, or package.module:ClassName")

@@ -25,8 +25,8 @@ from ..data import Dataset
 from ..engine import EVAL_BATCH, Metrics, classification_metrics
 from ..errors import KdsearchError
 from ..losses import teacher_log_probs
-from ..registry import Registry, import_object
-from ..students import create_student, forward_with_features, list_students, student_spec
+from ..registry import Registry
+from ..students import forward_with_features, model_from_arch, student_spec  # noqa: F401  (model_from_arch: re-exported)
 from ..transforms import to_input
 
 log = logging.getLogger("kdsearch")
@@ -168,22 +168,6 @@ def build_teacher(cfg: Config, data: Dataset, device: torch.device | str, t=None
         teacher.fingerprint = fingerprint({"model": teacher.fingerprint, "dtype": t.dtype})
     _check_outputs(t, teacher, data.num_classes, device)
     return teacher
-
-
-def model_from_arch(arch: str, num_classes: int, image_size: int, kwargs: dict | None = None) -> nn.Module:
-    """A registry name, a timm name, or `package.module:ClassName` (called with `kwargs`)."""
-    if ":" in arch:
-        return import_object(arch, "teacher.arch")(**(kwargs or {}))
-    if arch in list_students():
-        return create_student(arch, num_classes, image_size)
-    import timm
-
-    if timm.is_model(arch):
-        extra = {"img_size": image_size} if "vit" in arch or "deit" in arch else {}
-        return timm.create_model(arch, pretrained=False, num_classes=num_classes, **extra)
-    raise KdsearchError(f"teacher.arch {arch!r}: unknown; use a kdsearch model ({', '.join(list_students())}), "
-                        "a timm model name, or package.module:ClassName")
-
 
 
 def _check_outputs(t, teacher: Teacher, num_classes: int, device) -> None:
