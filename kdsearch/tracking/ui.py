@@ -53,7 +53,8 @@ def links(cfg: Config, base: str) -> Links:
 
     ids = [r.info.run_id for r in sorted(runs, key=rank) if r.data.tags.get(TRIAL_TAG)][:COMPARE_LIMIT]
     query = urllib.parse.urlencode({"runs": json.dumps(ids, separators=(",", ":")),
-                                    "experiments": json.dumps([exp_id], separators=(",", ":"))},
+                                    "experiments": json.dumps([exp_id], separators=(",", ":")),
+                                    "workflowType": "machine_learning"},
                                    quote_via=urllib.parse.quote)
     return Links(experiment, f"{base}/#/compare-runs?{query}" if ids else None, len(ids))
 
