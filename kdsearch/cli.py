@@ -71,6 +71,7 @@ def run(
     result = run_search(cfg, resume=resume, address=address, device=device)
     t = result.trials
     console.print(_counts_line(result.images))
+    console.print(_classes_line(result.class_names))
     console.print(f"trials: {t['completed']} completed, {t['stopped_early']} stopped early by ASHA, "
                   + (f"{t['diverged']} diverged, " if t["diverged"] else "") +
                   f"{t['errored']} errored; wall time {result.wall_seconds:.1f} s; teacher forward passes "
@@ -280,6 +281,7 @@ def train(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "auto") ->
     def on_start(hp, prepared):
         t, b = prepared.teacher_metrics, prepared.baseline_metrics
         err_console.print(_counts_line(prepared.data.counts()))
+        err_console.print(_classes_line(prepared.data.class_names))
         err_console.print(f"teacher val accuracy {t['val_accuracy']:.4f}, macro-F1 {t['val_macro_f1']:.4f} "
                           f"(majority-class baseline: accuracy {b['val_accuracy']:.4f}, macro-F1 "
                           f"{b['val_macro_f1']:.4f})")
@@ -430,12 +432,13 @@ def inspect_data_cmd(config: ConfigArg, set_: SetOpt = None) -> None:
     cfg = _load(config, set_, "inspect-data")
     summary, out = inspect_data(cfg)
     table = Table(title=f"{cfg.name}: {cfg.data.source} data")
-    for col in ("class", "labeled", "val", "weight (power 1)"):
+    for col in ("index", "class", "label id", "labeled", "val", "weight (power 1)"):
         table.add_column(col, justify="left" if col == "class" else "right")
     weights = summary["suggested_class_weights"]["power_1.0"]
-    for name in summary["classes"]:
-        table.add_row(name, str(summary["train_counts"][name]), str(summary["val_counts"][name]),
-                      f"{weights[name]:.3f}")
+    for row in summary["class_table"]:
+        name = row["class"]
+        table.add_row(str(row["index"]), name, str(row.get("label_id", "-")), str(summary["train_counts"][name]),
+                      str(summary["val_counts"][name]), f"{weights[name]:.3f}")
     console.print(table)
     console.print(_counts_line(summary["images"]))
     console.print(f"imbalance ratio (largest/smallest class): {summary['imbalance_ratio']:.2f}")
@@ -480,6 +483,11 @@ def list_models(
         table.add_row(name, f"{s.params:,}", f"{s.fp32_bytes / 1e6:.2f}", f"{s.fp16_bytes / 1e6:.2f}",
                       _yes(s.fits(max_size_mb, "fp32")), _yes(s.fits(max_size_mb, "fp16")))
     console.print(table)
+
+
+def _classes_line(names: list[str]) -> str:
+    """Class index -> name, as run, train and validate show it (labels.json in the export holds the same)."""
+    return "classes: " + ", ".join(f"{i}={n}" for i, n in enumerate(names))
 
 
 def _counts_line(c: dict[str, int]) -> str:

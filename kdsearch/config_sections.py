@@ -33,7 +33,12 @@ class DataConfig(ConfigModel):
     manifest: str | None = None
     """csv only: a file with columns path,label; paths relative to root."""
     class_names: list[str] | None = None
-    """Names for label ids 0..K-1 where the source has none (npz, idx, cifar10 give numbers)."""
+    """Integer labels (npz, idx, cifar10, a csv of numbers): one name per label id, in id order. Text labels (a
+    csv of names, an image folder's subfolders): the class order, naming exactly the labels present. Unset:
+    integer labels keep their numbers (class i = label i); text labels sort as text."""
+    remap_labels: bool = False
+    """Integer label ids that are not 0..K-1 (a gap, or starting at 1) exit 2 unless this is true: they then map
+    to consecutive class indices in numeric order (the mapping is shown and exported in labels.json)."""
     image_size: int = Field(224, ge=8, le=1024)
     """Student input size; images are square-resized once and cached. 224 is what ImageNet-style students expect."""
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
@@ -100,6 +105,9 @@ _RESOURCES_DOC = """Run the teacher's once-per-search work (training a `train` t
 
 
 class _TeacherBase(ConfigModel):
+    allow_class_mismatch: bool = False
+    """A teacher not trained here whose outputs match the data's classes far better in another order (see
+    distill.check_class_order) exits 2 before any student trains; true uses it as it is."""
     cache: bool = True
     """Compute the teacher's outputs once and reuse them; false = the teacher runs live on every batch."""
     cache_views: int = Field(1, ge=1, le=64)
@@ -200,6 +208,8 @@ class EnsembleTeacher(ConfigModel):
     """Several teachers distilled into one student: the target is their weighted mean probability at T."""
 
     source: Literal["ensemble"]
+    allow_class_mismatch: bool = False
+    """As a single teacher's, for every member."""
     members: list[Annotated[_MemberConfig, BeforeValidator(_default_source)]] = Field(min_length=2)
     """Two or more teachers of any other source, each with its own input preprocessing."""
     weights: list[float] | None = None

@@ -19,13 +19,13 @@ from ._io import fingerprint, load_cache, save_atomic
 from .config import Config, DataConfig
 from .decoders import DECODERS, decode_unlabeled
 from .errors import KdsearchError
-from .labels import UNLABELED
+from .labels import UNLABELED, ClassTable
 from .sources import empty_class_folders, source_files, unlabeled_files
 
 log = logging.getLogger("kdsearch")
 
 
-CACHE_FORMAT = 1  # bump when the cached layout changes
+CACHE_FORMAT = 2  # bump when the cached layout changes (2: label_ids)
 
 
 @dataclass
@@ -51,6 +51,13 @@ class Dataset:
     unlabeled: torch.Tensor | None = None
     """uint8 [N_u, C, S, S]: data.unlabeled's images, in the train split's channels."""
     unlabeled_fingerprint: str | None = None
+    label_ids: list[int] | None = None
+    """Class index -> the integer label id in the source (None: text labels); see labels.py."""
+
+    @property
+    def class_table(self) -> ClassTable:
+        """Class index -> name (and integer label id): what inspect-data shows and labels.json carries."""
+        return ClassTable({}, self.class_names, self.label_ids)
 
     @property
     def num_classes(self) -> int:
@@ -100,7 +107,8 @@ def load_dataset(cfg: Config) -> Dataset:
     files = source_files(d)
     empty_class_folders(d)  # warns
     key = fingerprint({"format": CACHE_FORMAT, "source": d.source, "size": d.image_size, "manifest": d.manifest,
-                       "class_names": d.class_names, "max_pixels": d.max_image_pixels, "files": files})
+                       "class_names": d.class_names, "remap": d.remap_labels, "max_pixels": d.max_image_pixels,
+                       "files": files})
     cache = cfg.output_dir / "cache" / f"data-{key}.pt"
     decoded = load_cache(cache)
     to_save = []  # written only once everything decoded and checked: bad input leaves no cache behind
@@ -194,7 +202,14 @@ def _split(dec: dict, d: DataConfig, seed: int, key: str) -> Dataset:
         train, val = Split(x[tr], y[tr]), Split(x[va], y[va])
     test = Split(dec["test_x"], dec["test_y"]) if "test_x" in dec else None
     fp = fingerprint({"decoded": key, "seed": seed, "val_fraction": d.val_fraction})
-    return Dataset(train, val, test, list(dec["class_names"]), fp, list(dec["unreadable"]), dec.get("orig_sizes"))
+    data = Dataset(train, val, test, list(dec["class_names"]), fp, list(dec["unreadable"]), dec.get("orig_sizes"),
+                   label_ids=dec.get("label_ids"))
+    counts = torch.bincount(val.y, minlength=data.num_classes).tolist()
+    missing = [n for n, c in zip(data.class_names, counts) if c == 0]
+    if missing:  # engine.classification_metrics: macro-F1 averages over the classes present in val or predicted
+        log.warning("val has no images of class(es) %s: no val score measures them (macro-F1 averages over the "
+                    "classes val holds); raise data.val_fraction or add images", ", ".join(missing))
+    return data
 
 
 def _load_unlabeled(cfg: Config, channels: int) -> tuple[torch.Tensor, str, list[str], list]:

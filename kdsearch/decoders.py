@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .config import DataConfig, UnlabeledConfig
 from .errors import KdsearchError
-from .labels import UNLABELED
+from .labels import UNLABELED, class_table
 from .registry import Registry
 from .sources import (
     cifar_files,
@@ -84,22 +84,20 @@ def _to_uint8(im: Image.Image, size: int) -> np.ndarray:
 def _decode_image_folder(d: DataConfig) -> dict:
     root = require_root(d)
     files = image_folder_files(root)
-    classes = sorted({class_of(root, p) for p in files})
-    index = {c: i for i, c in enumerate(classes)}
-    out = _decode_files(files, [index[class_of(root, p)] for p in files], d.image_size, root, d.max_image_pixels)
-    out["class_names"] = classes
-    return out
+    table = class_table({class_of(root, p) for p in files}, d.class_names, d.remap_labels, f"data.root {root}",
+                        text=True)  # folder names are names, even "1", "2"
+    out = _decode_files(files, [table.index[class_of(root, p)] for p in files], d.image_size, root,
+                        d.max_image_pixels)
+    return {**out, "class_names": table.names, "label_ids": None}
 
 
 @DECODERS.register("csv")
 def _decode_csv(d: DataConfig) -> dict:
     root, rows = csv_rows(d)
-    classes = sorted({label for _, label in rows})
-    index = {c: i for i, c in enumerate(classes)}
-    out = _decode_files([root / p for p, _ in rows], [index[label] for _, label in rows], d.image_size, root,
+    table = class_table({label for _, label in rows}, d.class_names, d.remap_labels, f"data.manifest {d.manifest}")
+    out = _decode_files([root / p for p, _ in rows], [table.index[label] for _, label in rows], d.image_size, root,
                         d.max_image_pixels)
-    out["class_names"] = classes
-    return out
+    return {**out, "class_names": table.names, "label_ids": table.label_ids}
 
 
 def _resize_tensor(x: np.ndarray, size: int) -> torch.Tensor:
@@ -123,24 +121,22 @@ def _nhwc_to_nchw(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(torch.uint8)
 
 
-def _names(d: DataConfig, num: int) -> list[str]:
-    if d.class_names is not None:
-        if len(d.class_names) < num:
-            raise KdsearchError(f"data.class_names: {len(d.class_names)} names for {num} label ids; give one per label")
-        return list(d.class_names[:num])
-    return [str(i) for i in range(num)]
-
-
-def _from_arrays(d: DataConfig, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+def _from_arrays(d: DataConfig, splits: dict[str, tuple[np.ndarray, np.ndarray]], where: str,
+                 names: list[str] | None = None) -> dict:
+    """Array sources: labels are integer ids (labels.class_table's rule); `names`: the source's own class names
+    per id (CIFAR's batches.meta), used when data.class_names does not give them."""
+    labels = {name: np.asarray(y).reshape(-1).astype(np.int64) for name, (_, y) in splits.items()}
+    table = class_table({int(v) for y in labels.values() for v in np.unique(y)}, d.class_names, d.remap_labels, where)
+    lookup = np.vectorize(table.index.__getitem__, otypes=[np.int64])
     out: dict = {"unreadable": []}
-    num = 0
-    for name, (x, y) in splits.items():
+    for name, (x, _) in splits.items():
         out[f"{name}_x"] = _resize_tensor(x, d.image_size)
-        out[f"{name}_y"] = torch.from_numpy(np.asarray(y).reshape(-1).astype(np.int64))
-        num = max(num, int(out[f"{name}_y"].max()) + 1 if len(y) else 0)
+        out[f"{name}_y"] = torch.from_numpy(lookup(labels[name]) if len(labels[name]) else labels[name])
     out["orig_sizes"] = torch.tensor([[splits["train"][0].shape[2], splits["train"][0].shape[1]]] *
                                      len(splits["train"][0]), dtype=torch.int64).reshape(-1, 2)
-    out["class_names"] = _names(d, num)
+    use_source_names = names is not None and d.class_names is None
+    out["class_names"] = [names[i] for i in table.label_ids] if use_source_names else table.names
+    out["label_ids"] = table.label_ids
     return out
 
 
@@ -150,7 +146,7 @@ def _decode_digits(d: DataConfig) -> dict:
 
     digits = load_digits()
     x = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # 8x8, values 0..16
-    return _from_arrays(d, {"train": (x, digits.target)})
+    return _from_arrays(d, {"train": (x, digits.target)}, "digits")
 
 
 @DECODERS.register("npz")
@@ -165,13 +161,14 @@ def _decode_npz(d: DataConfig) -> dict:
             raise KdsearchError(f"data.root {path}: needs arrays train_images and train_labels (found "
                                 f"{list(z.keys())})")
         splits = {s: (z[f"{s}_images"], z[f"{s}_labels"]) for s in ("train", "val", "test") if f"{s}_images" in z}
-    return _from_arrays(d, splits)
+    return _from_arrays(d, splits, f"data.root {path}")
 
 
 @DECODERS.register("idx")
 def _decode_idx(d: DataConfig) -> dict:
     files = idx_files(Path(d.root))
-    return _from_arrays(d, {s: (read_idx(images), read_idx(labels)) for s, (images, labels) in files.items()})
+    return _from_arrays(d, {s: (read_idx(images), read_idx(labels)) for s, (images, labels) in files.items()},
+                        f"data.root {d.root}")
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -208,10 +205,7 @@ def _decode_cifar10(d: DataConfig) -> dict:
         x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         splits["test" if p.name == "test_batch" else "train"].append((x, np.asarray(batch[b"labels"])))
     arrays = {s: (np.concatenate([a for a, _ in v]), np.concatenate([b for _, b in v])) for s, v in splits.items() if v}
-    out = _from_arrays(d, arrays)
-    if names and d.class_names is None:
-        out["class_names"] = names[:len(out["class_names"])]
-    return out
+    return _from_arrays(d, arrays, f"data.root {d.root}", names)
 
 
 def decode_unlabeled(u: UnlabeledConfig, size: int, max_pixels: int | None) -> dict:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
@@ -123,6 +124,7 @@ def teach(cfg: Config, data: Dataset, device) -> tuple[Teachers, TeacherTargets 
     def score_and_check(val: torch.Tensor) -> None:
         m, _ = teacher.score(val, data.val.y, data.num_classes)
         scores.update(val_accuracy=m.accuracy, val_macro_f1=m.macro_f1)
+        scores.update(check_class_order(cfg, teacher, val, data))
         check_teacher(cfg, scores, baseline)
 
     if cfg.teacher.cache:
@@ -132,6 +134,42 @@ def teach(cfg: Config, data: Dataset, device) -> tuple[Teachers, TeacherTargets 
         fit_heads(teacher, data, device)
         score_and_check(teacher.predict(data.val.x, device))
     return teacher, targets, scores
+
+
+CLASS_ORDER_MARGIN = 0.2
+"""A teacher whose best one-to-one matching of outputs to classes beats its own order by this much val accuracy
+is taken to be in another class order."""
+
+
+def check_class_order(cfg: Config, teacher: Teachers, logits: torch.Tensor, data: Dataset) -> dict[str, float]:
+    """Each member not trained here, scored on val against the data's classes in its own order and in the best
+    one-to-one matching of its outputs to the classes (scipy's linear_sum_assignment on its confusion matrix);
+    exit 2 naming the matching when it wins by CLASS_ORDER_MARGIN, unless teacher.allow_class_mismatch.
+    Returns the accuracies (MLflow logs them with the teacher's scores)."""
+    from scipy.optimize import linear_sum_assignment
+
+    out: dict[str, float] = {}
+    y = data.val.y.numpy()
+    for j, member in enumerate(teacher.members):
+        if member.identity.get("source") == "train":
+            continue  # trained here on these labels: its output i is class i by construction
+        pred = logits[:, j].argmax(1).numpy()
+        k = data.num_classes
+        confusion = np.zeros((k, logits.shape[-1]), dtype=np.int64)
+        np.add.at(confusion, (y, pred), 1)
+        rows, cols = linear_sum_assignment(-confusion)
+        identity, matched = float(np.trace(confusion[:, :k]) / len(y)), float(confusion[rows, cols].sum() / len(y))
+        suffix = "" if len(teacher.members) == 1 else f"_{j}"
+        out.update({f"val_accuracy_own_order{suffix}": identity, f"val_accuracy_best_matching{suffix}": matched})
+        if matched - identity >= CLASS_ORDER_MARGIN and not cfg.teacher.allow_class_mismatch:
+            moved = [(c, r) for r, c in zip(rows, cols) if r != c]
+            said = ", ".join(f"teacher output {c} looks like data class {data.class_names[r]!r}" for c, r in moved[:4])
+            raise KdsearchError(
+                f"teacher{'' if suffix == '' else f'.members.{j}'}: its outputs are in another class order than the "
+                f"data's: {said}{', ...' if len(moved) > 4 else ''} (val accuracy {identity:.3f} as it is, "
+                f"{matched:.3f} matched). Order data.class_names (or teacher.label_map for a Hugging Face "
+                "classifier) as the teacher was trained, or set teacher.allow_class_mismatch: true")
+    return out
 
 
 def majority_baseline(data: Dataset) -> Metrics:

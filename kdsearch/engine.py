@@ -81,7 +81,9 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: 
     return Metrics(
         loss=loss,
         accuracy=float(accuracy_score(y_true, y_pred)),
-        macro_f1=float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        # A class neither in y_true nor predicted is left out of the average (zero_division=nan), as scikit-learn's
+        # default (labels=None) does: it is never a 0 that drags macro-F1 down.
+        macro_f1=float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=np.nan)),
         per_class_f1=[float(v) for v in f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)],
         confusion=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     )

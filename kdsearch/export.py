@@ -96,6 +96,8 @@ def export_best(cfg: Config, out: Path | None = None, data: Dataset | None = Non
         m = check_against_trial(cfg, scripted, trial, data, out)
         _export_onnx(model, example, tmp / "student.onnx")
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
+        (tmp / "labels.json").write_text(json.dumps(data.class_table.as_json(), indent=2))
+        files["labels.json"] = (tmp / "labels.json").stat().st_size
         card = model_card(cfg, hp, trial, data, m, files, search_state)
         (tmp / "model_card.json").write_text(json.dumps(card, indent=2))
         files["model_card.json"] = (tmp / "model_card.json").stat().st_size
@@ -166,6 +168,7 @@ def model_card(cfg: Config, hp: Hparams, trial: BestTrial, data: Dataset, m: Met
         "size_limit_mb": cfg.student.max_size_mb,
         "precision": cfg.student.precision,
         "class_names": data.class_names,
+        "classes": data.class_table.as_json(),  # index -> class (and its label id in the source): labels.json
         "input": {"size": cfg.data.image_size, "channels": 3, "mean": list(spec.mean), "std": list(spec.std),
                   "layout": "float32 NCHW, RGB scaled to [0, 1], then (x - mean) / std"},
         "teacher": search_state.get("teacher", {}),

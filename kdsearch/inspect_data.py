@@ -34,6 +34,7 @@ def summarize(data: Dataset) -> dict[str, Any]:
     nonzero = counts[counts > 0]
     summary: dict[str, Any] = {
         "classes": data.class_names,
+        "class_table": data.class_table.as_json(),
         "train_counts": dict(zip(data.class_names, counts.tolist())),
         "val_counts": dict(zip(data.class_names, val_counts.tolist())),
         "test_images": len(data.test.y) if data.test is not None else 0,

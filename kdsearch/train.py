@@ -46,8 +46,7 @@ def run_train(cfg: Config, device: torch.device, on_start: Callable[[Hparams, Pr
     seconds = time.perf_counter() - start
     size = distiller.size
     summary = {
-        "teacher_val_accuracy": prepared.teacher_metrics["val_accuracy"],
-        "teacher_val_macro_f1": prepared.teacher_metrics["val_macro_f1"],
+        **{f"teacher_{k}": v for k, v in prepared.teacher_metrics.items()},  # incl. the class-order check's
         "baseline_val_macro_f1": prepared.baseline_metrics["val_macro_f1"],
         "teacher_forward_passes": prepared.teacher.forward_passes,
         "teacher_seconds": prepared.teacher.seconds,

@@ -63,6 +63,7 @@ class SearchResult:
     students: list[str]
     images: dict[str, int]
     """labeled / transfer / val / test image counts."""
+    class_names: list[str]
 
 
 def init_ray(address: str | None) -> None:
@@ -114,6 +115,7 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     unfinished = sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
     stopped_by = interrupts.received() or (signal.SIGINT if unfinished else None)
     tracker.finish({"wall_seconds": wall, "teacher_forward_passes": teacher_passes, "teacher_seconds": teacher_seconds,
+                    **{f"teacher_{k}": v for k, v in prepared.teacher_metrics.items()},
                     **{f"trials_{k}": v for k, v in summary["trials"].items()},
                     **({f"best_{metric}": best["metrics"][metric]} if best else {})},
                    status="KILLED" if stopped_by else "FINISHED")
@@ -125,7 +127,7 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
                                      f"its state in {path}: `kdsearch run CONFIG --resume` continues it")
     return SearchResult(path, summary["trials"], best, wall, fit_seconds, summary["trial_seconds"],
                         summary["trial_epochs"], teacher_passes, teacher_seconds, state["parent_run_id"],
-                        prepared.students, prepared.data.counts())
+                        prepared.students, prepared.data.counts(), prepared.data.class_names)
 
 
 def check_resume(cfg: Config, path: Path, resume: bool) -> bool:

@@ -119,7 +119,7 @@ def test_export_writes_every_file_and_reproduces_the_metric(searched, tmp_path):
     cfg, result = searched
     exported = export_best(cfg, out=tmp_path / "best")
     names = sorted(p.name for p in (tmp_path / "best").iterdir())
-    assert names == ["model_card.json", "student.onnx", "student.pt", "student.torchscript.pt"]
+    assert names == ["labels.json", "model_card.json", "student.onnx", "student.pt", "student.torchscript.pt"]
     card = json.loads((tmp_path / "best" / "model_card.json").read_text())
     assert card["student"] == result.best["config"]["student"]
     assert card["metrics"]["val_macro_f1"] == pytest.approx(result.best["metrics"]["val_macro_f1"], abs=1e-6)
