@@ -18,6 +18,7 @@ from PIL import Image
 
 from .config import DataConfig, UnlabeledConfig
 from .errors import KdsearchError
+from .labels import ClassTable, class_table
 
 log = logging.getLogger("kdsearch")
 
@@ -221,21 +222,30 @@ def source_image_count(d: DataConfig) -> int:
     return DIGITS_IMAGES
 
 
-def num_classes_hint(d: DataConfig) -> int:
-    """Class count without decoding images (for size checks in `validate`)."""
-    if d.class_names is not None:
-        return len(d.class_names)
+def class_table_hint(d: DataConfig) -> ClassTable:
+    """The data's class table (labels.class_table's rule) from its labels alone: no image is decoded. What
+    `validate` shows, and its class count for the size checks."""
     if d.source == "image_folder":
         root = Path(d.root)
-        return len({class_of(root, p) for p in image_folder_files(root)})
+        return class_table({class_of(root, p) for p in image_folder_files(root)}, d.class_names, d.remap_labels,
+                           f"data.root {root}", text=True)
     if d.source == "csv":
-        return len({label for _, label in csv_rows(d)[1]})
+        return class_table({label for _, label in csv_rows(d)[1]}, d.class_names, d.remap_labels,
+                           f"data.manifest {d.manifest}")
     if d.source == "npz":
-        with np.load(npz_path(Path(d.root)), allow_pickle=False) as z:
-            return int(z["train_labels"].max()) + 1
+        path = npz_path(Path(d.root))
+        with np.load(path, allow_pickle=False) as z:
+            ids = {int(v) for k in z.files if k.endswith("_labels") for v in np.unique(z[k])}
+        return class_table(ids, d.class_names, d.remap_labels, f"data.root {path}")
     if d.source == "idx":
-        return int(read_idx(idx_files(Path(d.root))["train"][1]).max()) + 1
-    return 10  # digits and cifar10
+        ids = {int(v) for _, labels in idx_files(Path(d.root)).values() for v in np.unique(read_idx(labels))}
+        return class_table(ids, d.class_names, d.remap_labels, f"data.root {d.root}")
+    return class_table(set(range(10)), d.class_names, d.remap_labels, d.source)  # digits, cifar10: ids 0..9
+
+
+def num_classes_hint(d: DataConfig) -> int:
+    """Class count without decoding images (for size checks in `validate`)."""
+    return len(class_table_hint(d).names)
 
 
 def require_unlabeled_root(u: UnlabeledConfig) -> Path:

@@ -125,3 +125,18 @@ def test_one_based_npz_labels_exit_2_or_remap_with_the_mapping_kept(tmp_path):
     assert data.label_ids == list(range(1, 8))
     assert json.loads(json.dumps(data.class_table.as_json()))[0] == {"index": 0, "class": "1", "label_id": 1}
     assert int(data.train.y.max()) == 6  # never an empty class 0 for macro-F1 to average in
+
+
+def test_validate_shows_the_class_table_and_refuses_gaps_without_decoding(tmp_path, integer_csv, run_cli):
+    from conftest import write_config
+
+    cfg = csv_config(tmp_path).model_dump(mode="json", by_alias=True)
+    code, out, err = run_cli("validate", write_config(tmp_path, cfg))
+    assert code == 0, err
+    assert "classes: 0=0, 1=1, 2=2, 3=3, 4=4, 5=5, 6=6, 7=7, 8=8, 9=9, 10=10" in out
+    assert not (tmp_path / "out" / "cache").exists()  # nothing decoded
+    np.savez(tmp_path / "one_based.npz", train_images=np.zeros((14, 8, 8), dtype=np.uint8),
+             train_labels=np.repeat(np.arange(1, 8), 2))
+    cfg["data"] = {"source": "npz", "root": str(tmp_path / "one_based.npz"), "image_size": 8}
+    code, _, err = run_cli("validate", write_config(tmp_path, cfg, "npz.yaml"))
+    assert code == 2 and "integer label ids 1..7 are not 0..K-1 (missing 0)" in err
