@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e  # subprocess runs of the console script
 
 
 @pytest.mark.parametrize(("args", "says"), [
-    (["ui", "x.yaml"], "No such command 'ui'"),
+    (["iu", "x.yaml"], "No such command 'iu'"),
     (["run"], "Missing argument 'config'"),
     (["run", "x.yaml", "--bogus"], "No such option: --bogus"),
 ])

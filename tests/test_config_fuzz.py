@@ -1,5 +1,6 @@
 """The config loader and --set under random input (hypothesis): every input gives a Config or a one-line
-KdsearchError (exit 2), never another exception (exit 1), and each in well under a second."""
+KdsearchError (exit 2), never another exception (exit 1), and each within seconds (hypothesis's deadline: 10 s, for
+loaded CI machines; an input takes milliseconds)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ dotted = st.lists(st.sampled_from(KEYS) | st.text(max_size=6), min_size=1, max_s
 overrides = st.lists(st.tuples(dotted, st.text(max_size=15)).map(lambda kv: f"{kv[0]}={kv[1]}")
                      | st.text(max_size=20), max_size=3)
 
-FUZZ = settings(max_examples=500, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=500, deadline=10_000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 TRIED = {"yaml": 0, "text": 0, "bytes": 0}
 
 
