@@ -125,6 +125,8 @@ def test_export_writes_every_file_and_reproduces_the_metric(searched, tmp_path):
     assert card["metrics"]["val_macro_f1"] == pytest.approx(result.best["metrics"]["val_macro_f1"], abs=1e-6)
     assert card["files"]["student.pt"] == (tmp_path / "best" / "student.pt").stat().st_size <= 25_000_000
     assert card["class_names"] == [str(i) for i in range(10)] and card["teacher"]["source"] == "train"
+    labels = json.loads((tmp_path / "best" / "labels.json").read_text())
+    assert labels == card["classes"] == [{"index": i, "class": str(i), "label_id": i} for i in range(10)]
     assert {"torch", "ray", "mlflow", "kdsearch"} <= set(card["versions"])
     assert exported.registered.startswith("search-student/")
     assert os.environ.get("MLFLOW_TRACKING_URI") is None  # registering did not leak its URI into the environment
