@@ -3,9 +3,12 @@ that library's own setting, and `-v` brings every line back."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
+
+from kdsearch.quiet import ENVIRONMENT
 
 from conftest import KDSEARCH, tiny_config, write_config
 
@@ -21,8 +24,10 @@ def _run(tmp_path, *flags) -> str:
     cfg = tiny_config(tmp_path, search={"num_samples": 2, "max_concurrent": 2,
                                         "space": {"lr": {"loguniform": [1e-3, 1e-2]}, "batch_size": 64}})
     path = write_config(tmp_path, cfg)
+    # a fresh shell's environment: in-process CLI tests may have set the switches in this one
+    env = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT}
     done = subprocess.run([KDSEARCH, *flags, "run", str(path), "--device", "cpu"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout + done.stderr
 
