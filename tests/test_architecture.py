@@ -97,6 +97,7 @@ def test_kdsearch_train_does_not_import_ray(tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == "NO_RAY"
 
 
+@pytest.mark.e2e  # fresh interpreters
 @pytest.mark.parametrize("args", [["validate", "{config}"], ["list-models"], ["--help"]])
 def test_quick_commands_import_no_ray_mlflow_optuna_or_scikit_learn(tmp_path, args):
     """validate, list-models and --help answer in seconds: no Ray, MLflow, Optuna or scikit-learn import, and no
