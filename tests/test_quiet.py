@@ -24,8 +24,9 @@ def _run(tmp_path, *flags) -> str:
     cfg = tiny_config(tmp_path, search={"num_samples": 2, "max_concurrent": 2,
                                         "space": {"lr": {"loguniform": [1e-3, 1e-2]}, "batch_size": 64}})
     path = write_config(tmp_path, cfg)
-    # a fresh shell's environment: in-process CLI tests may have set the switches in this one
-    env = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT}
+    # a fresh shell's environment: in-process CLI tests may have set the switches in this one, and an in-process
+    # ray.init sets RAY_AUTH_MODE (which silences Ray's token notice at its source)
+    env = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT and not k.startswith(("RAY_", "TUNE_"))}
     done = subprocess.run([KDSEARCH, *flags, "run", str(path), "--device", "cpu"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
