@@ -35,7 +35,8 @@ from .sources import (
 )
 
 DECODERS: Registry[Callable[[DataConfig], dict]] = Registry("data.source")
-"""data.source -> decoder(data config) -> {"splits": ..., "class_names": ..., "unreadable": ...}."""
+"""data.source -> decoder(data config) -> {"train_x", "train_y" (and val_/test_ where the source has them),
+"class_names", "label_ids", "unreadable", "orig_sizes"}."""
 
 
 def _decode_files(paths: list[Path], labels: list[int], size: int, base: Path, max_pixels: int | None) -> dict:
