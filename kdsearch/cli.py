@@ -200,9 +200,9 @@ def _print_export(cfg: Config, e, config_path: Path | None = None) -> None:
     if e.registered:
         table.add_row("MLflow model", e.registered)
     console.print(table)
-    if cfg.tracking.uri.startswith(("http://", "https://")):
-        from .tracking.ui import links
+    from .tracking.ui import is_remote, links
 
+    if is_remote(cfg.tracking.uri):
         found = links(cfg, cfg.tracking.uri)
         console.print(f"compare the trials: {found.compare or found.experiment}")
     else:
