@@ -1,6 +1,9 @@
 """How long `kdsearch validate` and `kdsearch list-models` take, against `python -c "import torch"` on the same
 machine (issue 16's target: validate at most 2x torch's import). Median of N runs of each, in fresh processes.
 
+"cold": an empty student-size cache each run (the first call on a machine: sizes measured on the meta device,
+torchvision imported); "warm": the cache filled by an earlier call (every later call).
+
     .venv/bin/python benchmarks/validate_speed.py [--runs 5] [--config search_spaces/digits.yaml]
 """
 
@@ -8,21 +11,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 KDSEARCH = str(Path(sys.executable).with_name("kdsearch"))
 
 
-def seconds(cmd: list[str], runs: int) -> float:
+def seconds(cmd: list[str], runs: int, cold: bool = False) -> float:
     times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True)
-        times.append(time.perf_counter() - start)
+    with tempfile.TemporaryDirectory() as cache:
+        for i in range(runs + (0 if cold else 1)):  # warm: one untimed call fills the cache
+            env = {**os.environ, "XDG_CACHE_HOME": f"{cache}/{i}" if cold else cache}
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, env=env)
+            if cold or i:
+                times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
@@ -32,12 +40,15 @@ def main() -> None:
     ap.add_argument("--config", default="search_spaces/digits.yaml")
     args = ap.parse_args()
     torch_s = seconds([sys.executable, "-c", "import torch"], args.runs)
-    validate_s = seconds([KDSEARCH, "validate", args.config], args.runs)
-    list_s = seconds([KDSEARCH, "list-models"], args.runs)
-    help_s = seconds([KDSEARCH, "--help"], args.runs)
-    print(json.dumps({"import_torch_s": round(torch_s, 2), "validate_s": round(validate_s, 2),
-                      "validate_over_torch": round(validate_s / torch_s, 2), "list_models_s": round(list_s, 2),
-                      "help_s": round(help_s, 2), "runs": args.runs, "config": args.config}, indent=2))
+    out = {"import_torch_s": round(torch_s, 2)}
+    for cold in (False, True):
+        which = "cold" if cold else "warm"
+        validate_s = seconds([KDSEARCH, "validate", args.config], args.runs, cold)
+        out[f"validate_{which}_s"] = round(validate_s, 2)
+        out[f"validate_{which}_over_torch"] = round(validate_s / torch_s, 2)
+        out[f"list_models_{which}_s"] = round(seconds([KDSEARCH, "list-models"], args.runs, cold), 2)
+    out["help_s"] = round(seconds([KDSEARCH, "--help"], args.runs), 2)
+    print(json.dumps({**out, "runs": args.runs, "config": args.config}, indent=2))
 
 
 if __name__ == "__main__":

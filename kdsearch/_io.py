@@ -21,6 +21,11 @@ from .errors import KdsearchError
 log = logging.getLogger("kdsearch")
 
 
+def user_cache_dir() -> Path:
+    """kdsearch's folder in the user's cache (`$XDG_CACHE_HOME/kdsearch`, else `~/.cache/kdsearch`)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdsearch"
+
+
 def fingerprint(obj: Any) -> str:
     """A short, stable hash of JSON-able settings (key order ignored)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

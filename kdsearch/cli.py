@@ -221,6 +221,10 @@ def ui(
 
     cfg = load_config(config, set_ or [])
     remote = is_remote(cfg.tracking.uri)
+    if remote:  # a server that is down would keep MLflow's client retrying for minutes
+        from .preflight import check_store_reachable
+
+        check_store_reachable(cfg.tracking.uri)
     server = None if remote else start_server(cfg, port)
     try:
         found = links(cfg, cfg.tracking.uri if remote else f"http://127.0.0.1:{port}")
@@ -465,7 +469,8 @@ def list_models(
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list instead of the table")] = False,
 ) -> None:
     """The student zoo: parameters, fp32/fp16 size, whether each fits the size limit."""
-    from .students import list_students, student_size
+    from .sizes import student_size
+    from .students import list_students
 
     if config is not None:
         from .sources import num_classes_hint
@@ -562,7 +567,9 @@ def _crash(e: BaseException) -> None:
             text = text.replace(secret, "***")
         return text
 
-    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdsearch" / "crashes"
+    from ._io import user_cache_dir
+
+    folder = user_cache_dir() / "crashes"
     text = redact("".join(traceback.format_exception(e)) + f"\ncommand: {sys.argv}\nversions: {versions()}\n")
     try:
         folder.mkdir(parents=True, exist_ok=True)

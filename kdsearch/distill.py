@@ -25,7 +25,8 @@ from .engine import Metrics, classification_metrics, evaluate, recalibrate_bn, t
 from .errors import KdsearchError
 from .labels import UNLABELED
 from .losses import FeatureHintLoss, class_weights, create_loss
-from .students import FeatureStudent, create_student, select_students, student_size, student_spec
+from .sizes import select_students, student_size
+from .students import FeatureStudent, create_student, student_spec
 from .teacher_cache import TeacherTargets, fit_heads, teacher_targets
 from .teachers import Teachers, build_teachers
 from .transforms import to_input

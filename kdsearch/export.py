@@ -23,7 +23,8 @@ from .distill import Hparams
 from .engine import Metrics, evaluate
 from .errors import KdsearchError
 from .experiment import TRIAL_STATE_FILE, experiment_dir, read_search_state
-from .students import cast_state_dict, create_student, student_spec
+from .sizes import WEIGHTS_FILE, cast_state_dict
+from .students import create_student, student_spec
 from .versions import versions
 
 log = logging.getLogger("kdsearch")
@@ -90,7 +91,7 @@ def export_best(cfg: Config, out: Path | None = None, data: Dataset | None = Non
     out = Path(out) if out is not None else cfg.output_dir / "best"
     with atomic_dir(out) as tmp:
         # Everything after the weights starts from the written file, so it checks what users get.
-        model = write_weights(cfg, hp.student, model, data.num_classes, tmp / "student.pt")
+        model = write_weights(cfg, hp.student, model, data.num_classes, tmp / WEIGHTS_FILE)
         example = torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size)
         scripted = write_torchscript(model, example, tmp / "student.torchscript.pt")
         m = check_against_trial(cfg, scripted, trial, data, out)

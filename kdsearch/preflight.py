@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import NamedTuple
 
@@ -50,7 +48,7 @@ def preflight(cfg: Config, search: bool = True) -> Checked:
         raise KdsearchError(f"data.root {cfg.data.root}: found {classes} class; a classifier needs at least two "
                             "(one subfolder or label per class)")
     check_teacher_files(cfg, classes)
-    from .students import select_students
+    from .sizes import select_students
 
     fit, over = select_students(cfg, classes)
     disk = disk_estimate(cfg, classes, fit, search)
@@ -71,7 +69,7 @@ def disk_estimate(cfg: Config, classes: int, students: list[str], search: bool =
 
     `search=False` (`kdsearch train`): no trial checkpoints; student.pt and its copy in MLflow as the export.
     """
-    from .students import student_size
+    from .sizes import student_size
 
     t = cfg.teacher
     members = len(t.members) if isinstance(t, EnsembleTeacher) else 1
@@ -89,19 +87,13 @@ def disk_estimate(cfg: Config, classes: int, students: list[str], search: bool =
 
 
 def _train_teacher_bytes(cfg: Config, classes: int) -> int:
-    """A `train` teacher's float32 weights, counted on PyTorch's meta device (no memory, no download)."""
+    """A `train` teacher's float32 weights, counted on PyTorch's meta device (no memory, no download); 0 for an
+    arch that cannot be built there (its check comes later)."""
     if not isinstance(cfg.teacher, TrainTeacher):
         return 0
-    import torch
+    from .sizes import arch_params
 
-    from .students import model_from_arch
-
-    try:
-        with torch.device("meta"):
-            model = model_from_arch(cfg.teacher.arch, classes, cfg.data.image_size)
-    except Exception:  # an arch that cannot be built on the meta device: its check comes later, its size not counted
-        return 0
-    return 4 * sum(p.numel() for p in model.parameters())
+    return 4 * (arch_params(cfg.teacher.arch, classes, cfg.data.image_size) or 0)
 
 
 def check_output_dir(cfg: Config, need: dict[str, int] | None = None) -> None:
@@ -144,10 +136,11 @@ def check_store_reachable(uri: str) -> None:
         if not os.access(target, os.W_OK):
             raise KdsearchError(f"tracking.uri {uri}: {target} is not writable; {hint}")
     elif uri.startswith(("http://", "https://")):
+        import requests
+
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
-                r.read()
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
+            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except requests.RequestException as e:
+            reason = type(e).__name__ if e.response is None else f"HTTP {e.response.status_code}"
             raise KdsearchError(f"tracking.uri {uri}: no MLflow server answers ({reason}); start one "
                                 f"(mlflow server --host 127.0.0.1) or {hint}") from None

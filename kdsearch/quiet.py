@@ -1,6 +1,8 @@
 """Quiet by default: the libraries' informational lines (store creation, Ray's token notice, Optuna's study, Tune's
 configuration box and TensorBoard hint, torch.export's shape notes) are silenced through each library's own switch
 -- its logger's level or its documented environment variable -- never by filtering text. `-v` keeps them all.
+MLflow's registration lines ("Successfully registered model", "Created version") have no switch: kdsearch
+registers through MlflowClient, which does not print them (tracking.register_student).
 
 Warnings a user must act on keep their level: kdsearch's own (sizes over the limit, skipped files, the teacher
 check) and every library's errors.

@@ -7,15 +7,10 @@ downloaded) and take 3-channel input at the data's image_size.
 
 from __future__ import annotations
 
-import io
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Callable
 
 import torch
-import torchvision.models as tvm
 from torch import nn
-from torchvision.models.resnet import BasicBlock, ResNet
 
 from .errors import KdsearchError
 from .input_spec import InputSpec
@@ -47,49 +42,57 @@ def create_student(name: str, num_classes: int, image_size: int) -> nn.Module:
 # --------------------------------------------------------------------------- torchvision
 
 
+def _torchvision(name: str, num_classes: int) -> nn.Module:
+    """torchvision's model `name`, from scratch. Imported here, not at the top: importing torchvision takes about a
+    second (it loads torch._dynamo), which `validate` and `list-models` need not pay when sizes are cached."""
+    import torchvision.models
+
+    return getattr(torchvision.models, name)(num_classes=num_classes)
+
+
 @register_student
 def shufflenet_v2_x0_5(num_classes: int, image_size: int) -> nn.Module:
-    return tvm.shufflenet_v2_x0_5(num_classes=num_classes)
+    return _torchvision("shufflenet_v2_x0_5", num_classes)
 
 
 @register_student
 def shufflenet_v2_x1_0(num_classes: int, image_size: int) -> nn.Module:
-    return tvm.shufflenet_v2_x1_0(num_classes=num_classes)
+    return _torchvision("shufflenet_v2_x1_0", num_classes)
 
 
 @register_student
 def shufflenet_v2_x1_5(num_classes: int, image_size: int) -> nn.Module:
-    return tvm.shufflenet_v2_x1_5(num_classes=num_classes)
+    return _torchvision("shufflenet_v2_x1_5", num_classes)
 
 
 @register_student
 def shufflenet_v2_x2_0(num_classes: int, image_size: int) -> nn.Module:
-    return tvm.shufflenet_v2_x2_0(num_classes=num_classes)
+    return _torchvision("shufflenet_v2_x2_0", num_classes)
 
 
 @register_student
 def mobilenet_v3_small(num_classes: int, image_size: int) -> nn.Module:
-    return tvm.mobilenet_v3_small(num_classes=num_classes)
+    return _torchvision("mobilenet_v3_small", num_classes)
 
 
 @register_student
 def mobilenet_v3_large(num_classes: int, image_size: int) -> nn.Module:
-    return tvm.mobilenet_v3_large(num_classes=num_classes)
+    return _torchvision("mobilenet_v3_large", num_classes)
 
 
 @register_student
 def efficientnet_b0(num_classes: int, image_size: int) -> nn.Module:
-    return tvm.efficientnet_b0(num_classes=num_classes)
+    return _torchvision("efficientnet_b0", num_classes)
 
 
 @register_student
 def efficientnet_b1(num_classes: int, image_size: int) -> nn.Module:
-    return tvm.efficientnet_b1(num_classes=num_classes)
+    return _torchvision("efficientnet_b1", num_classes)
 
 
 @register_student
 def efficientnet_b2(num_classes: int, image_size: int) -> nn.Module:
-    return tvm.efficientnet_b2(num_classes=num_classes)
+    return _torchvision("efficientnet_b2", num_classes)
 
 
 # --------------------------------------------------------------------------- CIFAR-style ResNets
@@ -97,6 +100,8 @@ def efficientnet_b2(num_classes: int, image_size: int) -> nn.Module:
 
 def _cifar_resnet(layers: list[int], num_classes: int) -> nn.Module:
     """torchvision's ResNet with the CIFAR stem: 3x3 conv, stride 1, no max-pool (small images keep their pixels)."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
     model = ResNet(BasicBlock, layers, num_classes=num_classes)
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
@@ -176,71 +181,6 @@ class FeatureStudent(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, feats = forward_with_features(self.student, self.head, x)
         return logits, self.adapter(feats)
-
-
-def cast_state_dict(model: nn.Module, precision: str) -> dict[str, torch.Tensor]:
-    """The state_dict as exported: floating tensors in `precision`, integer buffers untouched."""
-    dtype = {"fp32": torch.float32, "fp16": torch.float16}[precision]
-    return {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu() for k, v in model.state_dict().items()}
-
-
-def state_dict_bytes(model: nn.Module, precision: str) -> int:
-    """Exact byte count of `torch.save(cast_state_dict(model, precision))`: the exported file's size."""
-    buf = io.BytesIO()
-    torch.save(cast_state_dict(model, precision), buf)
-    return buf.getbuffer().nbytes
-
-
-@dataclass(frozen=True)
-class StudentSize:
-    name: str
-    params: int
-    fp32_bytes: int
-    fp16_bytes: int
-
-    def bytes(self, precision: str) -> int:
-        return self.fp32_bytes if precision == "fp32" else self.fp16_bytes
-
-    def fits(self, max_size_mb: float, precision: str) -> bool:
-        return self.bytes(precision) <= max_size_mb * 1_000_000
-
-
-@lru_cache(maxsize=None)
-def student_size(name: str, num_classes: int, image_size: int) -> StudentSize:
-    """Parameters and exported sizes, known from the architecture before any training."""
-    model = create_student(name, num_classes, image_size)
-    return StudentSize(
-        name=name,
-        params=sum(p.numel() for p in model.parameters()),
-        fp32_bytes=state_dict_bytes(model, "fp32"),
-        fp16_bytes=state_dict_bytes(model, "fp16"),
-    )
-
-
-def fitting_students(candidates: list[str], num_classes: int, image_size: int, max_size_mb: float,
-                     precision: str) -> tuple[list[str], list[StudentSize]]:
-    """Split candidates into names that fit the limit and sizes of those that don't."""
-    fit, over = [], []
-    for name in candidates:
-        size = student_size(name, num_classes, image_size)
-        (fit.append(name) if size.fits(max_size_mb, precision) else over.append(size))
-    return fit, over
-
-
-def select_students(cfg, num_classes: int) -> tuple[list[str], list[StudentSize]]:
-    """Candidates (or space.student's choices) that fit max_size_mb in student.precision; none -> exit 2."""
-    s = cfg.student
-    chosen = cfg.search.space.student
-    if chosen is None:
-        names = s.candidates
-    else:  # a search_space.Dist over students, or one fixed student
-        names = chosen.values_to_check() if hasattr(chosen, "values_to_check") else [chosen]
-    fit, over = fitting_students(list(names), num_classes, cfg.data.image_size, s.max_size_mb, s.precision)
-    if not fit:
-        sizes = ", ".join(f"{o.name} {o.bytes(s.precision) / 1e6:.1f} MB" for o in over)
-        raise KdsearchError(f"student.max_size_mb {s.max_size_mb:g}: no candidate fits in {s.precision} ({sizes}); "
-                            "raise the limit, set student.precision: fp16, or add smaller student.candidates")
-    return fit, over
 
 
 def model_from_arch(arch: str, num_classes: int, image_size: int, kwargs: dict | None = None) -> nn.Module:

@@ -19,7 +19,7 @@ from ._io import atomic_dir, json_safe
 from .config import Config
 from .distill import Hparams, Prepared, default_hparams, prepare, train_student
 from .preflight import preflight
-from .students import cast_state_dict
+from .sizes import WEIGHTS_FILE, cast_state_dict
 from .tracking import check_store, log_train_run
 
 
@@ -67,7 +67,7 @@ def run_train(cfg: Config, device: torch.device, on_start: Callable[[Hparams, Pr
     }
     out = cfg.output_dir / "train"
     with atomic_dir(out) as tmp:
-        torch.save(cast_state_dict(distiller.model, cfg.student.precision), tmp / "student.pt")
+        torch.save(cast_state_dict(distiller.model, cfg.student.precision), tmp / WEIGHTS_FILE)
         (tmp / "metrics.json").write_text(json.dumps(json_safe(report), indent=2, allow_nan=False))
         (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
         tags = {"student": hp.student, "size_mb": f"{size.bytes(cfg.student.precision) / 1e6:.3f}",

@@ -33,7 +33,7 @@ from .gpu_memory import preflight_gpu, release_cuda
 from .preflight import preflight
 from .progress import SearchProgress
 from .results import ENDINGS, best, ended
-from .students import student_size
+from .sizes import student_size
 from .teacher_worker import on_worker, worker_resources
 from .tracking import check_store
 from .tracking.search import SearchTracker

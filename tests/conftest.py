@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ import yaml
 # Tests never reach the Hugging Face hub: models are built and saved locally (tests/hf_models.py), and a hub
 # id fails fast instead of waiting on the network. Set before anything imports huggingface_hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# kdsearch's user cache (student sizes, crash logs) is the tests' own, never the developer's ~/.cache/kdsearch.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="kdsearch-tests-cache-")
 
 REPO = Path(__file__).resolve().parents[1]
 KDSEARCH = str(Path(sys.executable).with_name("kdsearch"))  # the installed entry point, as users run it

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import textwrap
 
@@ -51,3 +52,16 @@ def test_a_bug_prints_one_line_and_writes_a_redacted_crash_log(tmp_path):
     text = open(log.group(1)).read()
     assert "Traceback (most recent call last)" in text and "versions:" in text and "validate" in text
     assert secret not in text and "***" in text
+
+
+def test_ui_on_a_remote_server_that_is_down_says_so_at_once(tmp_path):
+    """A remote tracking.uri nobody answers: one line naming tracking.uri, exit 2, and no local server started
+    (MLflow's client alone would retry for minutes)."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = write_config(tmp_path, tiny_config(tmp_path, tracking={"uri": f"http://127.0.0.1:{port}"}))
+    done = subprocess.run([KDSEARCH, "ui", str(config)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"kdsearch: error: tracking.uri http://127.0.0.1:{port}: no MLflow server answers")
+    assert len(done.stderr.strip().splitlines()) == 1 and "Ctrl-C" not in done.stderr

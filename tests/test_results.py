@@ -204,6 +204,24 @@ def test_kdsearch_ui_links_the_trials_best_first_and_the_model_training_view(sea
             assert r.read().strip() == b"OK"  # MLflow's own server is up behind the links
 
 
+def test_kdsearch_ui_on_a_remote_server_prints_its_links_and_starts_nothing(searched):
+    """tracking.uri on an MLflow server already running: `kdsearch ui` prints URLs on that server and returns."""
+    tmp, cfg, config, _ = searched
+    client = MlflowClient(cfg.tracking.uri)
+    exp_id = client.get_experiment_by_name("results").experiment_id
+    trials = {r.info.run_id for r in client.search_runs([exp_id], "tags.`kdsearch.kind` = 'trial'")}
+    with mlflow_server(cfg.tracking.uri) as (base, _):
+        done = subprocess.run([KDSEARCH, "ui", str(config), "--set", f"tracking.uri={base}"], cwd=tmp,
+                              capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    experiment, compare = (line.split(": ", 1)[1] for line in done.stdout.strip().splitlines())
+    assert experiment == f"{base}/#/experiments/{exp_id}?workflowType=machine_learning"
+    assert compare.startswith(f"{base}/#/compare-runs?")
+    query = urllib.parse.parse_qs(compare.split("?", 1)[1])
+    assert set(json.loads(query["runs"][0])) == trials
+    assert "MLflow UI" not in done.stderr  # no local server was started or stopped
+
+
 def test_child_runs_last_as_long_as_their_trials(searched):
     """Each trial's MLflow run starts before its first epoch began and ends after its last was reported, so
     durations in the UI are the trials'."""

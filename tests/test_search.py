@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import mlflow.pytorch
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -17,6 +18,7 @@ from kdsearch.config import Config
 from kdsearch.errors import KdsearchError
 from kdsearch.experiment import experiment_dir
 from kdsearch.export import export_best
+from kdsearch.tracking import _fluent_uri
 from kdsearch.tuner import run_search
 
 from conftest import tiny_config
@@ -130,6 +132,14 @@ def test_export_writes_every_file_and_reproduces_the_metric(searched, tmp_path):
     assert {"torch", "ray", "mlflow", "kdsearch"} <= set(card["versions"])
     assert exported.registered.startswith("search-student/")
     assert os.environ.get("MLFLOW_TRACKING_URI") is None  # registering did not leak its URI into the environment
+    name, version = exported.registered.split("/")
+    registered = MlflowClient(cfg.tracking.uri).get_model_version(name, version)
+    assert registered.status == "READY" and registered.run_id == result.parent_run_id
+    with _fluent_uri(cfg.tracking.uri):  # the registered version loads and computes what the exported file does
+        loaded = mlflow.pytorch.load_model(f"models:/{exported.registered}")
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    scripted = torch.jit.load(tmp_path / "best" / "student.torchscript.pt")
+    assert torch.allclose(loaded(x), scripted(x), atol=1e-5)
 
     # the TorchScript file alone, in a Python that cannot import kdsearch, reproduces the val metric
     from kdsearch.data import load_dataset

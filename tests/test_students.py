@@ -1,4 +1,4 @@
-"""Every registered student: forward + backward at the sizes the configs use; sizes are the bytes torch.save writes."""
+"""Every registered student: forward + backward at the sizes the configs use; `list-models` (sizes: test_sizes.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from kdsearch.config import load_config
-from kdsearch.students import cast_state_dict, create_student, list_students, student_size, vit_patch_size
+from kdsearch.sizes import student_size
+from kdsearch.students import create_student, list_students, vit_patch_size
 
 from conftest import SHIPPED
 
@@ -34,22 +35,6 @@ def test_forward_backward(name, size):
     out.logsumexp(1).mean().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
-
-
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
-@pytest.mark.parametrize("name", list_students())
-def test_reported_size_is_the_saved_file(tmp_path, name, precision):
-    model = create_student(name, num_classes=10, image_size=32)
-    path = tmp_path / "student.pt"
-    torch.save(cast_state_dict(model, precision), path)
-    assert student_size(name, 10, 32).bytes(precision) == path.stat().st_size
-
-
-def test_size_limit_verdicts():
-    assert not student_size("efficientnet_b1", 10, 224).fits(25, "fp32")
-    assert student_size("efficientnet_b1", 10, 224).fits(25, "fp16")
-    assert not student_size("resnet18", 10, 32).fits(25, "fp32")
-    assert student_size("resnet8", 10, 32).fits(25, "fp32")
 
 
 def test_resnet8_has_the_cifar_stem_and_one_block_per_stage():

@@ -154,17 +154,26 @@ def register_student(cfg: Config, model, example, export_dir: Path, parent_run_i
     'name/version'."""
     import mlflow
     import torch
+    from mlflow.exceptions import MlflowException
 
     client, exp_id = _client(cfg)
     name = f"{cfg.name}-student"
     run_id = parent_run_id or client.create_run(exp_id, run_name=f"export-{cfg.name}",
                                                 tags={"kdsearch.kind": "export"}).info.run_id
-    with _fluent_uri(cfg.tracking.uri), mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(model, name="student", registered_model_name=name,
-                                        input_example=example.numpy(),
-                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-        mlflow.log_artifacts(str(export_dir), artifact_path="best")
-    return f"{name}/{info.registered_model_version}"
+    with _fluent_uri(cfg.tracking.uri):  # the registry resolves models:/ sources through the global tracking URI
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(model, name="student", input_example=example.numpy(),
+                                            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            mlflow.log_artifacts(str(export_dir), artifact_path="best")
+        # Registered through the client, not log_model's registered_model_name: the fluent path prints its
+        # "Successfully registered model" / "Created version" lines to stderr with no switch to turn them off.
+        try:
+            client.create_registered_model(name)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        version = client.create_model_version(name, source=info.model_uri, run_id=run_id, model_id=info.model_id)
+    return f"{name}/{version.version}"
 
 
 # --------------------------------------------------------------------------- submissions to an evaluation server

@@ -12,9 +12,7 @@ import json
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 
 from ..config import Config
@@ -72,11 +70,8 @@ def is_remote(uri: str) -> bool:
 def start_server(cfg: Config, port: int) -> subprocess.Popen:
     """`mlflow ui` on the config's store, bound to 127.0.0.1, once it answers; exit 2 if it cannot start."""
     url = f"http://127.0.0.1:{port}"
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=1):
-            raise KdsearchError(f"--port {port}: something already answers at {url}; stop it or pick another --port")
-    except (urllib.error.URLError, OSError):
-        pass
+    if _answers(url):
+        raise KdsearchError(f"--port {port}: something already answers at {url}; stop it or pick another --port")
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", cfg.tracking.uri,
                                "--host", "127.0.0.1", "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -86,13 +81,20 @@ def start_server(cfg: Config, port: int) -> subprocess.Popen:
             err = (server.stderr.read() or "").strip().splitlines()
             raise KdsearchError(f"--port {port}: MLflow's UI did not start ({err[-1] if err else 'no output'}); "
                                 "try another --port")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1):
-                return server
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.3)
+        if _answers(url):
+            return server
+        time.sleep(0.3)
     stop_server(server)
     raise KdsearchError(f"--port {port}: MLflow's UI did not answer within {START_TIMEOUT_S:g} s")
+
+
+def _answers(url: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(f"{url}/health", timeout=1).ok
+    except requests.RequestException:
+        return False
 
 
 def stop_server(server: subprocess.Popen) -> None:

@@ -1,0 +1,109 @@
+"""Student sizes: the exact bytes of the exported file, known with no weights built, cached per library version."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from kdsearch import sizes
+from kdsearch.sizes import WEIGHTS_FILE, cast_state_dict, state_dict_bytes, student_size
+from kdsearch.students import STUDENTS, create_student, list_students
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty size cache, and no sizes remembered in this process."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    student_size.cache_clear()
+    yield sizes.cache_path()
+    student_size.cache_clear()
+
+
+def saved_bytes(model: nn.Module, precision: str, path) -> int:
+    torch.save(cast_state_dict(model, precision), path)
+    return path.stat().st_size
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("name", list_students())
+def test_reported_size_is_the_saved_file(tmp_path, fresh_cache, name, precision):
+    """Measured cold (meta device), then read back from the cache: both are the exported file's size."""
+    real = saved_bytes(create_student(name, num_classes=10, image_size=32), precision, tmp_path / WEIGHTS_FILE)
+    assert student_size(name, 10, 32).bytes(precision) == real
+    assert fresh_cache.is_file()
+    student_size.cache_clear()
+    assert student_size(name, 10, 32).bytes(precision) == real
+
+
+def test_size_limit_verdicts():
+    assert not student_size("efficientnet_b1", 10, 224).fits(25, "fp32")
+    assert student_size("efficientnet_b1", 10, 224).fits(25, "fp16")
+    assert not student_size("resnet18", 10, 32).fits(25, "fp32")
+    assert student_size("resnet8", 10, 32).fits(25, "fp32")
+
+
+def test_sizes_build_no_weights(fresh_cache, monkeypatch):
+    """Every parameter created while sizing is on the meta device: nothing is allocated or initialised."""
+    devices = []
+    register = nn.Module.register_parameter
+
+    def spy(self, name, param):
+        if param is not None:
+            devices.append(param.device.type)
+        return register(self, name, param)
+
+    monkeypatch.setattr(nn.Module, "register_parameter", spy)
+    size = student_size("efficientnet_b0", 7, 64)
+    assert devices and set(devices) == {"meta"}
+    assert size.params == sum(p.numel() for p in create_student("efficientnet_b0", 7, 64).parameters())
+
+
+def test_meta_and_real_models_count_the_same_bytes(tmp_path):
+    torch.manual_seed(0)
+    real = create_student("mobilenet_v3_small", 5, 32)
+    with torch.device("meta"):
+        meta = create_student("mobilenet_v3_small", 5, 32)
+    for precision in ("fp32", "fp16"):
+        expected = saved_bytes(real, precision, tmp_path / WEIGHTS_FILE)
+        assert state_dict_bytes(meta, precision) == state_dict_bytes(real, precision) == expected
+
+
+def test_a_cached_size_is_used_only_under_the_same_versions(fresh_cache, monkeypatch):
+    true = student_size("resnet8", 10, 32)
+    data = json.loads(fresh_cache.read_text())
+    (key,) = data
+    assert "torchvision" in key and "students.py" in key
+    data[key]["params"] = 123  # a cached entry is what later processes read
+    fresh_cache.write_text(json.dumps(data))
+    student_size.cache_clear()
+    assert student_size("resnet8", 10, 32).params == 123
+    monkeypatch.setattr(sizes, "_code_version", lambda: "torchvision 99.0")  # another install: measured again
+    student_size.cache_clear()
+    assert student_size("resnet8", 10, 32) == true
+
+
+def test_a_broken_or_unwritable_cache_is_not_an_error(fresh_cache, tmp_path, monkeypatch):
+    fresh_cache.parent.mkdir(parents=True)
+    fresh_cache.write_text("{not json")
+    true = student_size("resnet8", 10, 32)
+    assert true.params > 0 and json.loads(fresh_cache.read_text())  # rewritten whole
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # its folder cannot be created
+    student_size.cache_clear()
+    assert student_size("resnet8", 10, 32) == true
+
+
+def test_a_plugins_student_is_never_cached(fresh_cache):
+    @STUDENTS.register("plugin_linear")
+    def plugin_linear(num_classes: int, image_size: int) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(3 * image_size * image_size, num_classes))
+
+    try:
+        assert student_size("plugin_linear", 4, 8).params == 3 * 64 * 4 + 4
+        assert not fresh_cache.exists()
+    finally:
+        STUDENTS._entries.pop("plugin_linear")
