@@ -45,6 +45,25 @@ def test_image_folder_png_and_jpeg(tmp_path):
     assert ds.orig_sizes.tolist()[0] == [20, 12]
 
 
+def test_validate_opens_no_image(tmp_path, monkeypatch, run_cli):
+    """`validate` on a real image folder counts files and classes from the listing: no image is opened."""
+    from conftest import write_config
+
+    root = tmp_path / "imgs"
+    write_images(root, {"melanoma": 6, "nevus": 9})
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError(f"validate opened an image: {args[0] if args else kwargs}")
+
+    monkeypatch.setattr(Image, "open", forbidden)
+    cfg = tiny_config(tmp_path, data={"source": "image_folder", "root": str(root), "image_size": 16})
+    code, out, err = run_cli("validate", write_config(tmp_path, cfg))
+    assert code == 0, err
+    assert "classes: 0=melanoma, 1=nevus" in out
+    with pytest.raises(AssertionError, match="opened an image"):  # the trap is live: loading the data springs it
+        load_dataset(cfg_for(tmp_path, source="image_folder", root=str(root)))
+
+
 def test_grayscale_folder_stays_one_channel_and_models_get_three(tmp_path):
     root = tmp_path / "gray"
     write_images(root, {"a": 4, "b": 4}, "PNG", mode="L")
