@@ -111,8 +111,8 @@ def check_output_dir(cfg: Config, need: dict[str, int] | None = None) -> None:
 
 
 def check_teacher_files(cfg: Config, num_classes: int) -> None:
-    """Checkpoint weights load (weights_only) into their architecture with `num_classes` outputs; TorchScript
-    files exist."""
+    """Checkpoint weights load (weights_only) into their architecture with `num_classes` outputs, checked on the
+    meta device with the file memory-mapped; TorchScript files exist."""
     t = cfg.teacher
     members = [(f"teacher.members.{i}", m) for i, m in enumerate(t.members)] if isinstance(t, EnsembleTeacher) \
         else [("teacher", t)]
@@ -120,7 +120,7 @@ def check_teacher_files(cfg: Config, num_classes: int) -> None:
         if isinstance(m, CheckpointTeacher):
             from .teachers import load_checkpoint_model, teacher_spec  # only here: teachers import the data stack
 
-            load_checkpoint_model(m, num_classes, teacher_spec(m, cfg).size, where)
+            load_checkpoint_model(m, num_classes, teacher_spec(m, cfg).size, where, check_only=True)
         elif isinstance(m, TorchscriptTeacher) and not Path(m.path).is_file():
             raise KdsearchError(f"{where}.path {m.path}: file not found; give a model saved with torch.jit.save")
 

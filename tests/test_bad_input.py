@@ -48,6 +48,10 @@ CASES = [
      ["teacher.weights", "not a loadable PyTorch weights file"]),
     ("teacher-class-count", lambda t: {"teacher": _weights(t, classes=5)}, "train",
      ["teacher.weights", "5 classes", "data has 10"]),
+    ("validate-teacher-class-count", lambda t: {"teacher": _weights(t, classes=5)}, "validate",
+     ["teacher.weights", "5 classes", "data has 10"]),
+    ("validate-garbage-teacher-weights", lambda t: {"teacher": _weights(t, junk=True)}, "validate",
+     ["teacher.weights", "not a loadable PyTorch weights file"]),
     ("output-dir-is-a-file", lambda t: {"output": {"dir": str(_touch(t / "afile") / "out")}}, "train",
      ["output.dir", "is a file"]),
     ("mlflow-server-unreachable", lambda t: {"tracking": {"uri": "http://127.0.0.1:9"}}, "train",
@@ -78,7 +82,8 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, run_cli, monkeypatch, ca
     sections = change(tmp_path)
     before = {p for p in tmp_path.rglob("*")}
     path = write_config(tmp_path, tiny_config(tmp_path, **sections), "bad.yaml")
-    code, out, err = run_cli(command, path, "--device", "cpu") if command != "export-best" else run_cli(command, path)
+    device = ["--device", "cpu"] if command in ("train", "run") else []
+    code, out, err = run_cli(command, path, *device)
     assert code == 2, (out, err)
     line = err.strip()
     assert "Traceback" not in err and len(line.splitlines()) == 1, line

@@ -74,6 +74,41 @@ def test_registry_checkpoint_with_other_class_count(tmp_path):
         build_teacher(cfg, load_dataset(cfg), "cpu")
 
 
+@pytest.mark.parametrize("legacy_format", [False, True])
+def test_validate_checks_a_checkpoint_with_no_weights_built(tmp_path, monkeypatch, legacy_format):
+    """`validate`'s teacher check builds the architecture on the meta device and maps the file (a legacy-format
+    file, which cannot be mapped, is read), and still refuses what a real load refuses."""
+    from kdsearch.preflight import check_teacher_files
+    from kdsearch.students import create_student
+
+    for name, arch, classes in [("good", "resnet8", 10), ("other_arch", "shufflenet_v2_x0_5", 10),
+                                ("five", "resnet8", 5)]:
+        torch.save(create_student(arch, classes, 8).state_dict(), tmp_path / f"{name}.pt",
+                   _use_new_zipfile_serialization=not legacy_format)
+    from kdsearch.teachers import checkpoint
+
+    devices = []
+    build = checkpoint.model_from_arch
+
+    def spy(*args, **kwargs):
+        model = build(*args, **kwargs)
+        devices.extend(p.device.type for p in model.parameters())
+        return model
+
+    monkeypatch.setattr(checkpoint, "model_from_arch", spy)
+
+    def check(weights):
+        check_teacher_files(cfg_with(tmp_path, {"source": "checkpoint", "arch": "resnet8",
+                                                "weights": str(tmp_path / weights)}), 10)
+
+    check("good.pt")
+    assert devices and set(devices) == {"meta"}
+    with pytest.raises(KdsearchError, match="does not match teacher.arch resnet8"):
+        check("other_arch.pt")
+    with pytest.raises(KdsearchError, match="checkpoint has 5 classes .* data has 10"):
+        check("five.pt")
+
+
 def test_timm_checkpoint_teacher(tmp_path):
     import timm
 

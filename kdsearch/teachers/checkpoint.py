@@ -3,6 +3,7 @@ state_dict file."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -16,11 +17,17 @@ from ..students import final_linear
 from .base import SOURCES, Teacher, model_from_arch, teacher_spec
 
 
-def load_state_dict_file(path: Path, key: str) -> dict[str, torch.Tensor]:
+def load_state_dict_file(path: Path, key: str, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The state_dict a file holds; `mmap`: mapped, not read (a legacy-format file, which cannot be, is read)."""
     if not path.is_file():
         raise KdsearchError(f"{key} {path}: file not found; give the path of a saved state_dict (torch.save)")
     try:
-        obj = torch.load(path, weights_only=True, map_location="cpu")
+        try:
+            obj = torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            obj = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:
         raise KdsearchError(f"{key} {path}: not a loadable PyTorch weights file ({type(e).__name__}); save it with "
                             "torch.save(model.state_dict(), path)") from None
@@ -33,17 +40,28 @@ def load_state_dict_file(path: Path, key: str) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_checkpoint_model(t: CheckpointTeacher, num_classes: int, size: int, key: str = "teacher") -> nn.Module:
-    """The architecture with the checkpoint's weights; exit 2 when the file, the class count or the arch is wrong."""
-    state = load_state_dict_file(t.weights, f"{key}.weights")
-    model = model_from_arch(t.arch, num_classes, size, dict(t.arch_kwargs))
+def load_checkpoint_model(t: CheckpointTeacher, num_classes: int, size: int, key: str = "teacher",
+                          check_only: bool = False) -> nn.Module:
+    """The architecture with the checkpoint's weights; exit 2 when the file, the class count or the arch is wrong.
+
+    `check_only` (`validate`): the same checks with no weights built or read: the architecture on the meta
+    device, the file memory-mapped, its tensors assigned rather than copied. The model is for nothing else.
+    """
+    state = load_state_dict_file(t.weights, f"{key}.weights", mmap=check_only)
+    try:
+        with torch.device("meta") if check_only else contextlib.nullcontext():
+            model = model_from_arch(t.arch, num_classes, size, dict(t.arch_kwargs))
+    except Exception:
+        if not check_only:
+            raise
+        model = model_from_arch(t.arch, num_classes, size, dict(t.arch_kwargs))  # a class the meta device can't build
     expected = model.state_dict()
     for k, v in state.items():
-        if k in expected and expected[k].shape != v.shape and expected[k].shape[:1] == (num_classes,):
+        if k in expected and expected[k].shape[:1] == (num_classes,) and v.shape[:1] not in ((num_classes,), ()):
             raise KdsearchError(f"{key}.weights {t.weights}: the checkpoint has {v.shape[0]} classes ({k}) but the "
                                 f"data has {num_classes}; use a teacher trained on these classes")
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(state, assign=check_only)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[1:2] or [str(e)]
         raise KdsearchError(f"{key}.weights {t.weights}: does not match {key}.arch {t.arch} ({first[0].strip()}); "
