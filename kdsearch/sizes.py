@@ -26,7 +26,7 @@ from torch import nn
 
 from ._io import user_cache_dir
 from .errors import KdsearchError
-from .students import STUDENTS, create_student
+from .students import STUDENTS, create_student, model_from_arch
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class StudentSize:
         return self.bytes(precision) <= max_size_mb * 1_000_000
 
 
-def measure(model: nn.Module, name: str) -> StudentSize:
+def _measure(model: nn.Module, name: str) -> StudentSize:
     return StudentSize(name=name, params=sum(p.numel() for p in model.parameters()),
                        fp32_bytes=state_dict_bytes(model, "fp32"), fp16_bytes=state_dict_bytes(model, "fp16"))
 
@@ -94,15 +94,12 @@ def measure(model: nn.Module, name: str) -> StudentSize:
 def student_size(name: str, num_classes: int, image_size: int) -> StudentSize:
     """Parameters and exported sizes of a student, known from the architecture before any training."""
     key = _cache_key(name, num_classes, image_size)
-    cached = _read_cache().get(key) if key else None
+    cached = _from_cache(_read_cache().get(key), name) if key else None
     if cached is not None:
-        try:
-            return StudentSize(**cached)
-        except TypeError:
-            pass  # an entry in another layout: measure again
+        return cached
     with torch.device("meta"):
         model = create_student(name, num_classes, image_size)
-    size = measure(model, name)
+    size = _measure(model, name)
     if key:
         _write_cache(key, size)
     return size
@@ -113,8 +110,6 @@ def arch_params(arch: str, num_classes: int, image_size: int) -> int | None:
     the meta device; None when it cannot be built there."""
     if arch in STUDENTS:
         return student_size(arch, num_classes, image_size).params
-    from .students import model_from_arch
-
     try:
         with torch.device("meta"):
             model = model_from_arch(arch, num_classes, image_size)
@@ -182,6 +177,15 @@ def _read_cache() -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _from_cache(entry, name: str) -> StudentSize | None:
+    """A cache entry as a StudentSize; None for anything else (an older layout, a damaged or edited file)."""
+    numbers = ("params", "fp32_bytes", "fp16_bytes")
+    if not isinstance(entry, dict) or entry.get("name") != name or \
+            not all(type(entry.get(k)) is int and entry[k] > 0 for k in numbers):
+        return None
+    return StudentSize(name=name, **{k: entry[k] for k in numbers})
 
 
 def _write_cache(key: str, size: StudentSize) -> None:

@@ -89,7 +89,12 @@ def test_a_broken_or_unwritable_cache_is_not_an_error(fresh_cache, tmp_path, mon
     fresh_cache.parent.mkdir(parents=True)
     fresh_cache.write_text("{not json")
     true = student_size("resnet8", 10, 32)
-    assert true.params > 0 and json.loads(fresh_cache.read_text())  # rewritten whole
+    data = json.loads(fresh_cache.read_text())  # rewritten whole
+    assert true.params > 0 and len(data) == 1
+    for damaged in ({"params": "many"}, {"fp32_bytes": -1}, {"name": "resnet18"}, {"params": 1.5}):
+        fresh_cache.write_text(json.dumps({key: {**entry, **damaged} for key, entry in data.items()}))
+        student_size.cache_clear()
+        assert student_size("resnet8", 10, 32) == true, damaged  # an edited entry is measured again
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # its folder cannot be created
