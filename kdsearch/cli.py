@@ -200,9 +200,9 @@ def _print_export(cfg: Config, e, config_path: Path | None = None) -> None:
     if e.registered:
         table.add_row("MLflow model", e.registered)
     console.print(table)
-    from .tracking.ui import is_remote, links
+    from .tracking.ui import links
 
-    if is_remote(cfg.tracking.uri):
+    if cfg.tracking.remote:
         found = links(cfg, cfg.tracking.uri)
         console.print(f"compare the trials: {found.compare or found.experiment}")
     else:
@@ -217,14 +217,14 @@ def ui(
     open_: Annotated[bool, typer.Option("--open", help="also open the comparison in a browser")] = False,
 ) -> None:
     """MLflow's UI on the config's store, bound to 127.0.0.1; prints the URL of the latest search's trial comparison."""
-    from .tracking.ui import is_remote, links, start_server, stop_server
+    from .tracking.ui import links, start_server, stop_server
 
     cfg = load_config(config, set_ or [])
-    remote = is_remote(cfg.tracking.uri)
+    remote = cfg.tracking.remote
     if remote:  # a server that is down would keep MLflow's client retrying for minutes
         from .preflight import check_store_reachable
 
-        check_store_reachable(cfg.tracking.uri)
+        check_store_reachable(cfg.tracking)
     server = None if remote else start_server(cfg, port)
     try:
         found = links(cfg, cfg.tracking.uri if remote else f"http://127.0.0.1:{port}")

@@ -335,6 +335,11 @@ class TrackingConfig(ConfigModel):
     uri: str = "sqlite:///mlflow.db"
     """MLflow tracking URI. A local sqlite file needs no server and is what `mlflow ui` opens."""
 
+    @property
+    def remote(self) -> bool:
+        """An MLflow server already running (http/https), rather than a store this machine opens itself."""
+        return self.uri.startswith(("http://", "https://"))
+
 
 class OutputConfig(ConfigModel):
     dir: Path | None = None

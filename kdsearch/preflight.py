@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import NamedTuple
 
-from .config import CheckpointTeacher, Config, EnsembleTeacher, TorchscriptTeacher, TrainTeacher
+from .config import CheckpointTeacher, Config, EnsembleTeacher, TorchscriptTeacher, TrackingConfig, TrainTeacher
 from .errors import KdsearchError
 from .locks import check_output_folder
 from .sources import (
@@ -53,7 +53,7 @@ def preflight(cfg: Config, search: bool = True) -> Checked:
     fit, over = select_students(cfg, classes)
     disk = disk_estimate(cfg, classes, fit, search)
     check_output_dir(cfg, disk)
-    check_store_reachable(cfg.tracking.uri)
+    check_store_reachable(cfg.tracking)
     return Checked(fit, over, disk)
 
 
@@ -125,8 +125,9 @@ def check_teacher_files(cfg: Config, num_classes: int) -> None:
             raise KdsearchError(f"{where}.path {m.path}: file not found; give a model saved with torch.jit.save")
 
 
-def check_store_reachable(uri: str) -> None:
+def check_store_reachable(tracking: TrackingConfig) -> None:
     """The MLflow store can be reached and written, checked without creating anything."""
+    uri = tracking.uri
     hint = "set tracking.uri (or MLFLOW_TRACKING_URI) to a reachable store, e.g. sqlite:///mlflow.db"
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
@@ -135,7 +136,7 @@ def check_store_reachable(uri: str) -> None:
             raise KdsearchError(f"tracking.uri {uri}: folder {db.parent} does not exist; create it or {hint}")
         if not os.access(target, os.W_OK):
             raise KdsearchError(f"tracking.uri {uri}: {target} is not writable; {hint}")
-    elif uri.startswith(("http://", "https://")):
+    elif tracking.remote:
         import requests
 
         try:

@@ -63,10 +63,6 @@ def _latest_search(client, exp_id: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def is_remote(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
 def start_server(cfg: Config, port: int) -> subprocess.Popen:
     """`mlflow ui` on the config's store, bound to 127.0.0.1, once it answers; exit 2 if it cannot start."""
     url = f"http://127.0.0.1:{port}"
