@@ -52,14 +52,19 @@ def image_folder_files(root: Path) -> list[Path]:
     """Every image under each class folder, subfolders included (their class is the top folder, as torchvision's
     ImageFolder reads them). Hidden files and folders are left out; symlinked subfolders are not followed, so a
     link loop cannot recurse."""
+    return sorted(p for folder in class_folders(root) for p in _images_under(folder))
+
+
+def _images_under(folder: Path) -> list[Path]:
+    """Image files under `folder`, at any depth, hidden files and folders left out; symlinked subfolders are not
+    followed, so a link loop cannot recurse."""
     exts = {e.lower() for e in Image.registered_extensions()}
     files = []
-    for folder in class_folders(root):
-        for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            files += [Path(dirpath) / f for f in filenames if not f.startswith(".")
-                      and Path(f).suffix.lower() in exts and (Path(dirpath) / f).is_file()]
-    return sorted(files)
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        files += [Path(dirpath) / f for f in filenames if not f.startswith(".")
+                  and Path(f).suffix.lower() in exts and (Path(dirpath) / f).is_file()]
+    return files
 
 
 def class_folders(root: Path) -> list[Path]:
@@ -77,8 +82,7 @@ def empty_class_folders(d: DataConfig) -> list[str]:
     if d.source != "image_folder" or d.root is None or not Path(d.root).is_dir():
         return []
     root = Path(d.root)
-    found = {class_of(root, p) for p in image_folder_files(root)}
-    empty = [f.name for f in class_folders(root) if f.name not in found]
+    empty = [f.name for f in class_folders(root) if not _images_under(f)]
     if empty:
         _warn_once(f"data.root {root}: class folder(s) with no images, left out of the classes: {', '.join(empty)}")
     return empty
@@ -259,14 +263,8 @@ def require_unlabeled_root(u: UnlabeledConfig) -> Path:
 
 
 def unlabeled_folder_files(root: Path) -> list[Path]:
-    """Every image under root, subfolders included, hidden ones and symlinked folders left out (no link loops)."""
-    exts = {e.lower() for e in Image.registered_extensions()}
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        files += [Path(dirpath) / f for f in filenames if not f.startswith(".")
-                  and Path(f).suffix.lower() in exts and (Path(dirpath) / f).is_file()]
-    return sorted(files)
+    """Every image under root, subfolders included (see `_images_under`)."""
+    return sorted(_images_under(root))
 
 
 def unlabeled_csv_paths(u: UnlabeledConfig) -> list[str]:
