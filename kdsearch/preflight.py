@@ -15,12 +15,13 @@ from typing import NamedTuple
 
 from .config import CheckpointTeacher, Config, EnsembleTeacher, TorchscriptTeacher, TrackingConfig, TrainTeacher
 from .errors import KdsearchError
+from .labels import ClassTable
 from .locks import check_output_folder
 from .sources import (
     check_sources,
     check_unlabeled,
+    class_table_hint,
     empty_class_folders,
-    num_classes_hint,
     source_image_count,
     unlabeled_image_count,
 )
@@ -35,6 +36,8 @@ class Checked(NamedTuple):
     """Those over it (StudentSize), for callers that report them."""
     disk: dict[str, int]
     """What the run will write under output.dir, in bytes, by kind (`disk_estimate`)."""
+    classes: ClassTable
+    """The data's classes, read from its labels (no image decoded)."""
 
 
 def preflight(cfg: Config, search: bool = True) -> Checked:
@@ -43,7 +46,8 @@ def preflight(cfg: Config, search: bool = True) -> Checked:
     empty_class_folders(cfg.data)  # warns
     if cfg.data.unlabeled is not None:
         check_unlabeled(cfg.data.unlabeled)
-    classes = num_classes_hint(cfg.data)
+    table = class_table_hint(cfg.data)
+    classes = len(table.names)
     if classes < 2:
         raise KdsearchError(f"data.root {cfg.data.root}: found {classes} class; a classifier needs at least two "
                             "(one subfolder or label per class)")
@@ -54,7 +58,7 @@ def preflight(cfg: Config, search: bool = True) -> Checked:
     disk = disk_estimate(cfg, classes, fit, search)
     check_output_dir(cfg, disk)
     check_store_reachable(cfg.tracking)
-    return Checked(fit, over, disk)
+    return Checked(fit, over, disk, table)
 
 
 def disk_estimate(cfg: Config, classes: int, students: list[str], search: bool = True) -> dict[str, int]:
