@@ -151,16 +151,16 @@ def check_class_order(cfg: Config, teacher: Teachers, logits: torch.Tensor, data
     exit 2 naming the matching when it wins by CLASS_ORDER_MARGIN, unless teacher.allow_class_mismatch.
     Returns the accuracies (MLflow logs them with the teacher's scores)."""
     from scipy.optimize import linear_sum_assignment
+    from sklearn.metrics import confusion_matrix
 
     out: dict[str, float] = {}
     y = data.val.y.numpy()
+    k, outputs = data.num_classes, logits.shape[-1]
     for j, member in enumerate(teacher.members):
         if member.identity.get("source") == "train":
             continue  # trained here on these labels: its output i is class i by construction
         pred = logits[:, j].argmax(1).numpy()
-        k = data.num_classes
-        confusion = np.zeros((k, logits.shape[-1]), dtype=np.int64)
-        np.add.at(confusion, (y, pred), 1)
+        confusion = confusion_matrix(y, pred, labels=range(max(k, outputs)))[:k, :outputs]  # data class x output
         rows, cols = linear_sum_assignment(-confusion)
         identity, matched = float(np.trace(confusion[:, :k]) / len(y)), float(confusion[rows, cols].sum() / len(y))
         suffix = "" if len(teacher.members) == 1 else f"_{j}"
