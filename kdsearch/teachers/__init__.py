@@ -8,7 +8,7 @@ from __future__ import annotations
 from ..config import Config
 from ..data import Dataset
 from . import checkpoint, torchscript, train  # noqa: F401  (register their sources)
-from .base import SOURCES, Teacher, Teachers, build_teacher, build_teachers, model_from_arch, teacher_spec
+from .base import SOURCES, Teacher, Teachers, build_teacher, build_teachers, teacher_spec
 from .checkpoint import load_checkpoint_model, load_state_dict_file
 from .train import fit_teacher
 
@@ -21,4 +21,4 @@ def _build_huggingface(t, cfg: Config, data: Dataset, device) -> Teacher:
 
 
 __all__ = ["SOURCES", "Teacher", "Teachers", "build_teacher", "build_teachers", "fit_teacher", "load_checkpoint_model",
-           "load_state_dict_file", "model_from_arch", "teacher_spec"]
+           "load_state_dict_file", "teacher_spec"]

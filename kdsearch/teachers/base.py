@@ -26,7 +26,7 @@ from ..engine import EVAL_BATCH, Metrics, classification_metrics
 from ..errors import KdsearchError
 from ..losses import teacher_log_probs
 from ..registry import Registry
-from ..students import forward_with_features, model_from_arch, student_spec  # noqa: F401  (model_from_arch: re-exported)
+from ..students import forward_with_features, student_spec
 from ..transforms import to_input
 
 log = logging.getLogger("kdsearch")

@@ -13,8 +13,8 @@ from .._io import file_sha256, fingerprint
 from ..config import CheckpointTeacher, Config
 from ..data import Dataset
 from ..errors import KdsearchError
-from ..students import final_linear
-from .base import SOURCES, Teacher, model_from_arch, teacher_spec
+from ..students import final_linear, model_from_arch
+from .base import SOURCES, Teacher, teacher_spec
 
 
 def load_state_dict_file(path: Path, key: str, mmap: bool = False) -> dict[str, torch.Tensor]:

@@ -14,8 +14,8 @@ from ..config import Config, InputSpec, TrainTeacher
 from ..data import Dataset, val_subset
 from ..engine import evaluate, train_one_epoch
 from ..losses import cross_entropy_loss
-from ..students import final_linear
-from .base import SOURCES, Teacher, model_from_arch, teacher_spec
+from ..students import final_linear, model_from_arch
+from .base import SOURCES, Teacher, teacher_spec
 
 log = logging.getLogger("kdsearch")
 
