@@ -95,15 +95,17 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     except interrupts.Interrupted as e:
         raise interrupts.Interrupted(e.signum, early) from None
     fit_start = time.perf_counter()
-    interrupts.on_sigterm(f"search {cfg.name!r} stopped (SIGTERM); nothing exported. Finished trials and the "
-                          "others' last checkpoints are kept: `kdsearch run CONFIG --resume` continues it")
+
+    def stopped(signum: int) -> str:
+        return (f"search {cfg.name!r} stopped ({signal.Signals(signum).name}); nothing exported. Finished trials and "
+                "the others' last checkpoints are kept: `kdsearch run CONFIG --resume` continues it")
+
+    interrupts.on_sigterm(stopped(signal.SIGTERM))
     try:
         with interrupts.search():
             tuner.fit()
     except interrupts.Interrupted as e:
-        raise interrupts.Interrupted(e.signum, f"search {cfg.name!r} stopped ({signal.Signals(e.signum).name}); "
-                                     "nothing exported. Finished trials and the others' last checkpoints are kept: "
-                                     "`kdsearch run CONFIG --resume` continues it") from None
+        raise interrupts.Interrupted(e.signum, stopped(e.signum)) from None
     fit_seconds = time.perf_counter() - fit_start
     wall = time.perf_counter() - start
     trials = tune.ExperimentAnalysis(str(path)).trials  # with their status: what ended and what was stopped
