@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from .results import ranked  # noqa: E402
+
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
@@ -22,12 +24,12 @@ def _save(fig, path: Path) -> Path:
 
 def learning_curves(trials: list[dict[str, Any]], metric: str, mode: str, path: Path, top: int = 5) -> Path:
     """The metric per epoch for the `top` best trials (by their last value)."""
-    ranked = sorted(trials, key=lambda t: t["last"].get(metric, np.nan), reverse=mode == "max")[:top]
+    top_trials = ranked(trials, lambda t: t["last"], metric, mode)[:top]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for t in ranked:
+    for t in top_trials:
         h = t["history"]
         ax.plot(h["training_iteration"], h[metric], marker="o", label=f"{t['trial_id']} {t['config'].get('student')}")
-    ax.set(xlabel="epoch", ylabel=metric, title=f"learning curves, top {len(ranked)} trials")
+    ax.set(xlabel="epoch", ylabel=metric, title=f"learning curves, top {len(top_trials)} trials")
     ax.legend(fontsize=7)
     return _save(fig, path)
 

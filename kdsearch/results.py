@@ -50,12 +50,23 @@ def ended(result: dict[str, Any], max_epochs: int) -> str:
     return "completed" if int(result.get("training_iteration", 0)) >= max_epochs else "stopped_early"
 
 
+def _scored(result: dict[str, Any] | None, metric: str) -> bool:
+    """The result has a finite `metric` and did not diverge: it can be ranked."""
+    return bool(result) and metric in result and not diverged(result) and math.isfinite(float(result[metric]))
+
+
+def ranked(items: Iterable[T], result: Callable[[T], dict[str, Any]], metric: str, mode: str) -> list[T]:
+    """Items best first on their result's `metric` (the `mode` direction; ties keep their order); items that
+    cannot be ranked (no finite metric, diverged) come last, in their order."""
+    items = list(items)
+    good = sorted((i for i in items if _scored(result(i), metric)), key=lambda i: float(result(i)[metric]),
+                  reverse=mode == "max")
+    return good + [i for i in items if not _scored(result(i), metric)]
+
+
 def best(items: Iterable[T], result: Callable[[T], dict[str, Any]], metric: str, mode: str) -> T | None:
     """The item whose last result is best on `metric`, preferring whole-split scores; None when none has it.
     A diverged result, or a metric that is NaN or infinite, never wins."""
-    scored = [i for i in items if metric in (result(i) or {}) and not diverged(result(i))
-              and math.isfinite(float(result(i)[metric]))]
+    scored = [i for i in ranked(items, result, metric, mode) if _scored(result(i), metric)]
     pool = [i for i in scored if on_full_split(result(i))] or scored
-    if not pool:
-        return None
-    return (max if mode == "max" else min)(pool, key=lambda i: result(i)[metric])
+    return pool[0] if pool else None

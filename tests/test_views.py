@@ -80,3 +80,17 @@ def test_best_prefers_whole_split_scores_over_higher_subset_ones():
     assert best(trials[:1], lambda t: t, "val_macro_f1", "max")["id"] == "a"  # no whole-split score at all
     assert best(trials, lambda t: t, "val_loss", "min")["id"] == "d" and best([], lambda t: t, "val_loss",
                                                                               "min") is None
+
+
+def test_ranked_puts_the_best_first_and_unrankable_results_last():
+    """The order `kdsearch ui`'s comparison link and the learning-curve plot use: best first on the metric, ties in
+    their order, and results without a finite metric (none, NaN, diverged) after every ranked one."""
+    from kdsearch.results import ranked
+
+    rows = [{"id": "none"}, {"id": "low", "val_macro_f1": 0.5}, {"id": "nan", "val_macro_f1": float("nan")},
+            {"id": "high", "val_macro_f1": 0.9}, {"id": "tie", "val_macro_f1": 0.5},
+            {"id": "diverged", "val_macro_f1": 0.99, "diverged": True}]
+    order = [r["id"] for r in ranked(rows, lambda r: r, "val_macro_f1", "max")]
+    assert order == ["high", "low", "tie", "none", "nan", "diverged"]
+    order = [r["id"] for r in ranked(rows, lambda r: r, "val_macro_f1", "min")]
+    assert order == ["low", "tie", "high", "none", "nan", "diverged"]

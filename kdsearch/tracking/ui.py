@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from ..config import Config
 from ..errors import KdsearchError
+from ..results import ranked
 from . import TRIAL_TAG, _client, _search_parent
 
 COMPARE_LIMIT = 100
@@ -43,13 +44,10 @@ def links(cfg: Config, base: str) -> Links:
         return Links(experiment, None, 0)
     runs = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent}' and tags.`kdsearch.kind` = 'trial'",
                               max_results=5000)
-    metric, sign = cfg.search.metric, (-1 if cfg.search.resolved_mode == "max" else 1)
-
-    def rank(run):  # best first. A run's val_* are whole-split scores (rung epochs log rung_val_*), so a trial
-        value = run.data.metrics.get(metric)  # ASHA stopped on the subset has none and comes after those that do
-        return (value is None, sign * value if value is not None else 0.0)
-
-    ids = [r.info.run_id for r in sorted(runs, key=rank) if r.data.tags.get(TRIAL_TAG)][:COMPARE_LIMIT]
+    # Best first. A run's val_* are whole-split scores (rung epochs log rung_val_*), so a trial ASHA stopped on the
+    # subset has none and comes after those that do.
+    order = ranked(runs, lambda r: r.data.metrics, cfg.search.metric, cfg.search.resolved_mode)
+    ids = [r.info.run_id for r in order if r.data.tags.get(TRIAL_TAG)][:COMPARE_LIMIT]
     query = urllib.parse.urlencode({"runs": json.dumps(ids, separators=(",", ":")),
                                     "experiments": json.dumps([exp_id], separators=(",", ":")),
                                     "workflowType": "machine_learning"},
