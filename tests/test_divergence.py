@@ -45,7 +45,6 @@ def test_train_that_diverges_says_so_and_writes_strict_json(tmp_path, run_cli):
     assert f"the student diverged at epoch {epoch}" in err
 
 
-
 @pytest.mark.e2e
 def test_a_diverging_trial_stops_is_marked_and_never_best(ray_cluster, tmp_path):
     cfg = Config.model_validate(tiny_config(tmp_path, name="diverge", search={
