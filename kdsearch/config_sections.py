@@ -36,6 +36,10 @@ class DataConfig(ConfigModel):
     """Integer labels (npz, idx, cifar10, a csv of numbers): one name per label id, in id order. Text labels (a
     csv of names, an image folder's subfolders): the class order, naming exactly the labels present. Unset:
     integer labels keep their numbers (class i = label i); text labels sort as text."""
+    label_map: dict[str, str] | None = None
+    """csv only: labels as the manifest writes them -> the label to use ({"Melanoma": melanoma, MEL: melanoma}),
+    applied after surrounding spaces are stripped. Labels that differ only by case or inner spacing exit 2 unless
+    mapped here, since they would otherwise become two classes of one diagnosis."""
     remap_labels: bool = False
     """Integer label ids that are not 0..K-1 (a gap, or starting at 1) exit 2 unless this is true: they then map
     to consecutive class indices in numeric order (the mapping is shown and exported in labels.json)."""
@@ -58,6 +62,13 @@ class DataConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _needs_root(self) -> "DataConfig":
+        if self.class_names is not None:
+            repeated = sorted({n for n in self.class_names if self.class_names.count(n) > 1})
+            if repeated:  # two classes of one name would show (and log) one's figures as the other's
+                raise ValueError(f"data.class_names names {', '.join(map(repr, repeated))} more than once; give each "
+                                 "class its own name")
+        if self.label_map is not None and self.source != "csv":
+            raise ValueError("data.label_map maps a csv manifest's labels; it needs data.source csv")
         if self.source != "digits" and self.root is None:
             raise ValueError(f"data.source {self.source} needs data.root: the folder that holds the data")
         if self.source == "csv" and not self.manifest:
@@ -102,6 +113,11 @@ _RESOURCES_DOC = """Run the teacher's once-per-search work (training a `train` t
     as a Ray task holding these resources, e.g. {gpu: 1, cpu: 4}: on a cluster whose head has no GPU, a GPU node
     does it.
     Unset = on a GPU worker ({gpu: 1}) when this machine has no GPU but the Ray cluster has one, else here."""
+
+
+_PROBE_LIVE = ("a linear_probe teacher needs cache: true: the images its probe is fitted on get out-of-fold outputs "
+               "(cross-fitted), which only the cached outputs carry; a live probe would teach over-confident "
+               "in-sample targets")
 
 
 class _TeacherBase(ConfigModel):
@@ -187,6 +203,12 @@ class HuggingFaceTeacher(_TeacherBase):
     class_weight_power: float = Field(1.0, ge=0.0)
     """linear_probe: class weights (1/n_c)^power of the logistic regression; 1 = balanced, as macro-F1 wants."""
 
+    @model_validator(mode="after")
+    def _probe_cached(self) -> "HuggingFaceTeacher":
+        if self.mode == "linear_probe" and not self.cache:
+            raise ValueError(_PROBE_LIVE)
+        return self
+
     @field_validator("prompt")
     @classmethod
     def _has_label(cls, v: str) -> str:
@@ -239,6 +261,8 @@ class EnsembleTeacher(ConfigModel):
         if self.resources is not None and not self.cache:
             raise ValueError("resources: a live teacher (cache: false) runs inside each trial on the trial's "
                              "resources; set cache: true or drop resources")
+        if not self.cache and any(getattr(m, "mode", None) == "linear_probe" for m in self.members):
+            raise ValueError(_PROBE_LIVE)
         return self
 
     @property

@@ -25,7 +25,7 @@ from .sources import empty_class_folders, source_files, unlabeled_files
 log = logging.getLogger("kdsearch")
 
 
-CACHE_FORMAT = 2  # bump when the cached layout changes (2: label_ids)
+CACHE_FORMAT = 3  # bump when the cached layout or the decode changes (2: label_ids; 3: EXIF, 16-bit by range)
 
 
 @dataclass
@@ -107,7 +107,8 @@ def load_dataset(cfg: Config) -> Dataset:
     files = source_files(d)
     empty_class_folders(d)  # warns
     key = fingerprint({"format": CACHE_FORMAT, "source": d.source, "size": d.image_size, "manifest": d.manifest,
-                       "class_names": d.class_names, "remap": d.remap_labels, "max_pixels": d.max_image_pixels,
+                       "class_names": d.class_names, "remap": d.remap_labels, "label_map": d.label_map,
+                       "max_pixels": d.max_image_pixels,
                        "files": files})
     cache = cfg.output_dir / "cache" / f"data-{key}.pt"
     decoded = load_cache(cache)

@@ -6,6 +6,7 @@ cifar10) are resized as tensors, in chunks.
 
 from __future__ import annotations
 
+import logging
 import pickle
 from pathlib import Path
 from typing import Callable
@@ -13,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import DataConfig, UnlabeledConfig
 from .errors import KdsearchError
@@ -33,6 +34,8 @@ from .sources import (
     unlabeled_folder_files,
     unlabeled_idx_files,
 )
+
+log = logging.getLogger("kdsearch")
 
 DECODERS: Registry[Callable[[DataConfig], dict]] = Registry("data.source")
 """data.source -> decoder(data config) -> {"train_x", "train_y" (and val_/test_ where the source has them),
@@ -55,9 +58,13 @@ def _decode_files(paths: list[Path], labels: list[int], size: int, base: Path, m
                                    f"{max_pixels})")
                         continue
                     im.load()
-                    sizes.append(im.size)
+                    # The orientation the file declares (EXIF 1-8, phones and dermatoscopes): every viewer applies it
+                    im = ImageOps.exif_transpose(im)
                     arrays.append(_to_uint8(im, size))
+                    sizes.append(im.size)  # as displayed
                     ys.append(label)
+            except OutOfRange as e:
+                bad.append(f"{name} ({e})")
             except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
                 bad.append(f"{name} ({type(e).__name__})")
     finally:
@@ -69,36 +76,63 @@ def _decode_files(paths: list[Path], labels: list[int], size: int, base: Path, m
             "orig_sizes": torch.tensor(sizes, dtype=torch.int64).reshape(-1, 2)}
 
 
+class OutOfRange(ValueError):
+    """An image whose values lie outside the range its mode declares (a float image beyond 0..1, a 32-bit integer
+    one beyond 16 bits): there is no one way to map it to 8 bits, so it is skipped and named."""
+
+
+# The full scale of each high-bit-depth mode Pillow hands over: a value is scaled by its mode's range, never by
+# the image's own maximum, so one level means one brightness in every file (a dark 16-bit scan stays dark).
+# "I" (32-bit signed) holds 16-bit data in practice (PGM, older PNG readers, 16-bit TIFF strips): 0..65535.
+# "F" (32-bit float) is taken as 0..1, the convention of float TIFFs and of scikit-image.
+FULL_SCALE = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
+
+
 def _to_uint8(im: Image.Image, size: int) -> np.ndarray:
-    """[size, size] grayscale or [size, size, 3] RGB uint8. 16- and 32-bit grayscale (medical PNGs and TIFFs) is
-    scaled from 0..65535, not clipped at 255; palette, CMYK and alpha images become RGB."""
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        a = np.asarray(im, dtype=np.float32)
-        if a.max(initial=0) > 255:
-            a = a * (255.0 / 65535.0)
-        im = Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), mode="L")
+    """[size, size] grayscale or [size, size, 3] RGB uint8. High-bit-depth grayscale (16-bit PNG and TIFF scans,
+    float TIFFs) is scaled from its mode's full range (FULL_SCALE) to 0..255; 8-bit modes keep their values;
+    palette, CMYK and alpha images become RGB."""
+    if im.mode in FULL_SCALE:
+        full = FULL_SCALE[im.mode]
+        a = np.asarray(im, dtype=np.float64)
+        if a.size and (not np.isfinite(a).all() or a.min() < 0 or a.max() > full):
+            raise OutOfRange(f"mode {im.mode} values {np.nanmin(a):g}..{np.nanmax(a):g} outside 0..{full:g}; save it "
+                             "as 8- or 16-bit")
+        # 16-bit: the high byte, as Pillow itself reduces a 16-bit RGB PNG, so gray and colour files of one level
+        # give one value; float: rounded
+        eight = np.floor(a / 256.0) if full == 65535.0 else np.round(a * 255.0)
+        im = Image.fromarray(eight.astype(np.uint8))
     gray = im.mode in ("1", "L")
     return np.asarray(im.convert("L" if gray else "RGB").resize((size, size), Image.BILINEAR))
+
+
+def _decode_labeled(paths: list[Path], labels: list, d: DataConfig, base: Path, where: str, text: bool) -> dict:
+    """Decode labeled files and make the class table from the labels of the files that decoded: a class whose
+    every file is unreadable is no class (as an empty folder is not), whichever way its files fail."""
+    out = _decode_files(paths, list(range(len(paths))), d.image_size, base, d.max_image_pixels)
+    read = out["train_y"].tolist()  # positions in `paths` of the files that decoded
+    dead = sorted({str(label) for label in labels} - {str(labels[i]) for i in read})
+    if dead and read:
+        log.warning("%s: every image of class(es) %s is unreadable; left out of the classes", where, ", ".join(dead))
+    table = class_table({labels[i] for i in read} or set(labels), d.class_names, d.remap_labels, where, text=text)
+    out["train_y"] = torch.tensor([table.index[labels[i]] for i in read], dtype=torch.int64)
+    return {**out, "class_names": table.names, "label_ids": table.label_ids}
 
 
 @DECODERS.register("image_folder")
 def _decode_image_folder(d: DataConfig) -> dict:
     root = require_root(d)
     files = image_folder_files(root)
-    table = class_table({class_of(root, p) for p in files}, d.class_names, d.remap_labels, f"data.root {root}",
-                        text=True)  # folder names are names, even "1", "2"
-    out = _decode_files(files, [table.index[class_of(root, p)] for p in files], d.image_size, root,
-                        d.max_image_pixels)
-    return {**out, "class_names": table.names, "label_ids": None}
+    # folder names are names, even "1", "2"
+    out = _decode_labeled(files, [class_of(root, p) for p in files], d, root, f"data.root {root}", text=True)
+    return {**out, "label_ids": None}
 
 
 @DECODERS.register("csv")
 def _decode_csv(d: DataConfig) -> dict:
     root, rows = csv_rows(d)
-    table = class_table({label for _, label in rows}, d.class_names, d.remap_labels, f"data.manifest {d.manifest}")
-    out = _decode_files([root / p for p, _ in rows], [table.index[label] for _, label in rows], d.image_size, root,
-                        d.max_image_pixels)
-    return {**out, "class_names": table.names, "label_ids": table.label_ids}
+    return _decode_labeled([root / p for p, _ in rows], [label for _, label in rows], d, root,
+                           f"data.manifest {d.manifest}", text=False)
 
 
 def _resize_tensor(x: np.ndarray, size: int) -> torch.Tensor:

@@ -137,19 +137,22 @@ def teach(cfg: Config, data: Dataset, device) -> tuple[Teachers, TeacherTargets 
     return teacher, targets, scores
 
 
-CLASS_ORDER_MARGIN = 0.2
-"""A teacher whose best one-to-one matching of outputs to classes beats its own order by this much val accuracy
-is taken to be in another class order..."""
+CLASS_ORDER_MARGIN = 0.3
+"""A class whose val images go to another teacher output by this much more recall than to its own output is taken
+to be in another class order (per class, so a swap of two small classes shows as plainly as one of two big ones)..."""
+CLASS_ORDER_MIN_IMAGES = 10
+"""...when the class has at least this many val images (fewer could move by chance)..."""
 CLASS_ORDER_MIN_MATCHED = 0.5
-"""...when the matching itself is this accurate: an untrained or weak teacher's arbitrary outputs can always be
-matched to the classes somewhat better than their own order, which says nothing about a permutation."""
+"""...and the matching's mean per-class recall reaches this: an untrained or weak teacher's arbitrary outputs can
+always be matched to the classes somewhat better than their own order, which says nothing about a permutation."""
 
 
 def check_class_order(cfg: Config, teacher: Teachers, logits: torch.Tensor, data: Dataset) -> dict[str, float]:
-    """Each member not trained here, scored on val against the data's classes in its own order and in the best
-    one-to-one matching of its outputs to the classes (scipy's linear_sum_assignment on its confusion matrix);
-    exit 2 naming the matching when it wins by CLASS_ORDER_MARGIN, unless teacher.allow_class_mismatch.
-    Returns the accuracies (MLflow logs them with the teacher's scores)."""
+    """Each member not trained here, scored on val by per-class recall in its own output order and in the one-to-one
+    matching of its outputs to the classes that maximises the mean recall (scipy's linear_sum_assignment on the
+    row-normalised confusion matrix); exit 2 naming the moved classes when one with CLASS_ORDER_MIN_IMAGES val
+    images gains CLASS_ORDER_MARGIN recall there, unless teacher.allow_class_mismatch. Returns the mean recalls
+    (balanced accuracies; MLflow logs them with the teacher's scores)."""
     from scipy.optimize import linear_sum_assignment
     from sklearn.metrics import confusion_matrix
 
@@ -161,25 +164,34 @@ def check_class_order(cfg: Config, teacher: Teachers, logits: torch.Tensor, data
             continue  # trained here on these labels: its output i is class i by construction
         pred = logits[:, j].argmax(1).numpy()
         confusion = confusion_matrix(y, pred, labels=range(max(k, outputs)))[:k, :outputs]  # data class x output
-        rows, cols = linear_sum_assignment(-confusion)
-        identity, matched = float(np.trace(confusion[:, :k]) / len(y)), float(confusion[rows, cols].sum() / len(y))
+        counts = confusion.sum(1)
+        recall = confusion / np.maximum(counts, 1)[:, None]
+        present = counts > 0
+        rows, cols = linear_sum_assignment(-recall)
+        own_recall = np.array([recall[c, c] if c < outputs else 0.0 for c in range(k)])
+        matched_recall = np.zeros(k)
+        matched_recall[rows] = recall[rows, cols]
+        identity, matched = float(own_recall[present].mean()), float(matched_recall[present].mean())
         suffix = "" if len(teacher.members) == 1 else f"_{j}"
-        out.update({f"val_accuracy_own_order{suffix}": identity, f"val_accuracy_best_matching{suffix}": matched})
-        permuted = matched - identity >= CLASS_ORDER_MARGIN and matched >= CLASS_ORDER_MIN_MATCHED
-        if permuted and not cfg.teacher.allow_class_mismatch:
-            moved = [(c, r) for r, c in zip(rows, cols) if r != c]
-            said = ", ".join(f"teacher output {c} looks like data class {data.class_names[r]!r}" for c, r in moved[:4])
+        out.update({f"val_mean_recall_own_order{suffix}": identity,
+                    f"val_mean_recall_best_matching{suffix}": matched})
+        moved = [(c, r) for r, c in zip(rows, cols) if r != c and counts[r] >= CLASS_ORDER_MIN_IMAGES
+                 and recall[r, c] - own_recall[r] >= CLASS_ORDER_MARGIN]
+        if moved and matched >= CLASS_ORDER_MIN_MATCHED and not cfg.teacher.allow_class_mismatch:
+            said = ", ".join(f"teacher output {c} looks like data class {data.class_names[r]!r} (recall "
+                             f"{recall[r, c]:.2f} there, {own_recall[r]:.2f} at output {r})" for c, r in moved[:4])
             raise KdsearchError(
                 f"teacher{'' if suffix == '' else f'.members.{j}'}: its outputs are in another class order than the "
-                f"data's: {said}{', ...' if len(moved) > 4 else ''} (val accuracy {identity:.3f} as it is, "
-                f"{matched:.3f} matched). Order data.class_names (or teacher.label_map for a Hugging Face "
+                f"data's: {said}{', ...' if len(moved) > 4 else ''} (val mean per-class recall {identity:.3f} as it "
+                f"is, {matched:.3f} matched). Order data.class_names (or teacher.label_map for a Hugging Face "
                 "classifier) as the teacher was trained, or set teacher.allow_class_mismatch: true")
     return out
 
 
 def majority_baseline(data: Dataset) -> Metrics:
-    """Every val image predicted as the most frequent class among the student's labeled images."""
-    pred = torch.full_like(data.val.y, int(data.class_counts().argmax()))
+    """Every val image predicted as the train split's most frequent class. Counted on every train label, not the
+    student's: under data.label_budget the labeled counts tie by design and say nothing of which class is common."""
+    pred = torch.full_like(data.val.y, int(torch.bincount(data.train.y, minlength=data.num_classes).argmax()))
     return classification_metrics(data.val.y.numpy(), pred.numpy(), data.num_classes, float("nan"))
 
 

@@ -77,14 +77,21 @@ class Metrics:
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, loss: float) -> Metrics:
+    """Accuracy, macro-F1, per-class F1 and the confusion matrix of one split.
+
+    Macro-F1 is the mean F1 over the classes the split holds (at least one image): a class with no image there has
+    no F1 (NaN in `per_class_f1`, n/a where shown, never logged), and predicting it costs only the recall of the
+    class the image really is, never a 0 for the absent class. NaN when the split is empty."""
     labels = list(range(num_classes))
+    present = sorted(set(np.asarray(y_true).tolist()))
+    per_class = f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0) if len(y_true) else \
+        np.zeros(num_classes)
+    per_class = [float(v) if c in present else float("nan") for c, v in enumerate(per_class)]
     return Metrics(
         loss=loss,
-        accuracy=float(accuracy_score(y_true, y_pred)),
-        # A class neither in y_true nor predicted is left out of the average (zero_division=nan), as scikit-learn's
-        # default (labels=None) does: it is never a 0 that drags macro-F1 down.
-        macro_f1=float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=np.nan)),
-        per_class_f1=[float(v) for v in f1_score(y_true, y_pred, labels=labels, average=None, zero_division=0)],
+        accuracy=float(accuracy_score(y_true, y_pred)) if len(y_true) else float("nan"),
+        macro_f1=float(np.mean([per_class[c] for c in present])) if present else float("nan"),
+        per_class_f1=per_class,
         confusion=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     )
 

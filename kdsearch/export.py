@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +163,9 @@ def model_card(cfg: Config, hp: Hparams, trial: BestTrial, data: Dataset, m: Met
         "student": hp.student,
         "hyperparameters": hp.as_dict(),
         "metrics": {"val_macro_f1": m.macro_f1, "val_accuracy": m.accuracy, "val_loss": m.loss,
-                    "val_per_class_f1": dict(zip(data.class_names, m.per_class_f1)),
+                    # null: the class has no val image, so no F1 (engine.classification_metrics)
+                    "val_per_class_f1": {n: (v if math.isfinite(v) else None)
+                                         for n, v in zip(data.class_names, m.per_class_f1)},
                     f"trial_{metric}": float(trial.metrics[metric]),
                     "trial_val_images": int(trial.metrics.get("val_images") or len(data.val.y))},
         "files": dict(files),

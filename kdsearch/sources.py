@@ -111,13 +111,30 @@ def csv_rows(d: DataConfig) -> tuple[Path, list[tuple[str, str]]]:
         if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
             raise KdsearchError(f"data.manifest {manifest}: needs a header with columns path,label "
                                 f"(found {reader.fieldnames})")
-        rows = [(r["path"], r["label"]) for r in reader]
+        rows = [(r["path"], (r["label"] or "").strip()) for r in reader]  # "melanoma " is "melanoma"
+    if d.label_map:
+        rows = [(p, d.label_map.get(label, label)) for p, label in rows]
+    check_label_spellings({label for _, label in rows}, manifest)
     check_inside(manifest, root, [p for p, _ in rows], "data")
     missing = [p for p, _ in rows if not (root / p).is_file()]
     if missing:
         raise KdsearchError(f"data.manifest {manifest}: {len(missing)} listed file(s) missing under {root}, e.g. "
                             f"{', '.join(missing[:3])}; fix the paths or data.root")
     return root, rows
+
+
+def check_label_spellings(labels: set[str], manifest: Path) -> None:
+    """Exit 2 when two labels differ only by case or inner spacing ("Melanoma", "melanoma", "mela  noma"): one
+    diagnosis spelled two ways would become two classes, each with half its images."""
+    spellings: dict[str, list[str]] = {}
+    for label in sorted(labels):
+        spellings.setdefault(" ".join(label.split()).casefold(), []).append(label)
+    clashes = [v for v in spellings.values() if len(v) > 1]
+    if clashes:
+        said = "; ".join(" and ".join(repr(x) for x in v) for v in clashes[:3])
+        example = ", ".join(f"{x!r}: {v[0]!r}" for v in clashes[:1] for x in v[1:])
+        raise KdsearchError(f"data.manifest {manifest}: labels {said} differ only by case or spacing; make them one "
+                            f"spelling in the manifest or map them with data.label_map ({{{example}}})")
 
 
 def check_inside(manifest: Path, root: Path, paths: list[str], key: str) -> None:

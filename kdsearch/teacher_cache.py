@@ -80,8 +80,8 @@ def teacher_targets(cfg: Config, data: Dataset, teachers: Teachers, device, feat
     )
 
 
-# Bumped whenever the same seed would draw different views (the outputs on disk would then be for other pixels).
-VIEWS_RECIPE = 2
+# Bumped whenever the same key would give other outputs (other views for the same seed, another probe rule).
+VIEWS_RECIPE = 3  # 3: a probe fitted on unaugmented images, out-of-fold outputs on them
 
 
 def _member_targets(cfg: Config, data: Dataset, teacher: Teacher, views: Views, device, features: bool) -> dict:
@@ -98,37 +98,71 @@ def _member_targets(cfg: Config, data: Dataset, teacher: Teacher, views: Views, 
         teacher.identity.update(cached.get("fit") or {})
         return cached
     before = teacher.forward_passes
-    need = features or teacher.fit_head is not None  # a probe is fitted on the features of the first view
+    need = features or teacher.fit_head is not None
     scored = [_score(teacher, views, device, need, v) for v in range(views.num_views)]
     val_logits, val_feats = _score(teacher, Views(data.val.x, None, "none"), device, need)
     logits = torch.stack([s[0] for s in scored])
     feats = torch.stack([s[1] for s in scored]) if need else None
     fit = None
     if teacher.fit_head is not None:
-        fit = _fit(teacher, feats[0][:len(data.train.y)], data.train.y)  # fitted here: on every train label
+        n = len(data.train.y)
+        # Fitted on the unaugmented train images, whatever the views (and as a live teacher's is: fit_heads), so the
+        # teacher is the same whether or not its outputs are cached; with augment none, view 0 is those images.
+        plain = feats[0][:n] if views.params is None else _plain_features(teacher, data, device)
+        fit, cross = _fit(teacher, plain, data.train.y)
         with torch.no_grad():
             dev = teacher.head.weight.device
             logits = torch.stack([teacher.head(f.to(dev)).float().cpu() for f in feats])
             val_logits = teacher.head(val_feats.to(dev)).float().cpu()
+            in_sample = teacher.head(plain.to(dev)).float().cpu()
+        for v in range(len(feats)):  # the probe's own training images get out-of-fold outputs (cross-fitting)
+            logits[v, :n] = cross.logits(feats[v][:n])
+        fit.update(probe_confidence(in_sample, cross.logits(plain), data.train.y, val_logits, data.val.y))
+        log.info("teacher probe on its own train images: in-sample mean p(true) %.3f, NLL %.3f; out-of-fold (what the "
+                 "student learns from) %.3f, %.3f; val %.3f, %.3f", fit["probe_train_p_true_in_sample"],
+                 fit["probe_train_nll_in_sample"], fit["probe_train_p_true_out_of_fold"],
+                 fit["probe_train_nll_out_of_fold"], fit["probe_val_p_true"], fit["probe_val_nll"])
+        teacher.identity.update(fit)
     head = {k: v.detach().cpu() for k, v in teacher.head.state_dict().items()} if fit is not None else None
     log.info("teacher outputs computed: %d forward passes", teacher.forward_passes - before)
     return {"logits": logits, "val_logits": val_logits, "features": feats if features else None, "fit": fit,
             "head": head, "_write": path}
 
 
+def probe_confidence(in_sample: torch.Tensor, out_of_fold: torch.Tensor, y: torch.Tensor, val_logits: torch.Tensor,
+                     val_y: torch.Tensor) -> dict[str, float]:
+    """Mean p(true class) and NLL of a probe's outputs: on its own train images in-sample and out-of-fold, and on
+    val. Out-of-fold should look like val; in-sample is what a student would have learned from without
+    cross-fitting."""
+    def pair(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+        logp = torch.log_softmax(logits.double(), 1).gather(1, labels[:, None]).squeeze(1)
+        return float(logp.exp().mean()), float(-logp.mean())
+
+    out = {}
+    for name, (lg, lb) in {"train_{}_in_sample": (in_sample, y), "train_{}_out_of_fold": (out_of_fold, y),
+                           "val_{}": (val_logits, val_y)}.items():
+        p, nll = pair(lg, lb)
+        out[f"probe_{name.format('p_true')}"], out[f"probe_{name.format('nll')}"] = p, nll
+    return out
+
+
+def _plain_features(teacher: Teacher, data: Dataset, device) -> torch.Tensor:
+    return _score(teacher, Views(data.train.x, None, "none"), device, True)[1]
+
+
 def fit_heads(teachers: Teachers, data: Dataset, device) -> None:
     """Fit the heads that are fitted here (linear probes) on the unaugmented train split: for a live teacher."""
     for m in teachers.members:
         if m.fit_head is not None:
-            _fit(m, _score(m, Views(data.train.x, None, "none"), device, True)[1], data.train.y)
+            fit, _ = _fit(m, _plain_features(m, data, device), data.train.y)
+            m.identity.update(fit)
 
 
-def _fit(teacher: Teacher, feats: torch.Tensor, y: torch.Tensor) -> dict:
-    fit = teacher.fit_head(feats, y)
+def _fit(teacher: Teacher, feats: torch.Tensor, y: torch.Tensor):
+    fit, cross = teacher.fit_head(feats, y)
     teacher.fit_head = None
-    teacher.identity.update(fit)
     log.info("teacher head fitted: %s", fit)
-    return fit
+    return dict(fit), cross
 
 
 def _score(teacher: Teacher, views: Views, device, features: bool,

@@ -63,8 +63,20 @@ def test_metrics_are_scikit_learns(prepared):
     assert m.macro_f1 == pytest.approx(f1_score(y_true, y_pred, average="macro"))
     assert m.macro_f1 > f1_score(y_true, y_pred, labels=[0, 1, 2, 3], average="macro", zero_division=0)
     assert m.accuracy == pytest.approx(5 / 7)
-    assert len(m.per_class_f1) == 4 and m.per_class_f1[3] == 0.0
+    assert len(m.per_class_f1) == 4 and np.isnan(m.per_class_f1[3])  # no val image of class 3: no F1 (n/a)
     assert np.array(m.confusion).sum() == 7 and m.confusion[2][0] == 1
+
+
+def test_macro_f1_averages_the_classes_val_holds_even_when_an_absent_one_is_predicted():
+    """A class with no val image (100/100/2 images and val_fraction 0.1) predicted once is not a 0 in the average:
+    that prediction costs the recall of the class the image is, as f1_score over the present labels says."""
+    y_true = np.array([0] * 10 + [1] * 10)
+    y_pred = y_true.copy()
+    y_pred[0] = 2  # one image of class 0 predicted as the absent class 2
+    m = classification_metrics(y_true, y_pred, 3, loss=0.0)
+    assert m.macro_f1 == pytest.approx(f1_score(y_true, y_pred, labels=[0, 1], average="macro"))
+    assert m.macro_f1 == pytest.approx((18 / 19 + 1) / 2)  # 0.974, not (0.947 + 1 + 0) / 3
+    assert np.isnan(m.per_class_f1[2]) and m.per_class_f1[0] == pytest.approx(18 / 19)
 
 
 def test_untrained_model_scores_near_chance(tmp_path):

@@ -33,6 +33,28 @@ log = logging.getLogger("kdsearch")
 
 
 @dataclass
+class CrossFit:
+    """Out-of-fold heads for the images a head was fitted on (a linear probe's train split): image i's outputs come
+    from the head of the fold that held it out, so the targets a student learns from on those images are as
+    confident as on images the probe never saw."""
+
+    fold: torch.Tensor
+    """int64 [N]: the fold that held out each fitted image."""
+    weight: torch.Tensor
+    """float32 [F, K, D]: each fold's head."""
+    bias: torch.Tensor
+    """float32 [F, K]."""
+
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Out-of-fold logits [N, K] for features [N, D] of the fitted images, in their order (any view of them)."""
+        out = torch.empty(len(feats), self.weight.shape[1])
+        for f in range(self.weight.shape[0]):
+            idx = (self.fold == f).nonzero().flatten()
+            out[idx] = feats[idx].float() @ self.weight[f].T + self.bias[f]
+        return out
+
+
+@dataclass
 class Teacher:
     model: nn.Module
     spec: InputSpec
@@ -43,8 +65,9 @@ class Teacher:
     """What the model card says about the teacher."""
     head: nn.Linear | None = None
     """The final linear layer (logits = head(features)); None where the model cannot be split (TorchScript)."""
-    fit_head: Callable[[torch.Tensor, torch.Tensor], dict[str, Any]] | None = None
-    """linear_probe: fits `head` from (train features, labels) and returns what to record; None = head is ready."""
+    fit_head: Callable[[torch.Tensor, torch.Tensor], tuple[dict[str, Any], CrossFit]] | None = None
+    """linear_probe: fits `head` from (unaugmented train features, labels); returns what to record and the
+    out-of-fold heads for those images. None = head is ready."""
     batch_size: int = EVAL_BATCH
     """Images per forward pass when its outputs are computed."""
     autocast: torch.dtype | None = None

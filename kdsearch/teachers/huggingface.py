@@ -25,7 +25,7 @@ from ..errors import KdsearchError
 from ..losses import class_weights
 from ..registry import Registry
 from ..students import final_linear, student_spec
-from .base import Teacher
+from .base import CrossFit, Teacher
 
 log = logging.getLogger("kdsearch")
 
@@ -259,7 +259,7 @@ def _linear_probe(t: HuggingFaceTeacher, cfg: Config, data: Dataset, spec: Input
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
 
-    def fit_head(feats: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    def fit_head(feats: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, Any], CrossFit]:
         return fit_probe(head, feats, y, data.num_classes, t.class_weight_power, cfg.seed)
 
     return nn.Sequential(embedder, head), head, fit_head
@@ -271,22 +271,30 @@ def _drop_text_tower(model: nn.Module) -> None:
         model.text_model = None
 
 
+PROBE_FOLDS = 5  # cross-fitting folds: each fitted image's outputs come from a probe fitted on the other 4/5
+
+
 def fit_probe(head: nn.Linear, feats: torch.Tensor, y: torch.Tensor, num_classes: int, power: float,
-              seed: int) -> dict[str, Any]:
+              seed: int) -> tuple[dict[str, Any], CrossFit]:
     """Standardise; pick C by macro-F1 of scikit-learn's LogisticRegression on a held-out 20% of train (class
-    weights (1/n_c)^power); refit on all of train; write it into `head` so head(feats) = its decision function."""
+    weights (1/n_c)^power, scaled so the mean *sample* weight is 1 and C means what it says); refit on all of train
+    and write it into `head` so head(feats) = its decision function. Also fits one probe per fold of a stratified
+    k-fold split of train: the out-of-fold outputs (`CrossFit`) are what the probe's own training images get as
+    teacher targets, since its in-sample outputs are over-confident (cross-fitting)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
     from sklearn.preprocessing import StandardScaler
 
     x, labels = feats.double().numpy(), y.numpy()
     scaler = StandardScaler().fit(x)
     xs = scaler.transform(x)
-    w = class_weights(torch.bincount(y, minlength=num_classes), power)
+    counts = torch.bincount(y, minlength=num_classes)
+    w = class_weights(counts, power).double()
+    w = w / float((w * counts).sum() / counts.sum())  # mean sample weight 1: scikit-learn's C scales with it
     cw = {c: float(w[c]) for c in range(num_classes)}
-    counts = torch.bincount(y)
-    stratify = labels if int(counts[counts > 0].min()) >= 2 else None
+    smallest = int(counts[counts > 0].min())
+    stratify = labels if smallest >= 2 else None
     x_fit, x_hold, y_fit, y_hold = train_test_split(xs, labels, test_size=0.2, stratify=stratify, random_state=seed)
 
     def probe(c: float, xx, yy) -> LogisticRegression:
@@ -294,17 +302,31 @@ def fit_probe(head: nn.Linear, feats: torch.Tensor, y: torch.Tensor, num_classes
 
     scores = {c: float(f1_score(y_hold, probe(c, x_fit, y_fit).predict(x_hold), average="macro")) for c in PROBE_CS}
     best = max(PROBE_CS, key=lambda c: scores[c])  # ties: the first, i.e. the strongest regularisation
-    clf = probe(best, xs, labels)
+    weight, bias = _as_head(probe(best, xs, labels), scaler, num_classes, x.shape[1])
+    with torch.no_grad():
+        head.weight.copy_(weight.to(head.weight.dtype))
+        head.bias.copy_(bias.to(head.bias.dtype))
+    n_folds = min(PROBE_FOLDS, smallest) if smallest >= 2 else PROBE_FOLDS
+    splitter = (StratifiedKFold(n_folds, shuffle=True, random_state=seed) if smallest >= 2
+                else KFold(n_folds, shuffle=True, random_state=seed))
+    fold = torch.zeros(len(labels), dtype=torch.int64)
+    heads = []
+    for f, (fit_idx, held_idx) in enumerate(splitter.split(xs, labels)):
+        fold[held_idx] = f
+        heads.append(_as_head(probe(best, xs[fit_idx], labels[fit_idx]), scaler, num_classes, x.shape[1]))
+    cross = CrossFit(fold, torch.stack([h[0] for h in heads]).float(), torch.stack([h[1] for h in heads]).float())
+    return {"probe_C": best, "probe_holdout_macro_f1": scores[best], "probe_folds": n_folds}, cross
+
+
+def _as_head(clf, scaler, num_classes: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fitted LogisticRegression on standardised features as (weight [K, D], bias [K]) on the raw features."""
     coef, intercept = clf.coef_, clf.intercept_
     if coef.shape[0] == 1:  # binary: one score s; logits [0, s] give softmax = the regression's sigmoid
         coef = torch.cat([torch.zeros_like(torch.from_numpy(coef)), torch.from_numpy(coef)]).numpy()
         intercept = [0.0, float(intercept[0])]
-    weight = torch.zeros((num_classes, x.shape[1]), dtype=torch.float64)
+    weight = torch.zeros((num_classes, dim), dtype=torch.float64)
     bias = torch.full((num_classes,), -1e4, dtype=torch.float64)  # a class absent from train is never predicted
     rows = torch.as_tensor(clf.classes_)
     weight[rows] = torch.from_numpy(coef) / torch.from_numpy(scaler.scale_)
     bias[rows] = torch.as_tensor(intercept, dtype=torch.float64) - weight[rows] @ torch.from_numpy(scaler.mean_)
-    with torch.no_grad():
-        head.weight.copy_(weight.to(head.weight.dtype))
-        head.bias.copy_(bias.to(head.bias.dtype))
-    return {"probe_C": best, "probe_holdout_macro_f1": scores[best]}
+    return weight, bias

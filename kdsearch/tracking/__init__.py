@@ -7,6 +7,7 @@ are logged, never the environment.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import time
@@ -62,6 +63,21 @@ def metric_key(name: str) -> str:
     return re.sub(r"[^\w\-./ ]", "_", name)
 
 
+def class_metric_keys(class_names: list[str]) -> list[str]:
+    """Each class's per-class metric suffix: its name made MLflow-safe, and unique. Two names that sanitise alike
+    ("a+b", "a_b") get their class index appended ("a_b.0", "a_b.1") rather than overwrite each other; the
+    mapping back to the names is logged as class_keys.json."""
+    safe = [metric_key(n) for n in class_names]
+    keys = [s if safe.count(s) == 1 else f"{s}.{i}" for i, s in enumerate(safe)]
+    return keys if len(set(keys)) == len(keys) else [f"{i}.{s}" for i, s in enumerate(safe)]  # index-led: unique
+
+
+def class_keys_mapping(class_names: list[str]) -> dict[str, dict]:
+    """class_keys.json: metric key -> the class index and name it stands for."""
+    return {f"val_f1.{k}": {"index": i, "class": n} for i, (k, n) in enumerate(zip(class_metric_keys(class_names),
+                                                                                   class_names))}
+
+
 def _scalar_metrics(m: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v,
                                                                                                 bool) and k != "epoch"}
@@ -81,8 +97,9 @@ def epoch_metrics(history: list[dict[str, Any]], class_names: list[str]):
             m = {("rung_" + k if k.startswith("val_") else k): v for k, v in m.items()}
         step = int(m["epoch"])
         out += [Metric(k, v, now, step) for k, v in _scalar_metrics(m).items()]
-        for name, f1 in zip(class_names, m.get("val_per_class_f1", [])):
-            out.append(Metric(metric_key(f"val_f1.{name}"), float(f1), now, step))
+        for key, f1 in zip(class_metric_keys(class_names), m.get("val_per_class_f1", [])):
+            if f1 is not None and math.isfinite(f1):  # a class with no val image has no F1: not logged
+                out.append(Metric(f"val_f1.{key}", float(f1), now, step))
     return out
 
 
@@ -102,6 +119,7 @@ def log_train_run(cfg: Config, params: dict[str, Any], tags: dict[str, str], his
                          params=[Param(k, str(v)) for k, v in params.items()] if i == 0 else [],
                          tags=[RunTag(k, v) for k, v in tags.items()] if i == 0 else [])
     client.log_artifacts(run_id, str(artifacts))
+    client.log_dict(run_id, class_keys_mapping(class_names), "class_keys.json")
     client.set_terminated(run_id)
     return run_id
 

@@ -12,7 +12,7 @@ from ray import tune
 
 from ..config import Config
 from ..results import LOGGED, ended
-from . import SEARCH_TAG, TRIAL_TAG, _client, epoch_metrics
+from . import SEARCH_TAG, TRIAL_TAG, _client, class_keys_mapping, epoch_metrics
 
 
 class SearchTracker(tune.Callback):
@@ -49,6 +49,7 @@ class SearchTracker(tune.Callback):
                                     tags={"kdsearch.kind": "search", SEARCH_TAG: self.search_id})
             self.parent_run_id = run.info.run_id
             client.log_dict(self.parent_run_id, self.cfg.model_dump(mode="json", by_alias=True), "config.yaml")
+            client.log_dict(self.parent_run_id, class_keys_mapping(self.class_names), "class_keys.json")
         return self.parent_run_id
 
     def setup(self, **info) -> None:
