@@ -314,3 +314,50 @@ def test_search_with_an_ensemble_of_all_three_modes(ray_cluster, tmp_path, hf, m
     assert again.teacher_forward_passes == 0  # a later search reuses every member's cached outputs
     leaks = [p for p in tmp_path.rglob("*") if p.is_file() and SENTINEL.encode() in p.read_bytes()]
     assert leaks == [] and (tmp_path / "mlruns").is_dir()
+
+
+def test_the_probe_is_fitted_on_the_plain_images_whatever_the_views(tmp_path, hf):
+    """With augmentation on, the probe is still fitted on the unaugmented train images (as a live fit is), so the
+    teacher does not depend on the cache or its views."""
+    from kdsearch.teacher_cache import fit_heads
+    from kdsearch.teachers import build_teachers
+
+    heads = []
+    for views in (1, 2):
+        cfg = cfg_for(tmp_path / f"v{views}", hf_teacher(hf, "linear_probe", cache_views=views),
+                      data={"image_size": 16, "augment": "standard"})
+        prepared = prepare(cfg, "cpu")
+        heads.append(prepared.teacher.members[0].head.weight.detach().clone())
+    plain = build_teachers(cfg, prepared.data, "cpu")
+    fit_heads(plain, prepared.data, "cpu")  # the live teacher's fit: on the plain images
+    assert torch.allclose(heads[0], heads[1], atol=1e-6)
+    assert torch.allclose(heads[0], plain.members[0].head.weight, atol=1e-6)
+
+
+def test_the_probes_own_training_images_get_out_of_fold_targets(tmp_path, hf):
+    """The images a linear probe was fitted on (the train split: with label_budget, every transfer image) are
+    labelled by probes that never saw them; val by the probe fitted on all of train. Both figures are recorded."""
+    cfg = cfg_for(tmp_path, hf_teacher(hf, "linear_probe"), data={"image_size": 16, "label_budget": 5})
+    prepared = prepare(cfg, "cpu")
+    member, data, targets = prepared.teacher.members[0], prepared.data, prepared.targets
+    n = len(data.train.y)
+    in_sample = member.outputs(data.train.x)[0]
+    oof = targets.logits[0, :n, 0]
+    assert not torch.allclose(oof, in_sample, atol=1e-3)
+    assert torch.allclose(targets.val_logits[:, 0], member.outputs(data.val.x)[0], atol=1e-4)
+
+    def nll(logits, y):
+        return float(torch.nn.functional.cross_entropy(logits, y))
+
+    fit = member.identity
+    assert fit["probe_train_nll_out_of_fold"] == pytest.approx(nll(oof, data.train.y), rel=1e-4)
+    assert fit["probe_train_nll_in_sample"] == pytest.approx(nll(in_sample, data.train.y), rel=1e-4)
+    assert fit["probe_train_nll_out_of_fold"] > fit["probe_train_nll_in_sample"]  # in-sample is over-confident
+    assert fit["probe_train_p_true_out_of_fold"] < fit["probe_train_p_true_in_sample"]
+    assert fit["probe_val_nll"] == pytest.approx(nll(targets.val_logits[:, 0], data.val.y), rel=1e-4)
+
+
+def test_a_live_linear_probe_is_refused(tmp_path, hf, run_cli):
+    raw = tiny_config(tmp_path, teacher=hf_teacher(hf, "linear_probe", cache=False))
+    code, _, err = run_cli("validate", write_config(tmp_path, raw))
+    assert code == 2 and "a linear_probe teacher needs cache: true" in err
