@@ -73,10 +73,18 @@ def run(
     console.print(_counts_line(result.images))
     console.print(_classes_line(result.class_names))
     console.print(f"trials: {t['completed']} completed, {t['stopped_early']} stopped early by ASHA, "
+                  + (f"{t['budget_cut']} cut by search.time_budget_s, " if t["budget_cut"] else "")
                   + (f"{t['diverged']} diverged, " if t["diverged"] else "") +
                   f"{t['errored']} errored; wall time {result.wall_seconds:.1f} s; teacher forward passes "
                   f"{result.teacher_forward_passes} ({result.teacher_seconds:.1f} s)")
     console.print(f"Ray Tune's results and checkpoints: {result.experiment_path}")
+    if result.best is not None:
+        m, metric = result.best["metrics"], cfg.search.metric
+        console.print(f"best trial {result.best['trial_id']}: {metric} {m[metric]:.4f} on the whole val split "
+                      f"({result.images['val']} images)"
+                      + (f"; chosen on {m[f'subset_{metric}']:.4f} on {int(m['subset_val_images'])} of "
+                         f"{result.images['val']} val images (the rung subset: no trial ran all its epochs)"
+                         if m.get("rescored") else ""))
     if result.best is None:
         raise KdsearchError(f"{result.experiment_path}: no trial finished, nothing to export; "
                             "continue with `kdsearch run CONFIG --resume`")
@@ -184,7 +192,7 @@ def export_best_cmd(
 
 
 def _print_export(cfg: Config, e, config_path: Path | None = None) -> None:
-    from .results import metric_value
+    from .results import metric_value, on_full_split, scored_on
 
     metric = cfg.search.metric
     table = Table(title=f"best student of {cfg.name}")
@@ -192,8 +200,11 @@ def _print_export(cfg: Config, e, config_path: Path | None = None) -> None:
     table.add_column("value")
     for k, v in e.trial.config.items():
         table.add_row(k, _fmt(v))
-    table.add_row(metric, f"{e.trial.metrics[metric]:.4f} (re-evaluated from the file: "
-                  f"{metric_value(e.metrics, metric):.4f})")
+    table.add_row(metric, f"{metric_value(e.metrics, metric):.4f} (the exported file on the whole val split, "
+                  f"{e.val_images} images)")
+    table.add_row(f"trial's last {metric}", f"{e.trial.metrics[metric]:.4f} ({scored_on(e.trial.metrics, e.val_images)}"
+                  + (", what it was chosen on: no trial ran all its epochs)" if not on_full_split(e.trial.metrics)
+                     else ")"))
     table.add_row("student.pt", f"{e.files['student.pt'] / 1e6:.2f} MB ({cfg.student.precision}, limit "
                   f"{cfg.student.max_size_mb:g} MB)")
     table.add_row("exported to", str(e.out_dir))

@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -330,6 +331,15 @@ class Distiller:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
+
+
+def trial_student(cfg: Config, hp: Hparams, state_file: Path, num_classes: int) -> torch.nn.Module:
+    """A trial's student as its last checkpoint saved it (BatchNorm statistics recalibrated, as it was scored),
+    on the CPU in eval mode."""
+    state = torch.load(state_file, weights_only=True, map_location="cpu")
+    model = create_student(hp.student, num_classes, cfg.data.image_size)
+    model.load_state_dict(state["model"])
+    return model.eval()
 
 
 def _optimizer(hp: Hparams, model: torch.nn.Module) -> torch.optim.Optimizer:

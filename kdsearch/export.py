@@ -20,7 +20,7 @@ from . import results
 from ._io import atomic_dir
 from .config import Config
 from .data import Dataset, load_dataset, val_subset
-from .distill import Hparams
+from .distill import Hparams, trial_student
 from .engine import Metrics, evaluate
 from .errors import KdsearchError
 from .experiment import TRIAL_STATE_FILE, experiment_dir, read_search_state
@@ -52,6 +52,8 @@ class ExportResult:
     metrics: Metrics
     files: dict[str, int]
     registered: str | None
+    val_images: int
+    """The whole val split the exported file was scored on (`metrics`)."""
 
 
 def best_trial(cfg: Config, partial: bool = False) -> BestTrial:
@@ -86,9 +88,7 @@ def export_best(cfg: Config, out: Path | None = None, data: Dataset | None = Non
     data = data if data is not None else load_dataset(cfg)
     search_state = search_state if search_state is not None else read_search_state(cfg)
     hp = Hparams.from_mapping(trial.config)
-    state = torch.load(trial.checkpoint_dir / TRIAL_STATE_FILE, weights_only=True, map_location="cpu")
-    model = create_student(hp.student, data.num_classes, cfg.data.image_size)
-    model.load_state_dict(state["model"])
+    model = trial_student(cfg, hp, trial.checkpoint_dir / TRIAL_STATE_FILE, data.num_classes)
     out = Path(out) if out is not None else cfg.output_dir / "best"
     with atomic_dir(out) as tmp:
         # Everything after the weights starts from the written file, so it checks what users get.
@@ -108,7 +108,7 @@ def export_best(cfg: Config, out: Path | None = None, data: Dataset | None = Non
         from .tracking import register_student
 
         registered = register_student(cfg, model, example, out, search_state.get("parent_run_id"))
-    return ExportResult(out, trial, m, files, registered)
+    return ExportResult(out, trial, m, files, registered, len(data.val.y))
 
 
 def write_weights(cfg: Config, student: str, model: torch.nn.Module, num_classes: int, path: Path) -> torch.nn.Module:

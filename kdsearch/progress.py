@@ -47,6 +47,11 @@ class SearchProgress(tune.Callback):
         self._update(trial, "errored")
 
     def on_experiment_end(self, trials, **info) -> None:
+        for t in trials:  # stopped by the search's time budget: Tune sends no on_trial_complete for them
+            row = self.rows.get(t.trial_id)
+            if t.status == "TERMINATED" and row is not None and row["status"] == "RUNNING":
+                ended = results.ended(t.last_result or {}, self.max_epochs, cut=True)
+                self._update(t, {"completed": "done", "budget_cut": "cut (time budget)", "diverged": "diverged"}[ended])
         if self._live is not None:
             self._live.stop()
 
@@ -56,7 +61,9 @@ class SearchProgress(tune.Callback):
 
     def render(self) -> Table:
         best = self.best()
-        caption = f"best so far: {best[0]} {self.metric}={best[1]['value']:.4f}" if best else "no results yet"
+        caption = (f"best so far: {best[0]} {self.metric}={best[1]['value']:.4f} "
+                   f"({'whole val split' if results.on_full_split(best[1]['result']) else 'rung subset of val'})"
+                   if best else "no results yet")
         table = Table(title="kdsearch: trials", caption=caption)
         for col in ("trial", "student", "loss", "alpha", "T", "lr", "epoch", self.metric, "status"):
             table.add_column(col, justify="left" if col in ("trial", "student", "loss", "status") else "right")

@@ -3,6 +3,8 @@
 A trial's epochs before its last are scored on the rung subset of val (`search.rung_val_size`) and say so with
 `val_full: False`; the best trial is chosen among those whose last score is on the whole val split (every
 completed trial), and only falls back to subset scores when no trial completed (a time budget cut them all).
+A figure shown or logged as the search's result is always a whole-split one: the run re-scores a trial chosen on a
+subset score on the whole split first (`tuner.run_search`), and every line that shows a subset figure says so.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ def on_full_split(result: dict[str, Any]) -> bool:
     return bool(result.get("val_full", True))
 
 
-ENDINGS = ("completed", "stopped_early", "diverged")
-"""How a trial that did not error ended (MLflow's kdsearch.ended tag, the live table, the run summary)."""
+ENDINGS = ("completed", "stopped_early", "budget_cut", "diverged")
+"""How a trial that did not error ended (MLflow's kdsearch.ended tag, the live table, the run summary):
+stopped_early = ASHA stopped it at a rung; budget_cut = the search's end (search.time_budget_s) stopped it."""
 
 
 def diverged(result: dict[str, Any]) -> bool:
@@ -43,11 +46,21 @@ def diverged(result: dict[str, Any]) -> bool:
                                                for k in ("train_loss", "val_loss"))
 
 
-def ended(result: dict[str, Any], max_epochs: int) -> str:
-    """completed | stopped_early | diverged, from a trial's last reported result."""
+def ended(result: dict[str, Any], max_epochs: int, cut: bool = False) -> str:
+    """completed | stopped_early | budget_cut | diverged, from a trial's last reported result; `cut`: Tune stopped
+    it because the search ended (its time budget), not because ASHA said so."""
     if diverged(result):
         return "diverged"
-    return "completed" if int(result.get("training_iteration", 0)) >= max_epochs else "stopped_early"
+    if int(result.get("training_iteration", 0)) >= max_epochs:
+        return "completed"
+    return "budget_cut" if cut else "stopped_early"
+
+
+def scored_on(result: dict[str, Any], val_images: int) -> str:
+    """What a result's figure was measured on, for the line that shows it."""
+    if on_full_split(result):
+        return f"whole val split, {val_images} images"
+    return f"rung subset: {int(result.get('val_images', 0))} of {val_images} val images"
 
 
 def _scored(result: dict[str, Any] | None, metric: str) -> bool:

@@ -25,15 +25,18 @@ from ray.tune.search.sample import Domain
 
 from . import interrupts, quiet
 from .config import Config
+from .data import Dataset
 from .devices import resolve_device
-from .distill import Prepared, prepare
+from .distill import Hparams, Prepared, prepare, trial_student
+from .engine import evaluate
 from .errors import KdsearchError
-from .experiment import experiment_dir, read_search_state, write_search_state
+from .experiment import TRIAL_STATE_FILE, experiment_dir, read_search_state, write_search_state
 from .gpu_memory import preflight_gpu, release_cuda
 from .preflight import preflight
 from .progress import SearchProgress
-from .results import ENDINGS, best, ended
+from .results import ENDINGS, best, ended, on_full_split
 from .sizes import student_size
+from .students import student_spec
 from .teacher_worker import on_worker, worker_resources
 from .tracking import check_store
 from .tracking.search import SearchTracker
@@ -46,9 +49,10 @@ log = logging.getLogger("kdsearch")
 class SearchResult:
     experiment_path: Path
     trials: dict[str, int]
-    """completed / stopped_early / diverged / errored counts."""
+    """completed / stopped_early / budget_cut / diverged / errored counts."""
     best: dict[str, Any] | None
-    """trial_id, config, metrics of the best finished trial."""
+    """trial_id, config, metrics of the best finished trial; its metrics are whole-split figures (`rescored` and
+    subset_val_* when it was chosen on a rung-subset score)."""
     wall_seconds: float
     fit_seconds: float
     """Wall time of Tuner.fit alone (the trials), without the driver's preparation and export."""
@@ -109,17 +113,23 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     fit_seconds = time.perf_counter() - fit_start
     wall = time.perf_counter() - start
     trials = tune.ExperimentAnalysis(str(path)).trials  # with their status: what ended and what was stopped
-    summary = summarize(trials, cfg)
+    summary = summarize(trials, cfg, tracker.budget_cut())
     teacher_passes, teacher_seconds = teacher_totals(prepared, trials)
     best = summary.pop("best")
     metric = cfg.search.metric
+    if best is not None and not on_full_split(best["metrics"]):  # no trial ran all its epochs: chosen on a subset
+        best = rescored(cfg, best, prepared.data)
+        tracker.log_whole_split(best["trial_id"], best["metrics"])
     # Tune returns normally from a stop it was asked for: a signal, or trials left unfinished, mean interrupted
     unfinished = sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
     stopped_by = interrupts.received() or (signal.SIGINT if unfinished else None)
     tracker.finish({"wall_seconds": wall, "teacher_forward_passes": teacher_passes, "teacher_seconds": teacher_seconds,
                     **{f"teacher_{k}": v for k, v in prepared.teacher_metrics.items()},
                     **{f"trials_{k}": v for k, v in summary["trials"].items()},
-                    **({f"best_{metric}": best["metrics"][metric]} if best else {})},
+                    **({f"best_{metric}": best["metrics"][metric]} if best else {}),  # whole split, always
+                    # the subset score the best was chosen on, when no trial ran all its epochs (named as such)
+                    **({f"best_{metric}_rung_subset": best["metrics"][f"subset_{metric}"]}
+                       if best and best["metrics"].get("rescored") else {})},
                    status="KILLED" if stopped_by else "FINISHED")
     write_search_state(cfg, {**state, "finished": stopped_by is None, "trials": summary["trials"]})
     if stopped_by:
@@ -225,9 +235,10 @@ def teacher_totals(prepared: Prepared, trials) -> tuple[int, float]:
     return passes, seconds
 
 
-def summarize(trials, cfg: Config) -> dict[str, Any]:
-    """Outcomes of the trials that ended (Tune's Trial objects) and the best of them (results.best: whole-split
-    scores first); a trial still pending or running when the search was stopped counts in neither."""
+def summarize(trials, cfg: Config, cut: set[str] = frozenset()) -> dict[str, Any]:
+    """Outcomes of the trials that ended (Tune's Trial objects; `cut`: the ids the time budget stopped) and the best
+    of them (results.best: whole-split scores first); a trial still pending or running when the search was stopped
+    counts in neither."""
     counts = {**dict.fromkeys(ENDINGS, 0), "errored": 0}
     trial_seconds, trial_epochs, finished = 0.0, 0, []
     for t in trials:
@@ -237,9 +248,25 @@ def summarize(trials, cfg: Config) -> dict[str, Any]:
         if t.status == "ERROR":
             counts["errored"] += 1
         elif t.status == "TERMINATED" and cfg.search.metric in m:
-            counts[ended(m, cfg.search.max_epochs)] += 1
+            counts[ended(m, cfg.search.max_epochs, cut=t.trial_id in cut)] += 1
             finished.append(t)
     top = best(finished, lambda t: t.last_result, cfg.search.metric, cfg.search.resolved_mode)
     summary = None if top is None else {"trial_id": top.trial_id, "config": dict(top.config),
-                                        "metrics": dict(top.last_result)}
+                                        "metrics": dict(top.last_result),
+                                        "checkpoint": top.checkpoint.path if top.checkpoint else None}
     return {"trials": counts, "best": summary, "trial_seconds": trial_seconds, "trial_epochs": trial_epochs}
+
+
+def rescored(cfg: Config, top: dict[str, Any], data: Dataset) -> dict[str, Any]:
+    """The best trial chosen on a rung-subset score (no trial ran all its epochs), scored again on the whole val
+    split from its last checkpoint: its `metrics` then hold whole-split figures, and the subset ones as
+    subset_val_*, so nothing shown or logged as the search's result is a subset figure."""
+    model = trial_student(cfg, Hparams.from_mapping(top["config"]), Path(top["checkpoint"]) / TRIAL_STATE_FILE,
+                          data.num_classes)
+    m = evaluate(model, data.val.x, data.val.y, student_spec(cfg), cfg.data.image_size, data.num_classes, "cpu")
+    before = top["metrics"]
+    whole = {"val_loss": m.loss, "val_accuracy": m.accuracy, "val_macro_f1": m.macro_f1,
+             "val_per_class_f1": m.per_class_f1, "val_full": True, "val_images": len(data.val.y)}
+    subset = {f"subset_{k}": before[k] for k in ("val_loss", "val_accuracy", "val_macro_f1", "val_images")
+              if k in before}
+    return {**top, "metrics": {**before, **subset, **whole, "rescored": True}}

@@ -52,7 +52,7 @@ def test_a_diverging_trial_stops_is_marked_and_never_best(ray_cluster, tmp_path)
         "space": {"optimizer": "sgd", "lr": {"choice": [0.05, 100.0]}, "alpha": 0.5, "temperature": 4.0,
                   "batch_size": 64, "weight_decay": 0.0, "class_weight_power": 0.0}}))
     result = run_search(cfg, device="cpu")
-    assert result.trials == {"completed": 1, "stopped_early": 0, "diverged": 1, "errored": 0}
+    assert result.trials == {"completed": 1, "stopped_early": 0, "budget_cut": 0, "diverged": 1, "errored": 0}
     assert result.best["config"]["lr"] == 0.05
     client = MlflowClient(cfg.tracking.uri)
     children = {r.data.params["lr"]: r for r in client.search_runs(

@@ -97,7 +97,7 @@ def test_a_failed_trial_resumes_from_its_checkpoint(user_code, tmp_path, kind):
                           "class_weight_power": 0.0}}))
     result = run_search(cfg, device="cpu")
     assert not marker.exists()  # the fault did happen
-    assert result.trials == {"completed": 2, "stopped_early": 0, "diverged": 0, "errored": 0}
+    assert result.trials == {"completed": 2, "stopped_early": 0, "budget_cut": 0, "diverged": 0, "errored": 0}
     analysis = tune.ExperimentAnalysis(str(experiment_dir(cfg)))
     assert sorted(t.num_failures for t in analysis.trials) == [0, 1]
     for trial_id, df in analysis.trial_dataframes.items():

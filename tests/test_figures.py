@@ -276,3 +276,45 @@ def test_a_swap_of_classes_with_a_few_val_images_is_not_called_a_permutation(tmp
     weak = y.copy()
     weak[np.flatnonzero(y == 6)[:7]] = 5  # 7 of 12 wrong: a weak class, not a permutation (recall 0.58 vs 0.42)
     _check(cfg, data, weak)
+
+
+@pytest.mark.e2e
+def test_a_time_budget_that_cuts_every_trial_reports_whole_split_figures(tmp_path):
+    """`search.time_budget_s` stops every trial before its last epoch, so each trial's last score is on the rung
+    subset (12 of 90 val images). The search's result, the export and MLflow still show whole-split figures, say
+    what the subset figure was, and tag the cut trials budget_cut, not 'stopped early by ASHA' or 'running'."""
+    import json
+    import re
+    import subprocess
+
+    from mlflow.tracking import MlflowClient
+
+    from conftest import KDSEARCH
+
+    raw = tiny_config(tmp_path, name="budget", data={"source": "digits", "image_size": 8, "augment": "none",
+                                                       "val_fraction": 0.05})
+    raw["search"].update({"max_epochs": 500, "grace_period": 500, "num_samples": 2, "max_concurrent": 2,
+                          "rung_val_size": 12, "time_budget_s": 25})
+    raw["search"]["space"]["lr"] = {"loguniform": [1.0e-3, 1.0e-2]}
+    run = subprocess.run([KDSEARCH, "run", str(write_config(tmp_path, raw))], capture_output=True, text=True,
+                         timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "0 completed, 0 stopped early by ASHA, 2 cut by search.time_budget_s" in run.stdout
+    best = re.search(r"best trial (\w+): val_macro_f1 ([\d.]+) on the whole val split \(90 images\); chosen on "
+                     r"([\d.]+) on 12 of 90 val images", run.stdout)
+    assert best, run.stdout
+    table = " ".join(re.sub("[│┃]", " ", run.stdout).split())  # the export table, its wrapped cells joined
+    assert "trial's last val_macro_f1 " in table and "(rung subset: 12 of 90 val images, what it was chosen on" in table
+    card = json.loads((tmp_path / "out" / "best" / "model_card.json").read_text())
+    assert card["metrics"]["val_macro_f1"] == pytest.approx(float(best.group(2)), abs=1e-4)
+    assert card["metrics"]["trial_val_images"] == 12
+    client = MlflowClient(raw["tracking"]["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("budget").experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("kdsearch.kind") == "search")
+    assert parent.data.metrics["best_val_macro_f1"] == pytest.approx(card["metrics"]["val_macro_f1"])
+    assert parent.data.metrics["best_val_macro_f1_rung_subset"] == pytest.approx(float(best.group(3)), abs=1e-4)
+    trials = [r for r in runs if r.data.tags.get("kdsearch.kind") == "trial"]
+    assert {r.data.tags["kdsearch.ended"] for r in trials} == {"budget_cut"}
+    assert {r.info.status for r in trials} == {"FINISHED"}
+    chosen = next(r for r in trials if r.data.tags["kdsearch.trial_id"] == best.group(1))
+    assert chosen.data.metrics["val_macro_f1"] == pytest.approx(card["metrics"]["val_macro_f1"])

@@ -79,7 +79,7 @@ def test_two_fractional_trials_share_one_gpu_and_the_best_exports(tmp_path):
         result = run_search(cfg, device="cuda")
     finally:
         ray.shutdown()
-    assert result.trials == {"completed": 2, "stopped_early": 0, "diverged": 0, "errored": 0}
+    assert result.trials == {"completed": 2, "stopped_early": 0, "budget_cut": 0, "diverged": 0, "errored": 0}
     epochs = [json.loads(line) for p in (tmp_path / "out" / "ray" / "gpu").glob("*/result.json")
               for line in p.read_text().splitlines()]
     assert {e["device"] for e in epochs} == {"cuda"} and len(epochs) == 4

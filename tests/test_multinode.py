@@ -36,7 +36,8 @@ def test_search_runs_trials_on_both_nodes(two_nodes, tmp_path):
                 "space": {"lr": 3.0e-3, "alpha": {"uniform": [0.0, 1.0]}, "temperature": 4.0, "batch_size": 64,
                           "weight_decay": 1e-4, "class_weight_power": 0.0}}))
     result = run_search(cfg, address=two_nodes.address, device="cpu")
-    assert len(ray.nodes()) == 2 and result.trials == {"completed": 4, "stopped_early": 0, "diverged": 0, "errored": 0}
+    assert len(ray.nodes()) == 2
+    assert result.trials == {"completed": 4, "stopped_early": 0, "budget_cut": 0, "diverged": 0, "errored": 0}
     trials = search_trials(cfg)
     nodes = {t["last"]["node_id"] for t in trials}
     assert nodes == {n["NodeID"] for n in ray.nodes()}  # both nodes ran trials

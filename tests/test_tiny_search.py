@@ -20,7 +20,7 @@ def test_a_tiny_search_runs_both_trials_picks_the_better_and_exports_it(ray_clus
         "space": {"lr": {"choice": [3.0e-3, 5.0]}, "alpha": 0.5, "temperature": 4.0, "batch_size": 64,
                   "weight_decay": 1.0e-4, "class_weight_power": 0.0}}))
     result = run_search(cfg, device="cpu")
-    assert result.trials == {"completed": 2, "stopped_early": 0, "diverged": 0, "errored": 0}
+    assert result.trials == {"completed": 2, "stopped_early": 0, "budget_cut": 0, "diverged": 0, "errored": 0}
     scores = [json.loads(p.read_text().splitlines()[-1])
               for p in result.experiment_path.glob("*/result.json")]
     assert len(scores) == 2

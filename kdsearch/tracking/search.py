@@ -58,10 +58,13 @@ class SearchTracker(tune.Callback):
         self._exp_id = self._client.get_run(self.parent_run_id).info.experiment_id
         self._children: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
+        self._open: set[str] = set()  # trials whose run has no ending yet
         for run in self._client.search_runs([self._exp_id], f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'"):
             trial_id = run.data.tags.get(TRIAL_TAG)
             if trial_id:
                 self._children[trial_id] = run.info.run_id
+                if run.data.tags.get("kdsearch.ended") == "running":
+                    self._open.add(trial_id)
                 history = self._client.get_metric_history(run.info.run_id, "train_loss")
                 self._last_step[trial_id] = max((m.step for m in history), default=0)
 
@@ -78,6 +81,7 @@ class SearchTracker(tune.Callback):
             self._client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in sorted(trial.config.items())])
             self._children[trial.trial_id] = run.info.run_id
             self._last_step[trial.trial_id] = 0
+            self._open.add(trial.trial_id)
         return self._children[trial.trial_id]
 
     # -- Tune hooks (driver side)
@@ -106,15 +110,40 @@ class SearchTracker(tune.Callback):
         run_id = self._child(trial)
         self._client.set_tag(run_id, "kdsearch.ended", ended)
         self._client.set_terminated(run_id, status)
+        self._open.discard(trial.trial_id)
 
     def on_experiment_end(self, trials, **info) -> None:
-        """A trial that started just before an interruption but never reached Tune's saved state is
-        suggested again under a new id on resume; its child run is an orphan and is deleted, so every
-        trial appears exactly once."""
+        """Trials the search's time budget stopped get no on_trial_complete from Tune (it stops them as it ends):
+        their runs end here, tagged budget_cut. A trial that started just before an interruption but never reached
+        Tune's saved state is suggested again under a new id on resume; its child run is an orphan and is deleted,
+        so every trial appears exactly once."""
+        for t in trials:
+            if t.status == "TERMINATED" and t.trial_id in self._open:
+                self._end(t, ended(t.last_result or {}, self.cfg.search.max_epochs, cut=True), "FINISHED")
         known = {t.trial_id for t in trials}
         for trial_id, run_id in self._children.items():
             if trial_id not in known:
                 self._client.delete_run(run_id)
+
+    def log_whole_split(self, trial_id: str, metrics: dict) -> None:
+        """A trial's whole-split figures, measured after the search (it was chosen on a rung-subset score), as its
+        run's val_* metrics at its last epoch, tagged so the UI's reader knows where they came from."""
+        client, exp_id = _client(self.cfg)
+        runs = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and "
+                                  f"tags.`{TRIAL_TAG}` = '{trial_id}'")
+        step = int(metrics.get("training_iteration", 0))
+        whole = [m for m in epoch_metrics([{**metrics, "epoch": step}], self.class_names) if m.key.startswith("val_")]
+        for run in runs:
+            client.log_batch(run.info.run_id, metrics=whole)
+            client.set_tag(run.info.run_id, "kdsearch.val_whole_split", "re-scored after the search")
+
+    def budget_cut(self) -> set[str]:
+        """Ids of this search's trials whose runs are tagged budget_cut (by this process or, before a resume, by
+        another): MLflow is where the ending is kept."""
+        client, exp_id = _client(self.cfg)
+        runs = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and "
+                                  "tags.`kdsearch.ended` = 'budget_cut'")
+        return {r.data.tags[TRIAL_TAG] for r in runs if TRIAL_TAG in r.data.tags}
 
     def finish(self, summary: dict[str, float], status: str = "FINISHED") -> None:
         """Search-level metrics on the parent run, then close it."""
