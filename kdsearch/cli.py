@@ -349,7 +349,7 @@ def report(
     f = rep[family]
     table = Table(title=f"{cfg.name}: {rep['best_config']['student']} (loss {rep['loss']}) from "
                         f"{rep['best_config_from']}, "
-                        f"{len(rep['seeds'])} seed(s), {rep['epochs']} epochs")
+                        f"{len(rep['seeds'])} seed(s)")
     for col in ("", "val accuracy", "val macro-F1"):
         table.add_column(col, justify="left" if not col else "right")
 
@@ -357,9 +357,16 @@ def report(
         std = f" ± {f[key + '_std']:.4f}" if key + "_std" in f else ""
         return f"{f[key]:.4f}{std}"
 
+    arms = rep["arms"]
+
+    def trained(kind: str) -> str:
+        a = arms[kind]
+        return f"{a['epochs']} epochs x {a['images_per_epoch']} images, {a['optimizer_steps']} steps"
+
     table.add_row("teacher", cell("teacher_accuracy"), cell("teacher_macro_f1"))
-    table.add_row("student without KD", cell("student_accuracy_without_kd"), cell("student_macro_f1_without_kd"))
-    table.add_row(f"student with KD ({rep['loss']})", cell("student_accuracy_with_kd"),
+    table.add_row(f"student without KD ({trained('without_kd')})", cell("student_accuracy_without_kd"),
+                  cell("student_macro_f1_without_kd"))
+    table.add_row(f"student with KD ({rep['loss']}; {trained('with_kd')})", cell("student_accuracy_with_kd"),
                   cell("student_macro_f1_with_kd"))
     console.print(table)
     if "teacher_accuracy_test" in f:

@@ -2,7 +2,9 @@
 
 The KD gain is measured, not assumed: the best configuration the search found
 is trained again with and without distillation (alpha = 0, feature_weight = 0)
-on the same budget (search.max_epochs), data, views and seeds. With N seeds
+for the same number of optimizer steps (search.max_epochs of the KD arm; the
+no-KD arm, which sees only the labeled images, gets the epochs that match its
+steps), on the same data, views and seeds. With N seeds
 the figures are means with standard deviations. Everything lands in
 `output.dir/report/` (report.json + PNGs) and on the search's MLflow parent run.
 """
@@ -24,6 +26,7 @@ from .data import Dataset, Split
 from .distill import Hparams, Prepared, default_hparams, prepare, train_student
 from .engine import Metrics, evaluate, predict_logits
 from .experiment import experiment_dir
+from .labels import UNLABELED
 from .students import student_spec
 
 log = logging.getLogger("kdsearch")
@@ -101,6 +104,7 @@ def run_report(cfg: Config, seeds: int = 1, device: str | torch.device = "cpu") 
         "loss": hp.loss,  # the distillation term of the best trial (the "with KD" arm)
         "seeds": seed_list,
         "epochs": cfg.search.max_epochs,
+        "arms": arm_budgets(cfg, data, hp),  # equal optimizer steps: the no-KD arm sees fewer images an epoch
         "splits": list(splits),
         "teacher": prepared.teacher.identity,
         "trials": len(trials),
@@ -121,18 +125,41 @@ Runs = dict[str, dict[str, list[Metrics]]]
 """split -> "with_kd" / "without_kd" -> one Metrics per seed."""
 
 
+def arm_budgets(cfg: Config, data: Dataset, hp: Hparams) -> dict[str, dict[str, int]]:
+    """Epochs, images per epoch and optimizer steps of each arm. The no-KD arm (alpha 0) trains on the labeled
+    images only, so under data.label_budget (or with data.unlabeled) an epoch of it is fewer steps: it gets the
+    epochs that make its optimizer steps equal the KD arm's (rounded), as benchmarks/kd_gain.py does."""
+    pool_y = data.pool_labels()
+    labeled = int((pool_y != UNLABELED).sum())
+
+    def steps(images: int) -> int:
+        return -(-images // hp.batch_size)
+
+    kd_epochs = cfg.search.max_epochs
+    kd_steps = steps(len(pool_y)) * kd_epochs
+    plain_epochs = max(1, round(kd_steps / steps(labeled)))
+    return {"with_kd": {"epochs": kd_epochs, "images_per_epoch": len(pool_y), "optimizer_steps": kd_steps},
+            "without_kd": {"epochs": plain_epochs, "images_per_epoch": labeled,
+                           "optimizer_steps": steps(labeled) * plain_epochs}}
+
+
 def train_arms(cfg: Config, prepared: Prepared, hp: Hparams, splits: dict[str, Split], seed_list: list[int],
                device) -> tuple[Runs, torch.nn.Module]:
-    """The best configuration trained with KD and without (alpha = 0, feature_weight = 0) for each seed, scored on
-    each split; also returns the first seed's student with KD (for the sample predictions)."""
+    """The best configuration trained with KD and without (alpha = 0, feature_weight = 0) for each seed, for the
+    same number of optimizer steps (`arm_budgets`), scored on each split; also returns the first seed's student
+    with KD (for the sample predictions)."""
     data, spec, size = prepared.data, student_spec(cfg), cfg.data.image_size
     without = hp.replace(alpha=0.0, feature_weight=0.0)
+    budgets = arm_budgets(cfg, data, hp)
     runs: Runs = {s: {"with_kd": [], "without_kd": []} for s in splits}
     first_student = None
     for seed in seed_list:
         for kind, h in (("with_kd", hp), ("without_kd", without)):
-            log.info("report: training %s with seed %d (%s)", h.student, seed, kind)
-            d, _ = train_student(cfg, h, prepared, device, seed=seed)
+            epochs = budgets[kind]["epochs"]
+            # its own epoch count is its schedule's length too (the cosine learning rate spans the arm's steps)
+            arm_cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"max_epochs": epochs})})
+            log.info("report: training %s with seed %d (%s, %d epochs)", h.student, seed, kind, epochs)
+            d, _ = train_student(arm_cfg, h, prepared, device, seed=seed)
             for split, s in splits.items():
                 runs[split][kind].append(evaluate(d.model, s.x, s.y, spec, size, data.num_classes, device))
             if first_student is None and kind == "with_kd":

@@ -69,6 +69,12 @@ def test_report_measures_kd_against_the_same_config_without_kd(searched):
         accs.append(evaluate(d.model, prepared.data.val.x, prepared.data.val.y, student_spec(cfg),
                              cfg.data.image_size, 10, "cpu").accuracy)
     assert f["student_accuracy_without_kd"] == pytest.approx(sum(accs) / 2, abs=1e-9)
+    # ...and the with-KD figure is that config as the search ran it (its alpha, not 0)
+    assert best.alpha > 0
+    kd = [evaluate(train_student(cfg, best, prepared, "cpu", seed=seed)[0].model, prepared.data.val.x,
+                   prepared.data.val.y, student_spec(cfg), cfg.data.image_size, 10, "cpu").accuracy for seed in (0, 1)]
+    assert f["student_accuracy_with_kd"] == pytest.approx(sum(kd) / 2, abs=1e-9)
+    assert rep["arms"]["with_kd"]["optimizer_steps"] == rep["arms"]["without_kd"]["optimizer_steps"]
     assert f["kd_gain_accuracy"] == pytest.approx(f["student_accuracy_with_kd"] - f["student_accuracy_without_kd"])
     # files: report.json and the five plots, real PNGs; the same on the search's MLflow parent run
     out = cfg.output_dir / "report"
@@ -264,3 +270,34 @@ def test_screenshot_of_the_trials_compare_view(searched, tmp_path):
         assert img.size == (1500, 1100)
         colours = img.convert("L").getcolors(maxcolors=1_000_000)
     assert colours is not None and len(colours) > 50  # a rendered page, not a blank one
+
+
+def test_report_on_few_labels_with_a_test_split_trains_both_arms_for_equal_steps(tmp_path):
+    """`kdsearch report` through the console script, no search: digits as an .npz with its own test split and 5
+    labels per class (the rest transfer images). The no-KD arm sees only the 50 labeled images an epoch, so it
+    gets the epochs that give it the KD arm's optimizer steps; both splits are scored and shown."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x, y = (digits.images * 255 / 16).astype(np.uint8), digits.target
+    np.savez(tmp_path / "digits.npz", train_images=x[:1200], train_labels=y[:1200], val_images=x[1200:1500],
+             val_labels=y[1200:1500], test_images=x[1500:], test_labels=y[1500:])
+    raw = tiny_config(tmp_path, name="report-few", data={"source": "npz", "root": str(tmp_path), "image_size": 8,
+                                                          "augment": "none", "label_budget": 5})
+    raw["search"].update(max_epochs=2)
+    run = subprocess.run([KDSEARCH, "report", str(write_config(tmp_path, raw)), "--device", "cpu"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env={**os.environ, "COLUMNS": "200"})  # table rows unwrapped
+    assert run.returncode == 0, run.stderr[-3000:]
+    rep = json.loads((tmp_path / "out" / "report" / "report.json").read_text())
+    kd, plain = rep["arms"]["with_kd"], rep["arms"]["without_kd"]
+    assert kd == {"epochs": 2, "images_per_epoch": 1200, "optimizer_steps": 2 * 19}
+    assert plain["images_per_epoch"] == 50 and plain["optimizer_steps"] == kd["optimizer_steps"]  # 38 epochs of 1
+    assert rep["splits"] == ["val", "test"]
+    f = rep["cnn"]
+    for key in ("teacher_macro_f1_test", "student_macro_f1_without_kd_test", "student_macro_f1_with_kd_test"):
+        assert 0.0 <= f[key] <= 1.0, key
+    assert "test split" in run.stdout
+    assert "student without KD (38 epochs x 50 images, 38 steps)" in run.stdout
+    assert "student with KD (kd; 2 epochs x 1200 images, 38 steps)" in run.stdout
