@@ -112,3 +112,30 @@ def test_a_plugins_student_is_never_cached(fresh_cache):
         assert not fresh_cache.exists()
     finally:
         STUDENTS._entries.pop("plugin_linear")
+
+
+def test_the_limit_is_in_mb_of_a_million_bytes_not_mib():
+    """EfficientNet-B1 (10 classes, 224 px) is 26.51 MB in fp32: over a 26 MB limit, though under 26 MiB (27.26 MB);
+    and the fp16 file (13.33 MB) is over 13.0 MB but under 13.0 MiB (13.63 MB)."""
+    b1 = student_size("efficientnet_b1", 10, 224)
+    assert 26.0e6 < b1.bytes("fp32") < 26.0 * 2**20 and 13.0e6 < b1.bytes("fp16") < 13.0 * 2**20
+    assert not b1.fits(26.0, "fp32") and b1.fits(26.6, "fp32")
+    assert not b1.fits(13.0, "fp16") and b1.fits(13.4, "fp16")
+    assert b1.fits(b1.bytes("fp32") / 1e6, "fp32")  # a file of exactly the limit fits
+
+
+@pytest.mark.parametrize("precision,fits", [("fp32", ["resnet8"]), ("fp16", ["resnet8", "efficientnet_b1"])])
+def test_the_students_that_fit_are_chosen_in_the_configs_precision(tmp_path, precision, fits):
+    """The size filter reads student.precision both ways: an fp16 file fits where its fp32 one would not, and an
+    fp32 one is never let in on its fp16 size."""
+    from kdsearch.config import Config
+    from kdsearch.sizes import select_students
+
+    from conftest import tiny_config
+
+    cfg = Config.model_validate(tiny_config(tmp_path, data={"source": "digits", "image_size": 224},
+                                            student={"candidates": ["resnet8", "efficientnet_b1"], "max_size_mb": 25,
+                                                     "precision": precision}))
+    chosen, over = select_students(cfg, 10)
+    assert chosen == fits
+    assert [o.name for o in over] == [n for n in ("resnet8", "efficientnet_b1") if n not in fits]

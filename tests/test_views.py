@@ -94,3 +94,72 @@ def test_ranked_puts_the_best_first_and_unrankable_results_last():
     assert order == ["high", "low", "tie", "none", "nan", "diverged"]
     order = [r["id"] for r in ranked(rows, lambda r: r, "val_macro_f1", "min")]
     assert order == ["low", "tie", "high", "none", "nan", "diverged"]
+
+
+def test_standard_views_shift_by_whole_pixels_and_flip_exactly():
+    """Every standard view is the image shifted by whole pixels (and mirrored): no resampling blur, so the view a
+    trial remakes is bit-identical to the one the teacher scored, and nothing is averaged away."""
+    x = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    params = augment_params(64, (16, 16), "standard", torch.Generator().manual_seed(5))
+    out = apply_augment(x, params, "standard")
+    shifts = params[:, 0:2] * 8  # normalised shift x half the side: pixels
+    assert torch.equal(shifts, shifts.round()) and shifts.abs().max() == 2 and (shifts != 0).any()
+    checked = 0
+    for i in range(64):
+        dx, dy, flip = int(shifts[i, 0]), int(shifts[i, 1]), float(params[i, 2])
+        for r in range(16):
+            for c in range(16):
+                rs, cs = r + dy, (c + dx if flip > 0 else 15 - c + dx)
+                if 0 <= rs < 16 and 0 <= cs < 16:  # inside: the source pixel itself (outside: reflection padding)
+                    assert torch.equal(out[i, :, r, c], x[i, :, rs, cs]), (i, r, c)
+                    checked += 1
+    assert checked > 64 * 16 * 12
+
+
+def test_a_positive_angle_turns_the_image_counter_clockwise():
+    """The rotation's direction is part of the views' recipe (teacher_cache.VIEWS_RECIPE): pinned here."""
+    import math
+
+    x = torch.arange(36, dtype=torch.uint8).reshape(1, 1, 6, 6)
+    p = torch.zeros(1, PARAMS)
+    p[:, 2], p[:, 3], p[:, 4:7] = 1.0, math.pi / 2, 1.0
+    assert torch.equal(apply_augment(x, p, "strong"), torch.rot90(x, 1, (-2, -1)))
+    p[:, 3] = -math.pi / 2
+    assert torch.equal(apply_augment(x, p, "strong"), torch.rot90(x, -1, (-2, -1)))
+
+
+def test_each_cached_batch_pairs_a_views_pixels_with_that_views_teacher_outputs():
+    """cached_batches draws one view per image; the pixels it feeds and the logits it pairs them with must be of
+    the same view. Here a view's 'teacher output' is its own mean pixel, so a mismatch shows in every batch."""
+    from kdsearch.batches import cached_batches
+    from kdsearch.config import InputSpec
+    from kdsearch.transforms import to_input
+
+    x = torch.randint(0, 256, (50, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    views = Views.make(x, "strong", views=4, seed=3)
+    spec = InputSpec(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    logits = torch.stack([to_input(views.pixels(v, slice(None)), spec, 12).mean((1, 2, 3))[:, None].expand(-1, 2)
+                          for v in range(4)])  # [V, N, K]
+    seen = 0
+    for xb, yb, teacher in cached_batches(views, torch.arange(50), logits, 16, spec, 12,
+                                          torch.Generator().manual_seed(1)):
+        assert torch.allclose(xb.mean((1, 2, 3)), teacher[:, 0], atol=1e-5)
+        seen += len(yb)
+    assert seen == 50
+    assert len({round(float(v), 4) for v in logits[:, 0, 0]}) == 4  # the four views differ
+
+
+def test_the_teacher_output_cache_is_keyed_by_the_augmentation(tmp_path, monkeypatch):
+    """Outputs cached for one augmentation (or one recipe of views) are never reused for another: the pixels differ."""
+    from kdsearch import teacher_cache
+
+    base = tiny_config(tmp_path, data={"source": "digits", "image_size": 8, "augment": "standard"},
+                       teacher={"source": "train", "arch": "resnet8", "epochs": 1, "patience": 1, "cache_views": 2})
+    first = prepare(Config.model_validate(base), "cpu")
+    again = prepare(Config.model_validate(base), "cpu")
+    assert first.targets.forward_passes > 0 and again.targets.forward_passes == 0
+    strong = prepare(Config.model_validate({**base, "data": {**base["data"], "augment": "strong"}}), "cpu")
+    assert strong.targets.forward_passes > 0
+    assert not torch.equal(strong.targets.logits, first.targets.logits)
+    monkeypatch.setattr(teacher_cache, "VIEWS_RECIPE", teacher_cache.VIEWS_RECIPE + 1)
+    assert prepare(Config.model_validate(base), "cpu").targets.forward_passes > 0
