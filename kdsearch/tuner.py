@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -73,6 +74,7 @@ class SearchResult:
 def init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
+    check_address(address or os.environ.get("RAY_ADDRESS"))
     try:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
                  configure_logging=True)
@@ -80,6 +82,23 @@ def init_ray(address: str | None) -> None:
     except ConnectionError as e:
         raise KdsearchError(f"--address {address}: cannot reach a Ray cluster ({e}); start one with `ray start --head` "
                             "or `ray up ray_cluster.yaml`, or drop --address to run locally") from None
+
+
+CONNECT_TIMEOUT_S = 5.0  # a head node answers a TCP connect in milliseconds; a wrong address never does
+
+
+def check_address(address: str | None) -> None:
+    """A cluster address (host:port or ray://host:port) must accept a connection before Ray is asked to join it:
+    Ray's own client retries an unreachable GCS for minutes (over 10 on Ray 2.5x) before it gives up."""
+    if address in (None, "", "auto", "local"):
+        return  # this machine's own Ray, or the one `ray start` recorded here
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as e:
+        raise KdsearchError(f"--address {address}: cannot reach a Ray cluster there ({type(e).__name__}: {e}); start "
+                            "one with `ray start --head` or `ray up ray_cluster.yaml` and give its host:port, or drop "
+                            "--address (and RAY_ADDRESS) to run locally") from None
 
 
 def run_search(cfg: Config, resume: bool = False, address: str | None = None, device: str = "auto") -> SearchResult:

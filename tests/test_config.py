@@ -210,3 +210,26 @@ def test_hparams_and_the_space_list_the_same_keys():
     assert hp.temperature == 4.0 and hp.batch_size == 64 and isinstance(hp.batch_size, int)
     assert hp.teacher_weights == (0.75, 0.25)  # ordered by member index, not by key order
     assert Hparams.from_mapping(hp.as_dict()) == hp and hp.replace(alpha=0.0).alpha == 0.0
+
+
+def test_an_integer_range_keeps_both_ends_through_tune_and_optuna():
+    """{int: [16, 18]} means 16, 17 or 18: Tune's randint excludes its upper bound, so the space adds one; Optuna
+    (through OptunaSearch) gets the inclusive [16, 18]."""
+    from optuna.distributions import IntDistribution
+    from ray.tune.search.optuna import OptunaSearch
+
+    from kdsearch.config import Space
+    from kdsearch.tune_space import tune_space
+
+    space = tune_space(Space.model_validate({"batch_size": {"int": [16, 18]}}), ["resnet8"])
+    assert set(space["batch_size"].sample(size=300)) == {16, 17, 18}
+    optuna_space = OptunaSearch.convert_search_space({"batch_size": space["batch_size"]})
+    assert optuna_space["batch_size"] == IntDistribution(16, 18)
+
+
+@pytest.mark.parametrize("metric,mode", [("val_macro_f1", "max"), ("val_accuracy", "max"), ("val_loss", "min")])
+def test_each_metric_gets_its_direction(tmp_path, metric, mode):
+    raw = tiny_config(tmp_path)
+    raw["search"]["metric"] = metric
+    raw["search"].pop("mode", None)
+    assert Config.model_validate(raw).search.resolved_mode == mode
