@@ -9,7 +9,9 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -124,11 +126,34 @@ def load_cache(path: Path) -> Any | None:
         return None
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _clear_stale(path: Path) -> None:
+    """Remove temp siblings of `path` left by a writer on this host that was killed (SIGKILL, a power cut) before
+    it could clean up: their names carry the host and pid (`.NAME.tmp-HOST-PID-*`, `.NAME.old-HOST-PID`)."""
+    stale = re.compile(rf"\.{re.escape(path.name)}\.(?:tmp|old)-{re.escape(socket.gethostname())}-(\d+)(?:-\w*)?")
+    for p in path.parent.iterdir():
+        m = stale.fullmatch(p.name)
+        if m and int(m[1]) != os.getpid() and not _alive(int(m[1])):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
-    """Write a folder's files into a temp sibling, then swap it in: a crash leaves the old folder intact."""
+    """Write a folder's files into a temp sibling, then swap it in: a crash leaves the old folder intact, and the
+    temp folder of a writer that was killed outright is removed by the next one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    _clear_stale(path)
+    stamp = f"{socket.gethostname()}-{os.getpid()}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{stamp}-", dir=path.parent))
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should look like any other folder
@@ -140,7 +165,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         if full:
             raise disk_full_error(path) from None
         raise
-    old = path.with_name(f".{path.name}.old{os.getpid()}")
+    old = path.with_name(f".{path.name}.old-{stamp}")
     if path.exists():
         os.replace(path, old)
     os.replace(tmp, path)

@@ -140,13 +140,19 @@ def test_export_writes_every_file_and_reproduces_the_metric(searched, tmp_path):
     x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     scripted = torch.jit.load(tmp_path / "best" / "student.torchscript.pt")
     assert torch.allclose(loaded(x), scripted(x), atol=1e-5)
+    # student.onnx is the trained student too, not an untrained build (onnx's reference runtime, real images)
+    from onnx.reference import ReferenceEvaluator
 
-    # the TorchScript file alone, in a Python that cannot import kdsearch, reproduces the val metric
     from kdsearch.data import load_dataset
     from kdsearch.students import student_spec
     from kdsearch.transforms import to_input
 
     data = load_dataset(cfg)
+    batch = to_input(data.val.x[:4], student_spec(cfg), 8)
+    (onnx_logits,) = ReferenceEvaluator(str(tmp_path / "best" / "student.onnx")).run(None, {"image": batch.numpy()})
+    assert torch.allclose(torch.from_numpy(onnx_logits), scripted(batch), atol=1e-4)
+
+    # the TorchScript file alone, in a Python that cannot import kdsearch, reproduces the val metric
     torch.save({"x": to_input(data.val.x, student_spec(cfg), 8), "y": data.val.y}, tmp_path / "val.pt")
     script = (
         "import sys; sys.modules['kdsearch'] = None\n"
@@ -226,20 +232,34 @@ def test_a_precision_that_changes_the_score_is_refused(searched, tmp_path):
     assert not (tmp_path / "fp16").exists()
 
 
-def test_a_crash_during_export_leaves_the_previous_export_intact(searched, tmp_path, monkeypatch):
+def test_an_export_killed_outright_leaves_the_previous_one_and_the_next_export_clears_its_temp(searched, tmp_path):
+    """A real SIGKILL mid-export (after student.pt, before the TorchScript file), in a process of its own: no cleanup
+    code runs, so its temp folder stays; the previous export is untouched, and the next export removes the temp."""
+    import signal
+
+    import yaml
+
     cfg, _ = searched
     out = tmp_path / "best"
     export_best(cfg, out=out, register=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-
-    def crash(*args, **kwargs):  # after student.pt is written, before the TorchScript file: a mid-export crash
-        raise MemoryError("killed mid-export")
-
-    monkeypatch.setattr(torch.jit, "trace", crash)
-    with pytest.raises(MemoryError):
-        export_best(cfg, out=out, register=False)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True)))
+    script = (
+        "import os, signal, sys, yaml, torch\n"
+        "from pathlib import Path\n"
+        "from kdsearch.config import Config\n"
+        "from kdsearch.export import export_best\n"
+        f"cfg = Config.model_validate(yaml.safe_load(open(r'{tmp_path / 'cfg.yaml'}')))\n"
+        "torch.jit.trace = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"export_best(cfg, out=Path(r'{out}'), register=False)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".best.")]
+    assert len(left) == 1 and (left[0] / "student.pt").is_file()  # the killed writer's half-written folder
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # no half-written temp folder left behind
+    export_best(cfg, out=out, register=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "cfg.yaml"]  # no temp folder left behind
 
 
 def test_existing_search_is_not_overwritten(searched):
