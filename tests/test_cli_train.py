@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -15,26 +14,18 @@ from conftest import tiny_config, write_config
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One real `kdsearch train` run on digits, shared by the checks below."""
-    import sys
+    """One real `kdsearch train` run on digits, through the installed console script, shared by the checks below."""
+    import subprocess
 
-    from kdsearch.cli import main
+    from conftest import KDSEARCH
 
     tmp = tmp_path_factory.mktemp("train")
     cfg = tiny_config(tmp, search={"max_epochs": 2})
     path = write_config(tmp, cfg)
-    env_before = os.environ.get("MLFLOW_TRACKING_URI")
-    argv = sys.argv
-    sys.argv = ["kdsearch", "train", str(path), "--set", "search.space.alpha=0.8", "--device", "cpu"]
-    try:
-        with pytest.raises(SystemExit) as e:
-            main()
-            raise SystemExit(0)
-    finally:
-        sys.argv = argv
-    # the run must not leave its tracking URI in the environment, where it would override the next config's
-    assert os.environ.get("MLFLOW_TRACKING_URI") == env_before
-    return tmp, cfg, e.value.code
+    run = subprocess.run([KDSEARCH, "train", str(path), "--set", "search.space.alpha=0.8", "--device", "cpu"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return tmp, cfg, run.returncode
 
 
 def test_train_exits_0_and_writes_exactly_the_outputs(trained):
