@@ -229,3 +229,33 @@ def test_corrupted_data_cache_is_decoded_again(tmp_path):
     _flip_byte_in_the_middle(cache)
     again = load_dataset(cfg)
     assert torch.equal(again.train.x, first.train.x) and torch.equal(again.val.y, first.val.y)
+
+
+def test_a_checkpoint_that_declares_its_normalisation_is_warned_about_when_it_differs(tmp_path, caplog):
+    """A training script that saved {"state_dict", "mean", "std"}: the teacher fed the student's 0.5/0.5 gets a
+    warning naming the teacher.input to set; set to match, no warning."""
+    import logging
+
+    import torch
+
+    from kdsearch.config import Config
+    from kdsearch.data import load_dataset
+    from kdsearch.students import create_student
+    from kdsearch.teachers import build_teacher
+
+    from conftest import tiny_config
+
+    imagenet = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    torch.save({"state_dict": create_student("resnet8", 10, 8).state_dict(), **imagenet}, tmp_path / "t.pt")
+    teacher = {"source": "checkpoint", "arch": "resnet8", "weights": str(tmp_path / "t.pt")}
+    cfg = Config.model_validate(tiny_config(tmp_path, teacher=teacher))
+    data = load_dataset(cfg)
+    with caplog.at_level(logging.WARNING, logger="kdsearch"):
+        build_teacher(cfg, data, "cpu")
+    assert "trained with normalisation mean [0.485, 0.456, 0.406]" in caplog.text
+    assert "set teacher.input: {mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}" in caplog.text
+    caplog.clear()
+    matched = Config.model_validate(tiny_config(tmp_path, teacher={**teacher, "input": imagenet}))
+    with caplog.at_level(logging.WARNING, logger="kdsearch"):
+        build_teacher(matched, data, "cpu")
+    assert "normalisation" not in caplog.text

@@ -4,6 +4,7 @@ state_dict file."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 
 import torch
@@ -16,9 +17,14 @@ from ..errors import KdsearchError
 from ..students import final_linear, model_from_arch
 from .base import SOURCES, Teacher, teacher_spec
 
+log = logging.getLogger("kdsearch")
 
-def load_state_dict_file(path: Path, key: str, mmap: bool = False) -> dict[str, torch.Tensor]:
-    """The state_dict a file holds; `mmap`: mapped, not read (a legacy-format file, which cannot be, is read)."""
+
+def load_state_dict_file(path: Path, key: str, mmap: bool = False,
+                         meta: dict | None = None) -> dict[str, torch.Tensor]:
+    """The state_dict a file holds; `mmap`: mapped, not read (a legacy-format file, which cannot be, is read).
+    `meta` receives the training normalisation the file declares beside its weights ({"state_dict": ..., "mean":
+    [...], "std": [...]}, or under "normalization"), when it does."""
     if not path.is_file():
         raise KdsearchError(f"{key} {path}: file not found; give the path of a saved state_dict (torch.save)")
     try:
@@ -31,6 +37,10 @@ def load_state_dict_file(path: Path, key: str, mmap: bool = False) -> dict[str, 
     except Exception as e:
         raise KdsearchError(f"{key} {path}: not a loadable PyTorch weights file ({type(e).__name__}); save it with "
                             "torch.save(model.state_dict(), path)") from None
+    if meta is not None and isinstance(obj, dict):  # what a training script saved beside the weights
+        norm = obj.get("normalization") if isinstance(obj.get("normalization"), dict) else obj
+        meta.update({k: [float(x) for x in norm[k]] for k in ("mean", "std")
+                     if isinstance(norm.get(k), (list, tuple)) and all(isinstance(x, (int, float)) for x in norm[k])})
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -41,13 +51,13 @@ def load_state_dict_file(path: Path, key: str, mmap: bool = False) -> dict[str, 
 
 
 def load_checkpoint_model(t: CheckpointTeacher, num_classes: int, size: int, key: str = "teacher",
-                          check_only: bool = False) -> nn.Module:
+                          check_only: bool = False, meta: dict | None = None) -> nn.Module:
     """The architecture with the checkpoint's weights; exit 2 when the file, the class count or the arch is wrong.
 
     `check_only` (`validate`): the same checks with no weights built or read: the architecture on the meta
     device, the file memory-mapped, its tensors assigned rather than copied. The model is for nothing else.
     """
-    state = load_state_dict_file(t.weights, f"{key}.weights", mmap=check_only)
+    state = load_state_dict_file(t.weights, f"{key}.weights", mmap=check_only, meta=meta)
     try:
         with torch.device("meta") if check_only else contextlib.nullcontext():
             model = model_from_arch(t.arch, num_classes, size, dict(t.arch_kwargs))
@@ -69,10 +79,23 @@ def load_checkpoint_model(t: CheckpointTeacher, num_classes: int, size: int, key
     return model
 
 
+def check_normalisation(declared: dict, spec, where: str) -> None:
+    """Warn when the teacher's weights say how their images were normalised in training and the input spec used
+    here (teacher.input, else the student's) differs: the teacher would see other numbers than it learnt on."""
+    differs = {k: v for k, v in declared.items() if any(abs(a - b) > 1e-3 for a, b in zip(v, getattr(spec, k)))}
+    if differs:
+        said = "; ".join(f"{k} {v} (used here: {list(getattr(spec, k))})" for k, v in differs.items())
+        mean, std = declared.get("mean", list(spec.mean)), declared.get("std", list(spec.std))
+        log.warning("%s: trained with normalisation %s; set teacher.input: {mean: %s, std: %s} to feed it what it "
+                    "learnt on", where, said, mean, std)
+
+
 @SOURCES.register("checkpoint")
 def _build_checkpoint(t: CheckpointTeacher, cfg: Config, data: Dataset, device) -> Teacher:
     spec = teacher_spec(t, cfg)
-    model = load_checkpoint_model(t, data.num_classes, spec.size)
+    declared: dict = {}
+    model = load_checkpoint_model(t, data.num_classes, spec.size, meta=declared)
+    check_normalisation(declared, spec, f"teacher.weights {t.weights}")
     fp = fingerprint({"arch": t.arch, "kwargs": t.arch_kwargs, "sha256": file_sha256(t.weights),
                 "spec": spec.model_dump(mode="json")})
     identity = {"source": "checkpoint", "arch": t.arch, "weights": str(t.weights), "fingerprint": fp}
