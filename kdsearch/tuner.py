@@ -88,13 +88,13 @@ CONNECT_TIMEOUT_S = 5.0  # a head node answers a TCP connect in milliseconds; a 
 
 
 def check_address(address: str | None) -> None:
-    """A cluster address (host:port or ray://host:port) must accept a connection before Ray is asked to join it:
+    """A cluster address (host:port, ray://host:port) must accept a connection before Ray is asked to join it:
     Ray's own client retries an unreachable GCS for minutes (over 10 on Ray 2.5x) before it gives up."""
     if address in (None, "", "auto", "local"):
         return  # this machine's own Ray, or the one `ray start` recorded here
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")  # ray://, http:// (a job's address)
     try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except (OSError, ValueError) as e:
         raise KdsearchError(f"--address {address}: cannot reach a Ray cluster there ({type(e).__name__}: {e}); start "
                             "one with `ray start --head` or `ray up ray_cluster.yaml` and give its host:port, or drop "
