@@ -142,7 +142,8 @@ CLASS_ORDER_MARGIN = 0.3
 """A class whose val images go to another teacher output by this much more recall than to its own output is taken
 to be in another class order (per class, so a swap of two small classes shows as plainly as one of two big ones)..."""
 CLASS_ORDER_MIN_IMAGES = 10
-"""...when the class has at least this many val images (fewer could move by chance)..."""
+"""...when the classes that moved so hold at least this many val images together (fewer could move by chance;
+eleven classes of 3 val images each, all moved by one place, cannot)..."""
 CLASS_ORDER_MIN_MATCHED = 0.5
 """...and the matching's mean per-class recall reaches this: an untrained or weak teacher's arbitrary outputs can
 always be matched to the classes somewhat better than their own order, which says nothing about a permutation."""
@@ -151,9 +152,9 @@ always be matched to the classes somewhat better than their own order, which say
 def check_class_order(cfg: Config, teacher: Teachers, logits: torch.Tensor, data: Dataset) -> dict[str, float]:
     """Each member not trained here, scored on val by per-class recall in its own output order and in the one-to-one
     matching of its outputs to the classes that maximises the mean recall (scipy's linear_sum_assignment on the
-    row-normalised confusion matrix); exit 2 naming the moved classes when one with CLASS_ORDER_MIN_IMAGES val
-    images gains CLASS_ORDER_MARGIN recall there, unless teacher.allow_class_mismatch. Returns the mean recalls
-    (balanced accuracies; MLflow logs them with the teacher's scores)."""
+    row-normalised confusion matrix); exit 2 naming the moved classes when classes that gain CLASS_ORDER_MARGIN
+    recall there hold CLASS_ORDER_MIN_IMAGES val images together, unless teacher.allow_class_mismatch. Returns
+    the mean recalls (balanced accuracies; MLflow logs them with the teacher's scores)."""
     from scipy.optimize import linear_sum_assignment
     from sklearn.metrics import confusion_matrix
 
@@ -176,9 +177,10 @@ def check_class_order(cfg: Config, teacher: Teachers, logits: torch.Tensor, data
         suffix = "" if len(teacher.members) == 1 else f"_{j}"
         out.update({f"val_mean_recall_own_order{suffix}": identity,
                     f"val_mean_recall_best_matching{suffix}": matched})
-        moved = [(c, r) for r, c in zip(rows, cols) if r != c and counts[r] >= CLASS_ORDER_MIN_IMAGES
-                 and recall[r, c] - own_recall[r] >= CLASS_ORDER_MARGIN]
-        if moved and matched >= CLASS_ORDER_MIN_MATCHED and not cfg.teacher.allow_class_mismatch:
+        moved = [(c, r) for r, c in zip(rows, cols) if r != c and recall[r, c] - own_recall[r] >= CLASS_ORDER_MARGIN]
+        evidence = sum(int(counts[r]) for _, r in moved)
+        permuted = evidence >= CLASS_ORDER_MIN_IMAGES and matched >= CLASS_ORDER_MIN_MATCHED
+        if permuted and not cfg.teacher.allow_class_mismatch:
             said = ", ".join(f"teacher output {c} looks like data class {data.class_names[r]!r} (recall "
                              f"{recall[r, c]:.2f} there, {own_recall[r]:.2f} at output {r})" for c, r in moved[:4])
             raise KdsearchError(

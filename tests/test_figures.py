@@ -232,9 +232,13 @@ def test_per_class_mlflow_keys_are_unique_and_map_back():
 
 
 def ham_like(tmp_path: Path) -> Config:
-    """Seven classes with HAM10000's imbalance (val 30% of 670/111/55/33/23/14/12 x ~1/10)."""
-    counts = [670, 111, 55, 33, 23, 14, 12]
-    y = np.repeat(np.arange(7), counts)
+    """Seven classes with HAM10000's imbalance (its 6,705/1,113/.../142/115 images, over 10)."""
+    return ham_like_counts(tmp_path, [670, 111, 55, 33, 23, 14, 12])
+
+
+def ham_like_counts(tmp_path: Path, counts: list[int]) -> Config:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    y = np.repeat(np.arange(len(counts)), counts)
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "ham.npz", train_images=rng.integers(0, 255, (len(y), 8, 8), dtype=np.uint8),
              train_labels=y, val_images=rng.integers(0, 255, (len(y), 8, 8), dtype=np.uint8), val_labels=y)
@@ -270,9 +274,14 @@ def test_a_swap_of_classes_with_a_few_val_images_is_not_called_a_permutation(tmp
     data = load_dataset(cfg)
     y = data.val.y.numpy()
     pred = y.copy()
-    pred[y == 5], pred[y == 6] = 6, 5  # 14 and 12 images: above CLASS_ORDER_MIN_IMAGES, caught
+    pred[y == 5], pred[y == 6] = 6, 5  # 14 and 12 images: 26 together, above CLASS_ORDER_MIN_IMAGES, caught
     with pytest.raises(KdsearchError):
         _check(cfg, data, pred)
+    few = ham_like_counts(tmp_path / "few", [670, 111, 55, 33, 23, 4, 4])
+    fy = load_dataset(few).val.y.numpy()
+    chance = fy.copy()
+    chance[fy == 5], chance[fy == 6] = 6, 5  # 8 images in all: could be chance, not called a permutation
+    _check(few, load_dataset(few), chance)
     weak = y.copy()
     weak[np.flatnonzero(y == 6)[:7]] = 5  # 7 of 12 wrong: a weak class, not a permutation (recall 0.58 vs 0.42)
     _check(cfg, data, weak)
