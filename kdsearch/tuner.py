@@ -21,7 +21,6 @@ import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.sample import Domain
 
 from . import interrupts, quiet
@@ -36,6 +35,7 @@ from .gpu_memory import preflight_gpu, release_cuda
 from .preflight import preflight
 from .progress import SearchProgress
 from .results import ENDINGS, best, ended, on_full_split
+from .searcher import HonestOptunaSearch
 from .sizes import student_size
 from .students import student_spec
 from .teacher_worker import on_worker, worker_resources
@@ -216,8 +216,8 @@ def make_tuner(cfg: Config, path: Path, shipped: Prepared, tracker: SearchTracke
     searchable = any(isinstance(v, Domain) for v in space.values())
     quiet.quiet_optuna()  # no "A new study created in memory"
     points = start_points(cfg.search.space, shipped.students) if cfg.search.start_points else None
-    search_alg = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.seed), points_to_evaluate=points
-                              ) if searchable else None
+    search_alg = HonestOptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.seed), points_to_evaluate=points,
+                                    max_epochs=cfg.search.max_epochs) if searchable else None
     return tune.Tuner(
         trainable,
         param_space=space,

@@ -153,8 +153,11 @@ def test_the_teacher_output_cache_is_keyed_by_the_augmentation(tmp_path, monkeyp
     """Outputs cached for one augmentation (or one recipe of views) are never reused for another: the pixels differ."""
     from kdsearch import teacher_cache
 
+    from conftest import resnet8_teacher
+
+    # a checkpoint teacher: its own fingerprint does not change with data.augment (a teacher trained here would)
     base = tiny_config(tmp_path, data={"source": "digits", "image_size": 8, "augment": "standard"},
-                       teacher={"source": "train", "arch": "resnet8", "epochs": 1, "patience": 1, "cache_views": 2})
+                       teacher=resnet8_teacher(tmp_path, cache_views=2))
     first = prepare(Config.model_validate(base), "cpu")
     again = prepare(Config.model_validate(base), "cpu")
     assert first.targets.forward_passes > 0 and again.targets.forward_passes == 0
