@@ -85,6 +85,11 @@ def run(
                       + (f"; chosen on {m[f'subset_{metric}']:.4f} on {int(m['subset_val_images'])} of "
                          f"{result.images['val']} val images (the rung subset: no trial ran all its epochs)"
                          if m.get("rescored") else ""))
+    if result.kd_added is not None:
+        k = result.kd_added
+        console.print(f"KD added {k['gain']:+.4f} {cfg.search.metric} in this search: best KD trial {k['kd_trial']} "
+                      f"{k['kd']:.4f}, no-KD control (alpha 0) {k['control_trial']} {k['control']:.4f}, whole val "
+                      "split")
     if result.best is None:
         raise KdsearchError(f"{result.experiment_path}: no trial finished, nothing to export; "
                             "continue with `kdsearch run CONFIG --resume`")

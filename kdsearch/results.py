@@ -83,3 +83,16 @@ def best(items: Iterable[T], result: Callable[[T], dict[str, Any]], metric: str,
     scored = [i for i in ranked(items, result, metric, mode) if _scored(result(i), metric)]
     pool = [i for i in scored if on_full_split(result(i))] or scored
     return pool[0] if pool else None
+
+
+def kd_added(items: Iterable[T], result: Callable[[T], dict[str, Any]], alpha: Callable[[T], float], metric: str,
+             mode: str) -> tuple[T, T, float] | None:
+    """What distillation added inside one search: (the best KD trial, alpha > 0; the best no-KD control, alpha 0;
+    how much better the first scores, in `mode`'s direction), both on whole-split scores only; None without both."""
+    whole = [i for i in items if on_full_split(result(i))]
+    kd = best([i for i in whole if alpha(i) > 0], result, metric, mode)
+    control = best([i for i in whole if alpha(i) == 0], result, metric, mode)
+    if kd is None or control is None:
+        return None
+    gain = float(result(kd)[metric]) - float(result(control)[metric])
+    return kd, control, gain if mode == "max" else -gain

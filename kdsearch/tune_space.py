@@ -29,11 +29,17 @@ def tune_space(space: Space, students: list[str]) -> dict[str, Any]:
     return out
 
 
+LOW_ALPHA = 0.25
+"""The low-alpha hedge: mostly the labels, a little of the teacher (a teacher weaker than the students can become
+is best used this way, and the papers' settings all sit at 0.5-0.9)."""
+
+
 def start_points(space: Space, students: list[str]) -> list[dict[str, Any]]:
-    """One configuration per loss in the space, at that loss's published settings (clipped to the space's
-    ranges; a choice keeps its first value unless it offers the published one) and every other searched key at its
-    midpoint; students taken in turn. For Optuna's enqueue (OptunaSearch's points_to_evaluate), which needs every
-    searched key."""
+    """The configurations Optuna tries first (OptunaSearch's points_to_evaluate, which needs every searched key):
+    one per loss in the space, at that loss's published settings (clipped to the space's ranges; a choice keeps its
+    first value unless it offers the published one), every other searched key at its midpoint, students taken in
+    turn; and right after the first, two hedges on its student and lr that bracket the teacher's usefulness: a
+    no-KD control (alpha 0, no feature hints), when the space's alpha admits 0, and a low alpha (LOW_ALPHA)."""
     searched = {k: v for k, v in space.entries().items() if isinstance(v, Dist) and k != "student"}
     losses = space.loss.choice if isinstance(space.loss, Dist) else [space.loss]
     points = []
@@ -43,7 +49,23 @@ def start_points(space: Space, students: list[str]) -> list[dict[str, Any]]:
         if len(students) > 1:
             point["student"] = students[i % len(students)]
         points.append(point)
-    return points
+    alpha = searched.get("alpha")
+    if alpha is None:
+        return points
+    hedges = []
+    if _admits(alpha, 0.0):
+        control = {**points[0], "alpha": _nearest(alpha, 0.0)}
+        if "feature_weight" in searched and _admits(searched["feature_weight"], 0.0):
+            control["feature_weight"] = _nearest(searched["feature_weight"], 0.0)
+        hedges.append(control)
+    low = {**points[0], "alpha": _nearest(alpha, LOW_ALPHA)}
+    if all(low["alpha"] != p["alpha"] for p in points + hedges):
+        hedges.append(low)
+    return points[:1] + hedges + points[1:]
+
+
+def _admits(d: Dist, value: float) -> bool:
+    return value in d.choice if d.choice is not None else d.args[0] <= value <= d.args[1]
 
 
 def _nearest(d: Dist, value: Any) -> Any:

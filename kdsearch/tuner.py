@@ -34,7 +34,7 @@ from .experiment import TRIAL_STATE_FILE, experiment_dir, read_search_state, wri
 from .gpu_memory import preflight_gpu, release_cuda
 from .preflight import preflight
 from .progress import SearchProgress
-from .results import ENDINGS, best, ended, on_full_split
+from .results import ENDINGS, best, ended, kd_added, on_full_split
 from .searcher import HonestOptunaSearch
 from .sizes import student_size
 from .students import student_spec
@@ -69,6 +69,9 @@ class SearchResult:
     images: dict[str, int]
     """labeled / transfer / val / test image counts."""
     class_names: list[str]
+    kd_added: dict[str, Any] | None = None
+    """The best KD trial (alpha > 0) against the best no-KD control (alpha 0), whole-split scores: kd_trial, kd,
+    control_trial, control, gain; None unless the search finished both."""
 
 
 def init_ray(address: str | None) -> None:
@@ -135,6 +138,7 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     summary = summarize(trials, cfg, tracker.budget_cut())
     teacher_passes, teacher_seconds = teacher_totals(prepared, trials)
     best = summary.pop("best")
+    added = summary.pop("kd_added")
     metric = cfg.search.metric
     if best is not None and not on_full_split(best["metrics"]):  # no trial ran all its epochs: chosen on a subset
         best = rescored(cfg, best, prepared.data)
@@ -148,7 +152,10 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
                     **({f"best_{metric}": best["metrics"][metric]} if best else {}),  # whole split, always
                     # the subset score the best was chosen on, when no trial ran all its epochs (named as such)
                     **({f"best_{metric}_rung_subset": best["metrics"][f"subset_{metric}"]}
-                       if best and best["metrics"].get("rescored") else {})},
+                       if best and best["metrics"].get("rescored") else {}),
+                    # the best KD trial against the best no-KD control (alpha 0), both whole-split
+                    **({f"kd_added_{metric}": added["gain"], f"no_kd_control_{metric}": added["control"]}
+                       if added else {})},
                    status="KILLED" if stopped_by else "FINISHED")
     write_search_state(cfg, {**state, "finished": stopped_by is None, "trials": summary["trials"]})
     if stopped_by:
@@ -158,7 +165,7 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
                                      f"its state in {path}: `kdsearch run CONFIG --resume` continues it")
     return SearchResult(path, summary["trials"], best, wall, fit_seconds, summary["trial_seconds"],
                         summary["trial_epochs"], teacher_passes, teacher_seconds, state["parent_run_id"],
-                        prepared.students, prepared.data.counts(), prepared.data.class_names)
+                        prepared.students, prepared.data.counts(), prepared.data.class_names, added)
 
 
 def check_resume(cfg: Config, path: Path, resume: bool) -> bool:
@@ -269,11 +276,17 @@ def summarize(trials, cfg: Config, cut: set[str] = frozenset()) -> dict[str, Any
         elif t.status == "TERMINATED" and cfg.search.metric in m:
             counts[ended(m, cfg.search.max_epochs, cut=t.trial_id in cut)] += 1
             finished.append(t)
-    top = best(finished, lambda t: t.last_result, cfg.search.metric, cfg.search.resolved_mode)
+    metric, mode = cfg.search.metric, cfg.search.resolved_mode
+    top = best(finished, lambda t: t.last_result, metric, mode)
     summary = None if top is None else {"trial_id": top.trial_id, "config": dict(top.config),
                                         "metrics": dict(top.last_result),
                                         "checkpoint": top.checkpoint.path if top.checkpoint else None}
-    return {"trials": counts, "best": summary, "trial_seconds": trial_seconds, "trial_epochs": trial_epochs}
+    effect = kd_added(finished, lambda t: t.last_result, lambda t: float(t.config.get("alpha", 1.0)), metric, mode)
+    added = None if effect is None else {
+        "kd_trial": effect[0].trial_id, "kd": float(effect[0].last_result[metric]),
+        "control_trial": effect[1].trial_id, "control": float(effect[1].last_result[metric]), "gain": effect[2]}
+    return {"trials": counts, "best": summary, "kd_added": added, "trial_seconds": trial_seconds,
+            "trial_epochs": trial_epochs}
 
 
 def rescored(cfg: Config, top: dict[str, Any], data: Dataset) -> dict[str, Any]:

@@ -85,3 +85,33 @@ def test_an_address_nobody_answers_at_exits_2_at_once(tmp_path):
         assert f"--address 127.0.0.1:{port}: cannot reach a Ray cluster there" in run.stderr
         assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "ray").exists()
+
+
+def test_the_first_trials_bracket_the_teacher_and_the_summary_says_what_kd_added(tmp_path):
+    """alpha searched over [0, 1]: the paper's KD point, then a no-KD control (alpha 0) and a low alpha on the same
+    student and lr; the run's summary and the MLflow parent run say what KD added over the control."""
+    import re
+
+    raw = tiny_config(tmp_path, name="hedge")
+    raw["search"].update({"num_samples": 3, "max_concurrent": 2, "max_epochs": 1, "grace_period": 1})
+    raw["search"]["space"].update({"alpha": {"uniform": [0.0, 1.0]}, "lr": {"loguniform": [1.0e-3, 1.0e-2]}})
+    run = kdsearch(tmp_path, "run", write_config(tmp_path, raw))
+    assert run.returncode == 0, run.stderr[-3000:]
+    from ray import tune
+
+    trials = tune.ExperimentAnalysis(str(tmp_path / "out" / "ray" / "hedge")).trials
+    alphas = sorted(round(t.config["alpha"], 4) for t in trials)
+    assert alphas == [0.0, 0.25, 0.9] and len({t.config["lr"] for t in trials}) == 1
+    said = re.search(r"KD added ([+-][\d.]+) val_macro_f1 in this search: best KD trial (\w+) ([\d.]+), no-KD "
+                     r"control \(alpha 0\) (\w+) ([\d.]+), whole val split", run.stdout)
+    assert said, run.stdout
+    scores = {t.trial_id: t.last_result["val_macro_f1"] for t in trials}
+    control = next(t.trial_id for t in trials if t.config["alpha"] == 0)
+    assert said.group(4) == control and float(said.group(5)) == pytest.approx(scores[control], abs=1e-4)
+    kd = max((t for t in trials if t.config["alpha"] > 0), key=lambda t: scores[t.trial_id])
+    assert said.group(2) == kd.trial_id
+    assert float(said.group(1)) == pytest.approx(scores[kd.trial_id] - scores[control], abs=2e-4)
+    client = MlflowClient(raw["tracking"]["uri"])
+    parent = next(r for r in client.search_runs([client.get_experiment_by_name("hedge").experiment_id])
+                  if r.data.tags.get("kdsearch.kind") == "search")
+    assert parent.data.metrics["no_kd_control_val_macro_f1"] == pytest.approx(scores[control])

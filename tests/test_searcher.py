@@ -59,3 +59,18 @@ def test_rays_own_optuna_search_would_have_taken_subset_scores_as_values():
     trials, study = study_of(OptunaSearch)
     d = next(t for t in study.get_trials(deepcopy=False) if t.number == trials["d"].number)
     assert d.state == TrialState.COMPLETE and d.value == pytest.approx(0.9)
+
+
+def test_kd_added_compares_the_best_kd_trial_with_the_no_kd_control_on_whole_split_scores():
+    from kdsearch.results import kd_added
+
+    rows = [{"id": "kd", "alpha": 0.9, "r": {"val_macro_f1": 0.80, "val_full": True}},
+            {"id": "low", "alpha": 0.25, "r": {"val_macro_f1": 0.86, "val_full": True}},
+            {"id": "control", "alpha": 0.0, "r": {"val_macro_f1": 0.83, "val_full": True}},
+            {"id": "cut", "alpha": 0.5, "r": {"val_macro_f1": 0.99, "val_full": False}}]  # a subset score: ignored
+    kd, control, gain = kd_added(rows, lambda r: r["r"], lambda r: r["alpha"], "val_macro_f1", "max")
+    assert (kd["id"], control["id"], gain) == ("low", "control", pytest.approx(0.03))
+    loss = [{**r, "r": {"val_loss": 1 - r["r"]["val_macro_f1"], "val_full": r["r"]["val_full"]}} for r in rows]
+    kd, control, gain = kd_added(loss, lambda r: r["r"], lambda r: r["alpha"], "val_loss", "min")
+    assert (kd["id"], control["id"], gain) == ("low", "control", pytest.approx(0.03))  # lower loss: a gain
+    assert kd_added(rows[:2], lambda r: r["r"], lambda r: r["alpha"], "val_macro_f1", "max") is None  # no control
