@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from ray import tune
 from rich.console import Console
 from rich.live import Live
@@ -20,6 +22,7 @@ class SearchProgress(tune.Callback):
         return {**self.__dict__, "_live": None}
 
     def setup(self, **info) -> None:
+        self._start = time.monotonic()
         self._live = Live(self.render(), console=Console(stderr=True), refresh_per_second=2)
         self._live.start()
 
@@ -61,9 +64,10 @@ class SearchProgress(tune.Callback):
 
     def render(self) -> Table:
         best = self.best()
+        elapsed = time.monotonic() - getattr(self, "_start", time.monotonic())
         caption = (f"best so far: {best[0]} {self.metric}={best[1]['value']:.4f} "
-                   f"({'whole val split' if results.on_full_split(best[1]['result']) else 'rung subset of val'})"
-                   if best else "no results yet")
+                   f"({'whole val split' if results.on_full_split(best[1]['result']) else 'rung subset of val'}); "
+                   f"{elapsed:.0f} s into the search" if best else "no results yet")
         table = Table(title="kdsearch: trials", caption=caption)
         for col in ("trial", "student", "loss", "alpha", "T", "lr", "epoch", self.metric, "status"):
             table.add_column(col, justify="left" if col in ("trial", "student", "loss", "status") else "right")

@@ -115,3 +115,8 @@ def test_the_first_trials_bracket_the_teacher_and_the_summary_says_what_kd_added
     parent = next(r for r in client.search_runs([client.get_experiment_by_name("hedge").experiment_id])
                   if r.data.tags.get("kdsearch.kind") == "search")
     assert parent.data.metrics["no_kd_control_val_macro_f1"] == pytest.approx(scores[control])
+    # the best whole-split score so far against seconds into the search: rising, ending at the best trial's
+    curve = sorted(client.get_metric_history(parent.info.run_id, "best_so_far_val_macro_f1"), key=lambda m: m.step)
+    values = [m.value for m in curve]
+    assert curve and values == sorted(values) and values[-1] == pytest.approx(max(scores.values()))
+    assert curve[-1].step <= parent.data.metrics["wall_seconds"] + 1

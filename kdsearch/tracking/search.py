@@ -11,7 +11,7 @@ import time
 from ray import tune
 
 from ..config import Config
-from ..results import LOGGED, ended
+from ..results import LOGGED, diverged, ended, on_full_split
 from . import SEARCH_TAG, TRIAL_TAG, _client, class_keys_mapping, epoch_metrics
 
 
@@ -59,6 +59,10 @@ class SearchTracker(tune.Callback):
         self._children: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
         self._open: set[str] = set()  # trials whose run has no ending yet
+        history = self._client.get_metric_history(self.parent_run_id, f"best_so_far_{self.cfg.search.metric}")
+        if history:  # on resume: the curve goes on from where it was
+            pick = max if self.cfg.search.resolved_mode == "max" else min
+            self._best_value = pick(m.value for m in history)
         for run in self._client.search_runs([self._exp_id], f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'"):
             trial_id = run.data.tags.get(TRIAL_TAG)
             if trial_id:
@@ -102,6 +106,25 @@ class SearchTracker(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._end(trial, ended(trial.last_result or {}, self.cfg.search.max_epochs), "FINISHED")
+        self._best_so_far(trial.last_result or {})
+
+    def _best_so_far(self, result: dict) -> None:
+        """The search's best whole-split score so far as `best_so_far_<metric>`, step = seconds since the search
+        began (the parent run's start): MLflow draws it as the search's progress against wall time."""
+        from mlflow.entities import Metric
+
+        metric, mode = self.cfg.search.metric, self.cfg.search.resolved_mode
+        if not (on_full_split(result) and metric in result) or diverged(result):
+            return
+        value = float(result[metric])
+        previous = getattr(self, "_best_value", None)
+        if previous is not None and (value <= previous if mode == "max" else value >= previous):
+            return
+        self._best_value = value
+        now = int(time.time() * 1000)
+        started = self._client.get_run(self.parent_run_id).info.start_time
+        self._client.log_batch(self.parent_run_id, metrics=[Metric(f"best_so_far_{metric}", value, now,
+                                                                   max(0, (now - started) // 1000))])
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._end(trial, "errored", "FAILED")
