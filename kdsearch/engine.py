@@ -90,7 +90,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: 
     return Metrics(
         loss=loss,
         accuracy=float(accuracy_score(y_true, y_pred)) if len(y_true) else float("nan"),
-        macro_f1=float(np.mean([per_class[c] for c in present])) if present else float("nan"),
+        macro_f1=float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)) if present
+        else float("nan"),
         per_class_f1=per_class,
         confusion=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     )
