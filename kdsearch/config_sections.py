@@ -310,6 +310,9 @@ class SearchConfig(ConfigModel):
 
     num_samples: int = Field(32, ge=1)
     """Trials to run. 32 gives TPE room to learn after its random start-up trials."""
+    algorithm: Literal["tpe", "random"] = "tpe"
+    """tpe: Optuna's TPE, start points first (see start_points); random: Ray Tune's random sampling of the space
+    (no start points), still with ASHA: the baseline a search is measured against (benchmarks/search_quality.py)."""
     max_concurrent: int = Field(2, ge=1)
     """Trials running at once; TPE learns less from each when many run blind in parallel."""
     metric: Literal["val_macro_f1", "val_accuracy", "val_loss"] = "val_macro_f1"

@@ -21,6 +21,7 @@ import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.sample import Domain
 
 from . import interrupts, quiet
@@ -219,12 +220,17 @@ def make_tuner(cfg: Config, path: Path, shipped: Prepared, tracker: SearchTracke
         return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     metric, mode = cfg.search.metric, cfg.search.resolved_mode
     space = tune_space(cfg.search.space, shipped.students)
-    # Optuna needs something to sample; a fully fixed space just repeats that configuration.
+    # Optuna needs something to sample; a fully fixed space just repeats that configuration (Tune's default).
     searchable = any(isinstance(v, Domain) for v in space.values())
     quiet.quiet_optuna()  # no "A new study created in memory"
     points = start_points(cfg.search.space, shipped.students) if cfg.search.start_points else None
-    search_alg = HonestOptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.seed), points_to_evaluate=points,
-                                    max_epochs=cfg.search.max_epochs) if searchable else None
+    if not searchable:
+        search_alg = None
+    elif cfg.search.algorithm == "random":  # Tune's own random sampling, seeded: the baseline to beat
+        search_alg = BasicVariantGenerator(random_state=cfg.seed)
+    else:
+        search_alg = HonestOptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.seed), points_to_evaluate=points,
+                                        max_epochs=cfg.search.max_epochs)
     return tune.Tuner(
         trainable,
         param_space=space,

@@ -120,3 +120,22 @@ def test_the_first_trials_bracket_the_teacher_and_the_summary_says_what_kd_added
     values = [m.value for m in curve]
     assert curve and values == sorted(values) and values[-1] == pytest.approx(max(scores.values()))
     assert curve[-1].step <= parent.data.metrics["wall_seconds"] + 1
+
+
+def test_random_search_samples_the_space_without_start_points(tmp_path):
+    """search.algorithm: random is Tune's seeded random sampling (the baseline a search is measured against): no
+    enqueued start points, no Optuna."""
+    import math
+
+    raw = tiny_config(tmp_path, name="random")
+    raw["search"].update({"num_samples": 3, "max_concurrent": 2, "max_epochs": 1, "algorithm": "random"})
+    raw["search"]["space"].update({"alpha": {"uniform": [0.0, 1.0]}, "lr": {"loguniform": [1.0e-3, 1.0e-2]}})
+    run = kdsearch(tmp_path, "run", write_config(tmp_path, raw))
+    assert run.returncode == 0, run.stderr[-3000:]
+    from ray import tune
+
+    trials = tune.ExperimentAnalysis(str(tmp_path / "out" / "ray" / "random")).trials
+    lrs, alphas = [t.config["lr"] for t in trials], [t.config["alpha"] for t in trials]
+    assert len(set(lrs)) == 3 and all(1.0e-3 <= v <= 1.0e-2 for v in lrs)
+    assert not any(math.isclose(v, 10 ** -2.5) for v in lrs)  # the start points' geometric midpoint: never tried
+    assert not {0.0, 0.25, 0.9} & {round(a, 4) for a in alphas}
