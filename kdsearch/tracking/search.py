@@ -60,9 +60,8 @@ class SearchTracker(tune.Callback):
         self._last_step: dict[str, int] = {}
         self._open: set[str] = set()  # trials whose run has no ending yet
         history = self._client.get_metric_history(self.parent_run_id, f"best_so_far_{self.cfg.search.metric}")
-        if history:  # on resume: the curve goes on from where it was
-            pick = max if self.cfg.search.resolved_mode == "max" else min
-            self._best_value = pick(m.value for m in history)
+        pick = max if self.cfg.search.resolved_mode == "max" else min
+        self._best_value = pick((m.value for m in history), default=None)  # on resume: the curve goes on
         for run in self._client.search_runs([self._exp_id], f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'"):
             trial_id = run.data.tags.get(TRIAL_TAG)
             if trial_id:
@@ -116,8 +115,7 @@ class SearchTracker(tune.Callback):
         metric, mode = self.cfg.search.metric, self.cfg.search.resolved_mode
         if not (on_full_split(result) and metric in result) or diverged(result):
             return
-        value = float(result[metric])
-        previous = getattr(self, "_best_value", None)
+        value, previous = float(result[metric]), self._best_value
         if previous is not None and (value <= previous if mode == "max" else value >= previous):
             return
         self._best_value = value
