@@ -244,10 +244,7 @@ class Distiller:
             self.trainee = FeatureStudent(self.model, teacher_dim).to(self.device)
             self.loss = FeatureHintLoss(self.loss, hp.feature_weight, hp.feature_loss)
         pool_y = data.pool_labels()
-        # With alpha = 0 a transfer image carries no signal at all: train on the labeled images only.
-        train_idx = (pool_y != UNLABELED).nonzero().flatten() if hp.alpha == 0 and hp.feature_weight == 0 else None
-        if train_idx is not None and len(train_idx) == len(pool_y):
-            train_idx = None
+        train_idx = training_indices(pool_y, hp)
         pick = (lambda t: t) if train_idx is None else (lambda t: t[:, train_idx])  # noqa: E731  [V, N, ...]
         self.y = (pool_y if train_idx is None else pool_y[train_idx]).to(self.device)
         self.optimizer = _optimizer(hp, self.trainee)
@@ -333,6 +330,15 @@ class Distiller:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
+
+
+def training_indices(pool_y: torch.Tensor, hp: Hparams) -> torch.Tensor | None:
+    """The pool images a student with `hp` trains on: all of them (None), or, with alpha = 0 and no feature hints,
+    the labeled ones only, since a transfer image then carries no signal at all."""
+    if hp.alpha != 0 or hp.feature_weight != 0:
+        return None
+    idx = (pool_y != UNLABELED).nonzero().flatten()
+    return None if len(idx) == len(pool_y) else idx
 
 
 def trial_student(cfg: Config, hp: Hparams, state_file: Path, num_classes: int) -> torch.nn.Module:

@@ -23,10 +23,9 @@ from . import results
 from ._io import atomic_dir, json_safe
 from .config import Config
 from .data import Dataset, Split
-from .distill import Hparams, Prepared, default_hparams, prepare, train_student
+from .distill import Hparams, Prepared, default_hparams, prepare, train_student, training_indices
 from .engine import Metrics, evaluate, predict_logits
 from .experiment import experiment_dir
-from .labels import UNLABELED
 from .students import student_spec
 
 log = logging.getLogger("kdsearch")
@@ -130,7 +129,8 @@ def arm_budgets(cfg: Config, data: Dataset, hp: Hparams) -> dict[str, dict[str, 
     images only, so under data.label_budget (or with data.unlabeled) an epoch of it is fewer steps: it gets the
     epochs that make its optimizer steps equal the KD arm's (rounded), as benchmarks/kd_gain.py does."""
     pool_y = data.pool_labels()
-    labeled = int((pool_y != UNLABELED).sum())
+    plain = training_indices(pool_y, hp.replace(alpha=0.0, feature_weight=0.0))  # what train_arms' no-KD arm sees
+    labeled = len(pool_y) if plain is None else len(plain)
 
     def steps(images: int) -> int:
         return -(-images // hp.batch_size)
