@@ -2,7 +2,8 @@
 (with the same ASHA) and the paper recipe without search, each run through the installed `kdsearch`.
 
     python benchmarks/search_quality.py [--task digits_fewlabels|fm4k] [--budget 300] [--seeds 3] [--out FILE]
-    python benchmarks/search_quality.py --smoke     # a 2-minute check that every step runs
+                                        [--methods tpe,random,recipe,tpe_startup10,tpe_independent,tpe_no_liar]
+    python benchmarks/search_quality.py --smoke     # a 3-minute check that every step runs
 
 Tasks (each with its own test split, so each method's final pick is scored on images no method chose on):
 - digits_fewlabels: `search_spaces/digits_fewlabels.yaml` on scikit-learn's digits written as an .npz
@@ -15,11 +16,15 @@ shared by the three methods through `output.dir`'s teacher cache):
 - tpe: `kdsearch run` as configured, `search.time_budget_s` = --budget, `num_samples` 500 (the time decides);
 - random: the same with `search.algorithm: random` (Tune's seeded random sampling, same ASHA);
 - recipe: no search: KD T 4, alpha 0.9, the space's default lr (its geometric midpoint), each student trained
-  with `kdsearch train` for `search.max_epochs`, one after the other; the best on val is its pick.
+  with `kdsearch train` for `search.max_epochs`, one after the other; the best on val is its pick;
+- tpe_startup10 / tpe_independent / tpe_no_liar: kdsearch's search with one of its TPE settings (search.tpe) put
+  back to the alternative (Optuna's default 10 start-up trials / independent TPE / no constant liar): what each
+  choice is worth.
 
 Reported per method: mean ± std over seeds of the best whole-split val macro-F1 reached by 1/4, 1/2 and the whole
 budget (the parent run's `best_so_far_val_macro_f1` curve; the recipe's runs by their finishing time), and the
-test macro-F1 of the final pick. Writes JSON and prints a table.
+test macro-F1 of the final pick. On fm4k also the seconds, end to end (the teacher's training included), at which
+each search first reached the seed-style script's best (SEED_STYLE). Writes JSON and prints a table.
 """
 
 from __future__ import annotations
@@ -38,6 +43,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 KDSEARCH = str(Path(sys.executable).with_name("kdsearch"))
 FRACTIONS = (0.25, 0.5, 1.0)
+SEARCHES = {"tpe": [], "random": ["search.algorithm=random"], "tpe_startup10": ["search.tpe.startup_trials=10"],
+            "tpe_independent": ["search.tpe.multivariate=false"], "tpe_no_liar": ["search.tpe.constant_liar=false"]}
+SEED_STYLE = {"best_val_macro_f1": 0.835, "best_at_s": 1027.0, "whole_run_s": 1415.0}
+"""The seed-style script on fm4k (`python benchmarks/vs_seed.py`, this project's 2-core machine, docs/measured.md):
+its best whole-split val macro-F1, when it reached it from its start (teacher included), and its whole run."""
 
 
 def digits_npz(path: Path, seed: int = 0) -> Path:
@@ -106,25 +116,33 @@ def best_at(points: list[tuple[float, float]], budget: float) -> list[float | No
     return [max((v for t, v in points if t <= f * budget), default=None) for f in FRACTIONS]
 
 
-def search_method(cfg_path: Path, work: Path, name: str, seed: int, budget: float, algorithm: str) -> dict:
+def search_method(cfg_path: Path, work: Path, name: str, seed: int, budget: float, extra: list[str],
+                  teacher_s: float) -> dict:
     from mlflow.tracking import MlflowClient
 
     sets = [f"name={name}", f"seed={seed}", f"search.time_budget_s={budget}", "search.num_samples=500",
-            f"search.algorithm={algorithm}", f"output.dir={work / f'seed{seed}'}"]
-    start = time.perf_counter()
+            f"output.dir={work / f'seed{seed}'}", *extra]
+    start, started = time.perf_counter(), time.time()
     kdsearch("run", cfg_path, *[a for s in sets for a in ("--set", s)])
     wall = time.perf_counter() - start
     cfg = yaml.safe_load(cfg_path.read_text())
     client = MlflowClient(cfg["tracking"]["uri"])
     runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], "tags.`kdsearch.kind` = 'search'")
     curve = [(m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, "best_so_far_val_macro_f1")]
+    # seconds from the command's start to the search's (data, teacher outputs, Ray), then the teacher's training
+    offset = runs[0].info.start_time / 1000 - started + teacher_s
     best = work / f"seed{seed}" / "best"
     card = json.loads((best / "model_card.json").read_text())
     return {"val_best_at": best_at(curve, budget), "final_val": card["metrics"]["val_macro_f1"],
             "test": test_macro_f1(cfg_path, best / "student.pt", card["student"], sets),
             "trials": int(runs[0].data.metrics.get("trials_completed", 0) + runs[0].data.metrics.get(
                 "trials_stopped_early", 0) + runs[0].data.metrics.get("trials_budget_cut", 0)),
+            "end_to_end_curve": [(offset + t, v) for t, v in sorted(curve)], "teacher_seconds": teacher_s,
             "wall_seconds": wall}
+
+
+def seconds_to(curve: list[tuple[float, float]], target: float) -> float | None:
+    return next((t for t, v in curve if v >= target - 1e-9), None)
 
 
 def recipe_method(cfg_path: Path, work: Path, seed: int, budget: float) -> dict:
@@ -158,32 +176,51 @@ def main() -> None:
     ap.add_argument("--task", choices=["digits_fewlabels", "fm4k"], default="digits_fewlabels")
     ap.add_argument("--budget", type=float, default=300.0, help="seconds of search per method and seed")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench-search-quality" / "result.json")
+    ap.add_argument("--methods", default="tpe,random,recipe",
+                    help=f"comma-separated, from {', '.join([*SEARCHES, 'recipe'])}")
+    ap.add_argument("--out", type=Path, help="JSON (default runs/bench-search-quality/<task>.json)")
     ap.add_argument("--smoke", action="store_true", help="1 seed, 40 s, 1-epoch teacher: checks that it all runs")
     args = ap.parse_args()
+    methods = args.methods.split(",")
+    if unknown := set(methods) - {*SEARCHES, "recipe"}:
+        ap.error(f"unknown method(s) {sorted(unknown)}")
     if args.smoke:
         args.seeds, args.budget = 1, 40.0
+    args.out = args.out or REPO / "runs" / "bench-search-quality" / f"{args.task}.json"
     work = args.out.parent / args.task
     work.mkdir(parents=True, exist_ok=True)
     cfg_path = work / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(task_config(args.task, work, args.smoke)))
-    results: dict[str, list[dict]] = {"tpe": [], "random": [], "recipe": []}
+    results: dict[str, list[dict]] = {m: [] for m in methods}
     for seed in range(args.seeds):
+        start = time.perf_counter()  # once per seed, shared through the teacher cache (in no method's budget)
         kdsearch("train-teacher", cfg_path, "--set", f"seed={seed}", "--set", f"output.dir={work / f'seed{seed}'}",
-                 "--device", "cpu")  # once per seed, shared through the teacher cache (not in any budget)
-        results["tpe"].append(search_method(cfg_path, work, f"tpe-{seed}", seed, args.budget, "tpe"))
-        results["random"].append(search_method(cfg_path, work, f"random-{seed}", seed, args.budget, "random"))
-        results["recipe"].append(recipe_method(cfg_path, work, seed, args.budget))
-        print(json.dumps({k: v[-1] for k, v in results.items()}), flush=True)
+                 "--device", "cpu")
+        teacher_s = time.perf_counter() - start
+        for m in methods:
+            results[m].append(recipe_method(cfg_path, work, seed, args.budget) if m == "recipe" else
+                              search_method(cfg_path, work, f"{m}-{seed}", seed, args.budget, SEARCHES[m], teacher_s))
+        print(json.dumps({k: {kk: vv for kk, vv in v[-1].items() if kk != "end_to_end_curve"}
+                          for k, v in results.items()}), flush=True)
     table = {m: {**{f"val_at_{f}": mean_std([r["val_best_at"][i] for r in rs]) for i, f in enumerate(FRACTIONS)},
-                 "test_of_pick": mean_std([r["test"] for r in rs])} for m, rs in results.items()}
+                 "test_of_pick": mean_std([r["test"] for r in rs]),
+                 "trials": mean_std([r.get("trials") for r in rs])} for m, rs in results.items()}
+    if args.task == "fm4k":  # when each search first reached the seed-style script's best, end to end
+        for m, rs in results.items():
+            if m in SEARCHES:
+                got = [seconds_to(r["end_to_end_curve"], SEED_STYLE["best_val_macro_f1"]) for r in rs]
+                table[m]["to_seed_best_s"] = [None if g is None else round(g, 1) for g in got]
     report = {"task": args.task, "budget_s": args.budget, "seeds": args.seeds, "table": table, "runs": results,
+              "seed_style": SEED_STYLE if args.task == "fm4k" else None,
               "machine": {"cpus": __import__("os").cpu_count()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    print("| method | val @ 1/4 | val @ 1/2 | val @ budget | test macro-F1 of its pick |\n|---|---|---|---|---|")
+    print("| method | val @ 1/4 | val @ 1/2 | val @ budget | test macro-F1 of its pick | trials |\n"
+          "|---|---|---|---|---|---|")
     for m, row in table.items():
-        print(f"| {m} | {row['val_at_0.25']} | {row['val_at_0.5']} | {row['val_at_1.0']} | {row['test_of_pick']} |")
+        print(f"| {m} | {row['val_at_0.25']} | {row['val_at_0.5']} | {row['val_at_1.0']} | {row['test_of_pick']} "
+              f"| {row['trials']} |" + (f" to the seed script's best: {row['to_seed_best_s']} s" if
+                                        "to_seed_best_s" in row else ""))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ def run(
                                           "evaluation server and wait for its score")] = False,
 ) -> None:
     """The search: Ray Tune + Optuna (TPE) + ASHA over the config's space; logs to MLflow; exports the best."""
+    from . import results
     from .export import export_best
     from .tuner import run_search
 
@@ -86,10 +87,7 @@ def run(
                          f"{result.images['val']} val images (the rung subset: no trial ran all its epochs)"
                          if m.get("rescored") else ""))
     if result.kd_added is not None:
-        k = result.kd_added
-        console.print(f"KD added {k['gain']:+.4f} {cfg.search.metric} in this search: best KD trial {k['kd_trial']} "
-                      f"{k['kd']:.4f}, no-KD control (alpha 0) {k['control_trial']} {k['control']:.4f}, whole val "
-                      "split")
+        console.print(results.kd_added_line(result.kd_added, cfg.search.metric, cfg.search.max_epochs))
     if result.best is None:
         raise KdsearchError(f"{result.experiment_path}: no trial finished, nothing to export; "
                             "continue with `kdsearch run CONFIG --resume`")
@@ -384,6 +382,11 @@ def report(
         test.add_row(f"student with KD ({rep['loss']})", cell("student_accuracy_with_kd_test"),
                      cell("student_macro_f1_with_kd_test"))
         console.print(test)
+    if rep["kd_added_in_search"] is not None:
+        from .results import kd_added_line
+
+        console.print("In the search: " + kd_added_line(rep["kd_added_in_search"], cfg.search.metric,
+                                                       cfg.search.max_epochs))
     console.print(f"report: {cfg.output_dir / 'report' / 'report.json'}; plots: {', '.join(rep['plots'])}; "
                   f"logged to MLflow run {rep['mlflow_run_id']}")
 

@@ -305,6 +305,23 @@ class Resources(ConfigModel):
     """GPUs per trial; fractions (0.25) pack several small students on one GPU."""
 
 
+class TpeSettings(ConfigModel):
+    """Optuna's TPESampler as kdsearch runs it (search.algorithm: tpe). Measured against Optuna's defaults by
+    benchmarks/search_quality.py (docs/measured.md)."""
+
+    startup_trials: int | None = Field(None, ge=1)
+    """Finished trials (stopped ones count, the start points included) before TPE models the results; until then
+    it samples at random. null = the start points plus one round of parallel trials (search.max_concurrent), at
+    least 4: TPE starts learning as soon as every start point and one blind round have reported, not after
+    Optuna's default 10, which in a 20-trial search is half the budget."""
+    multivariate: bool = True
+    """Model the hyperparameters jointly (Optuna's multivariate TPE; its default for one objective) rather than
+    each on its own."""
+    constant_liar: bool = True
+    """Treat trials still running as bad results while sampling, so parallel trials are not drawn at the same
+    point (Optuna's default since 5.0)."""
+
+
 class SearchConfig(ConfigModel):
     """Ray Tune + Optuna (TPE) + ASHA settings."""
 
@@ -337,6 +354,8 @@ class SearchConfig(ConfigModel):
     best trial, export, report and MLflow's val_* metrics use the whole val split. 2,000 images estimate an
     accuracy of 0.85 with a standard error of 0.008: enough to rank trials, at a fraction of a large split's
     cost; null = the whole split every epoch (exact rung decisions, slower)."""
+    tpe: TpeSettings = TpeSettings()
+    """TPE's settings (search.algorithm: tpe)."""
     start_points: bool = True
     """Before TPE's random start-up, try the literature's defaults for each loss in the space (KD: T=4, alpha=0.9;
     DIST: tau=1; DKD: T=4, beta=8; logit standardisation: T=2), clipped to the space's ranges, so the first trials

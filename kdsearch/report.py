@@ -107,6 +107,10 @@ def run_report(cfg: Config, seeds: int = 1, device: str | torch.device = "cpu") 
         "splits": list(splits),
         "teacher": prepared.teacher.identity,
         "trials": len(trials),
+        # inside the search: the best KD trial against the no-KD control among its first trials (search.start_points)
+        "kd_added_in_search": results.kd_added([t for t in trials if not t["errored"]], lambda t: t["trial_id"],
+                                               lambda t: t["last"], lambda t: float(t["config"].get("alpha", 1.0)),
+                                               cfg.search.metric, cfg.search.resolved_mode),
     }
     out = cfg.output_dir / "report"
     with atomic_dir(out) as tmp:

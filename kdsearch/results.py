@@ -85,14 +85,29 @@ def best(items: Iterable[T], result: Callable[[T], dict[str, Any]], metric: str,
     return pool[0] if pool else None
 
 
-def kd_added(items: Iterable[T], result: Callable[[T], dict[str, Any]], alpha: Callable[[T], float], metric: str,
-             mode: str) -> tuple[T, T, float] | None:
-    """What distillation added inside one search: (the best KD trial, alpha > 0; the best no-KD control, alpha 0;
-    how much better the first scores, in `mode`'s direction), both on whole-split scores only; None without both."""
-    whole = [i for i in items if on_full_split(result(i))]
-    kd = best([i for i in whole if alpha(i) > 0], result, metric, mode)
-    control = best([i for i in whole if alpha(i) == 0], result, metric, mode)
+def kd_added(items: Iterable[T], trial_id: Callable[[T], str], result: Callable[[T], dict[str, Any]],
+             alpha: Callable[[T], float], metric: str, mode: str) -> dict[str, Any] | None:
+    """What distillation added inside one search: the best KD trial (alpha > 0, on a whole-split score) against the
+    best no-KD control (alpha 0), `gain` in `mode`'s direction; None without both. A control ASHA stopped at a rung
+    (a weak control usually is) comes back with its rung-subset score and `gain` None: a subset score after fewer
+    epochs is not comparable with a finished trial's."""
+    items = list(items)
+    kd = best([i for i in items if on_full_split(result(i)) and alpha(i) > 0], result, metric, mode)
+    control = best([i for i in items if alpha(i) == 0], result, metric, mode)
     if kd is None or control is None:
         return None
-    gain = float(result(kd)[metric]) - float(result(control)[metric])
-    return kd, control, gain if mode == "max" else -gain
+    k, c = float(result(kd)[metric]), float(result(control)[metric])
+    gain = (k - c if mode == "max" else c - k) if on_full_split(result(control)) else None
+    return {"kd_trial": trial_id(kd), "kd": k, "control_trial": trial_id(control), "control": c, "gain": gain,
+            "control_epochs": int(result(control).get("training_iteration", 0))}
+
+
+def kd_added_line(added: dict[str, Any], metric: str, max_epochs: int) -> str:
+    """The summary's sentence on what KD added (kd_added's dict)."""
+    kd = f"best KD trial {added['kd_trial']} {added['kd']:.4f} on the whole val split"
+    if added["gain"] is None:
+        return (f"No-KD control (alpha 0) {added['control_trial']}: stopped by ASHA after {added['control_epochs']} "
+                f"of {max_epochs} epochs at {metric} {added['control']:.4f} (rung subset), below the trials kept; "
+                f"{kd}")
+    return (f"KD added {added['gain']:+.4f} {metric} in this search: {kd}, no-KD control (alpha 0) "
+            f"{added['control_trial']} {added['control']:.4f}")

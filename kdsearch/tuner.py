@@ -156,7 +156,7 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
                        if best and best["metrics"].get("rescored") else {}),
                     # the best KD trial against the best no-KD control (alpha 0), both whole-split
                     **({f"kd_added_{metric}": added["gain"], f"no_kd_control_{metric}": added["control"]}
-                       if added else {})},
+                       if added and added["gain"] is not None else {})},
                    status="KILLED" if stopped_by else "FINISHED")
     write_search_state(cfg, {**state, "finished": stopped_by is None, "trials": summary["trials"]})
     if stopped_by:
@@ -209,6 +209,14 @@ def start_tracking(cfg: Config, prepared: Prepared, resume: bool) -> tuple[Searc
     return tracker, state
 
 
+def tpe_sampler(cfg: Config, start_points: int) -> optuna.samplers.TPESampler:
+    """Optuna's TPE with kdsearch's settings (config_sections.TpeSettings); `start_points`: the enqueued points."""
+    tpe = cfg.search.tpe
+    startup = tpe.startup_trials or max(4, start_points + cfg.search.max_concurrent)
+    return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup, multivariate=tpe.multivariate,
+                                      constant_liar=tpe.constant_liar)
+
+
 def make_tuner(cfg: Config, path: Path, shipped: Prepared, tracker: SearchTracker, resume: bool) -> tune.Tuner:
     """Tuner + OptunaSearch (TPE, start points first) + ASHA, or the saved one restored on --resume."""
     res = cfg.search.resources_per_trial
@@ -229,7 +237,7 @@ def make_tuner(cfg: Config, path: Path, shipped: Prepared, tracker: SearchTracke
     elif cfg.search.algorithm == "random":  # Tune's own random sampling, seeded: the baseline to beat
         search_alg = BasicVariantGenerator(random_state=cfg.seed)
     else:
-        search_alg = HonestOptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.seed), points_to_evaluate=points,
+        search_alg = HonestOptunaSearch(sampler=tpe_sampler(cfg, len(points or [])), points_to_evaluate=points,
                                         max_epochs=cfg.search.max_epochs)
     return tune.Tuner(
         trainable,
@@ -287,10 +295,8 @@ def summarize(trials, cfg: Config, cut: set[str] = frozenset()) -> dict[str, Any
     summary = None if top is None else {"trial_id": top.trial_id, "config": dict(top.config),
                                         "metrics": dict(top.last_result),
                                         "checkpoint": top.checkpoint.path if top.checkpoint else None}
-    effect = kd_added(finished, lambda t: t.last_result, lambda t: float(t.config.get("alpha", 1.0)), metric, mode)
-    added = None if effect is None else {
-        "kd_trial": effect[0].trial_id, "kd": float(effect[0].last_result[metric]),
-        "control_trial": effect[1].trial_id, "control": float(effect[1].last_result[metric]), "gain": effect[2]}
+    added = kd_added(finished, lambda t: t.trial_id, lambda t: t.last_result,
+                     lambda t: float(t.config.get("alpha", 1.0)), metric, mode)
     return {"trials": counts, "best": summary, "kd_added": added, "trial_seconds": trial_seconds,
             "trial_epochs": trial_epochs}
 

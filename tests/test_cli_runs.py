@@ -102,8 +102,8 @@ def test_the_first_trials_bracket_the_teacher_and_the_summary_says_what_kd_added
     trials = tune.ExperimentAnalysis(str(tmp_path / "out" / "ray" / "hedge")).trials
     alphas = sorted(round(t.config["alpha"], 4) for t in trials)
     assert alphas == [0.0, 0.25, 0.9] and len({t.config["lr"] for t in trials}) == 1
-    said = re.search(r"KD added ([+-][\d.]+) val_macro_f1 in this search: best KD trial (\w+) ([\d.]+), no-KD "
-                     r"control \(alpha 0\) (\w+) ([\d.]+), whole val split", run.stdout)
+    said = re.search(r"KD added ([+-][\d.]+) val_macro_f1 in this search: best KD trial (\w+) ([\d.]+) on the "
+                     r"whole val split, no-KD control \(alpha 0\) (\w+) ([\d.]+)", run.stdout)
     assert said, run.stdout
     scores = {t.trial_id: t.last_result["val_macro_f1"] for t in trials}
     control = next(t.trial_id for t in trials if t.config["alpha"] == 0)

@@ -62,15 +62,54 @@ def test_rays_own_optuna_search_would_have_taken_subset_scores_as_values():
 
 
 def test_kd_added_compares_the_best_kd_trial_with_the_no_kd_control_on_whole_split_scores():
-    from kdsearch.results import kd_added
+    from kdsearch.results import kd_added, kd_added_line
+
+    def added(rows, metric="val_macro_f1", mode="max"):
+        return kd_added(rows, lambda r: r["id"], lambda r: r["r"], lambda r: r["alpha"], metric, mode)
 
     rows = [{"id": "kd", "alpha": 0.9, "r": {"val_macro_f1": 0.80, "val_full": True}},
             {"id": "low", "alpha": 0.25, "r": {"val_macro_f1": 0.86, "val_full": True}},
             {"id": "control", "alpha": 0.0, "r": {"val_macro_f1": 0.83, "val_full": True}},
             {"id": "cut", "alpha": 0.5, "r": {"val_macro_f1": 0.99, "val_full": False}}]  # a subset score: ignored
-    kd, control, gain = kd_added(rows, lambda r: r["r"], lambda r: r["alpha"], "val_macro_f1", "max")
-    assert (kd["id"], control["id"], gain) == ("low", "control", pytest.approx(0.03))
+    a = added(rows)
+    assert (a["kd_trial"], a["control_trial"], a["gain"]) == ("low", "control", pytest.approx(0.03))
     loss = [{**r, "r": {"val_loss": 1 - r["r"]["val_macro_f1"], "val_full": r["r"]["val_full"]}} for r in rows]
-    kd, control, gain = kd_added(loss, lambda r: r["r"], lambda r: r["alpha"], "val_loss", "min")
-    assert (kd["id"], control["id"], gain) == ("low", "control", pytest.approx(0.03))  # lower loss: a gain
-    assert kd_added(rows[:2], lambda r: r["r"], lambda r: r["alpha"], "val_macro_f1", "max") is None  # no control
+    a = added(loss, "val_loss", "min")
+    assert (a["kd_trial"], a["control_trial"], a["gain"]) == ("low", "control", pytest.approx(0.03))  # lower: a gain
+    assert added(rows[:2]) is None  # no control
+    # a control ASHA stopped at a rung: its subset score is said as such, never turned into a gain
+    stopped = rows[:2] + [{"id": "control", "alpha": 0.0,
+                           "r": {"val_macro_f1": 0.95, "val_full": False, "training_iteration": 2}}]
+    a = added(stopped)
+    assert a["gain"] is None and a["control"] == pytest.approx(0.95) and a["control_epochs"] == 2
+    line = kd_added_line(a, "val_macro_f1", 6)
+    assert "KD added" not in line and "stopped by ASHA after 2 of 6 epochs" in line and "rung subset" in line
+    assert kd_added_line(added(rows), "val_macro_f1", 6).startswith("KD added +0.0300 val_macro_f1")
+
+@pytest.mark.parametrize("settings, modelled_from", [
+    ({}, 5),  # auto: 3 start points + one round of 2 parallel trials
+    ({"startup_trials": 10}, 10),  # Optuna's own default, kept when asked for
+    ({"multivariate": False}, None),  # independent TPE: no joint (relative) sample at all
+])
+def test_tpe_models_the_results_once_the_start_points_and_one_parallel_round_have_reported(tmp_path, settings,
+                                                                                           modelled_from):
+    """search.tpe reaches Optuna: the trials TPE sampled jointly from a model of the results (it records those
+    parameters on the trial for the constant liar) are the ones after its start-up trials."""
+    from optuna.samplers._tpe.sampler import _RELATIVE_PARAMS_KEY
+
+    from kdsearch.config import Config
+    from kdsearch.tuner import tpe_sampler
+
+    from conftest import tiny_config
+
+    raw = tiny_config(tmp_path)
+    raw["search"].update({"max_concurrent": 2, "tpe": settings})
+    space = OptunaSearch.convert_search_space({"lr": tune.loguniform(1e-4, 1e-1), "alpha": tune.uniform(0, 1)})
+    search = HonestOptunaSearch(space=space, metric="val_macro_f1", mode="max", max_epochs=1,
+                                sampler=tpe_sampler(Config.model_validate(raw), start_points=3))
+    for i in range(12):
+        config = search.suggest(str(i))
+        search.on_trial_complete(str(i), result(1, config["alpha"], True))
+    modelled = [t.number for t in search._ot_study.get_trials(deepcopy=False)
+                if any(k.startswith(_RELATIVE_PARAMS_KEY) for k in t.system_attrs)]
+    assert modelled == ([] if modelled_from is None else list(range(modelled_from, 12)))
