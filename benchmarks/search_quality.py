@@ -112,8 +112,9 @@ def test_macro_f1(cfg_path: Path, weights: Path, student: str, sets: list[str]) 
 
 
 def best_at(points: list[tuple[float, float]], budget: float) -> list[float | None]:
-    """The best value reached by each fraction of the budget, from (seconds, value) points."""
-    return [max((v for t, v in points if t <= f * budget), default=None) for f in FRACTIONS]
+    """The best value reached by each fraction of the budget, from (seconds, value) points; the whole budget takes
+    every point (the curve counts from the parent run's start, Tune's budget from its own a few seconds later)."""
+    return [max((v for t, v in points if f == 1.0 or t <= f * budget), default=None) for f in FRACTIONS]
 
 
 def search_method(cfg_path: Path, work: Path, name: str, seed: int, budget: float, extra: list[str],
@@ -137,7 +138,8 @@ def search_method(cfg_path: Path, work: Path, name: str, seed: int, budget: floa
             "test": test_macro_f1(cfg_path, best / "student.pt", card["student"], sets),
             "trials": int(runs[0].data.metrics.get("trials_completed", 0) + runs[0].data.metrics.get(
                 "trials_stopped_early", 0) + runs[0].data.metrics.get("trials_budget_cut", 0)),
-            "end_to_end_curve": [(offset + t, v) for t, v in sorted(curve)], "teacher_seconds": teacher_s,
+            "curve": sorted(curve), "end_to_end_curve": [(offset + t, v) for t, v in sorted(curve)],
+            "teacher_seconds": teacher_s,
             "wall_seconds": wall}
 
 
@@ -200,7 +202,7 @@ def main() -> None:
         for m in methods:
             results[m].append(recipe_method(cfg_path, work, seed, args.budget) if m == "recipe" else
                               search_method(cfg_path, work, f"{m}-{seed}", seed, args.budget, SEARCHES[m], teacher_s))
-        print(json.dumps({k: {kk: vv for kk, vv in v[-1].items() if kk != "end_to_end_curve"}
+        print(json.dumps({k: {kk: vv for kk, vv in v[-1].items() if "curve" not in kk}
                           for k, v in results.items()}), flush=True)
     table = {m: {**{f"val_at_{f}": mean_std([r["val_best_at"][i] for r in rs]) for i, f in enumerate(FRACTIONS)},
                  "test_of_pick": mean_std([r["test"] for r in rs]),

@@ -88,8 +88,8 @@ def best(items: Iterable[T], result: Callable[[T], dict[str, Any]], metric: str,
 def kd_added(items: Iterable[T], trial_id: Callable[[T], str], result: Callable[[T], dict[str, Any]],
              alpha: Callable[[T], float], metric: str, mode: str) -> dict[str, Any] | None:
     """What distillation added inside one search: the best KD trial (alpha > 0, on a whole-split score) against the
-    best no-KD control (alpha 0), `gain` in `mode`'s direction; None without both. A control ASHA stopped at a rung
-    (a weak control usually is) comes back with its rung-subset score and `gain` None: a subset score after fewer
+    best no-KD control (alpha 0), `gain` in `mode`'s direction; None without both. A control stopped early (by ASHA
+    at a rung, or by the time budget) comes back with its rung-subset score and `gain` None: a subset score after fewer
     epochs is not comparable with a finished trial's."""
     items = list(items)
     kd = best([i for i in items if on_full_split(result(i)) and alpha(i) > 0], result, metric, mode)
@@ -106,8 +106,7 @@ def kd_added_line(added: dict[str, Any], metric: str, max_epochs: int) -> str:
     """The summary's sentence on what KD added (kd_added's dict)."""
     kd = f"best KD trial {added['kd_trial']} {added['kd']:.4f} on the whole val split"
     if added["gain"] is None:
-        return (f"No-KD control (alpha 0) {added['control_trial']}: stopped by ASHA after {added['control_epochs']} "
-                f"of {max_epochs} epochs at {metric} {added['control']:.4f} (rung subset), below the trials kept; "
-                f"{kd}")
+        return (f"No-KD control (alpha 0) {added['control_trial']}: stopped after {added['control_epochs']} of "
+                f"{max_epochs} epochs at {metric} {added['control']:.4f} on the rung subset (no gain claimed); {kd}")
     return (f"KD added {added['gain']:+.4f} {metric} in this search: {kd}, no-KD control (alpha 0) "
             f"{added['control_trial']} {added['control']:.4f}")

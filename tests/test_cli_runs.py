@@ -120,6 +120,12 @@ def test_the_first_trials_bracket_the_teacher_and_the_summary_says_what_kd_added
     values = [m.value for m in curve]
     assert curve and values == sorted(values) and values[-1] == pytest.approx(max(scores.values()))
     assert curve[-1].step <= parent.data.metrics["wall_seconds"] + 1
+    # `kdsearch report` says the same about the search (and keeps it in report.json)
+    rep = kdsearch(tmp_path, "report", write_config(tmp_path, raw), "--device", "cpu")
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    assert f"In the search: {said.group(0)}" in rep.stdout
+    saved = json.loads((tmp_path / "out" / "report" / "report.json").read_text())["kd_added_in_search"]
+    assert (saved["control_trial"], saved["kd_trial"]) == (control, kd.trial_id)
 
 
 def test_random_search_samples_the_space_without_start_points(tmp_path):
