@@ -20,7 +20,7 @@ def test_registry_has_the_zoo():
     assert set(list_students()) == {
         "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
         "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2",
-        "resnet8", "resnet18", "vit_student"}
+        "resnet8", "resnet18", "resnet34", "vit_student"}
 
 
 @pytest.mark.parametrize("size", CONFIG_SIZES)
