@@ -327,3 +327,34 @@ def test_a_time_budget_that_cuts_every_trial_reports_whole_split_figures(tmp_pat
     assert {r.info.status for r in trials} == {"FINISHED"}
     chosen = next(r for r in trials if r.data.tags["kdsearch.trial_id"] == best.group(1))
     assert chosen.data.metrics["val_macro_f1"] == pytest.approx(card["metrics"]["val_macro_f1"])
+
+
+@pytest.mark.e2e
+def test_a_time_budget_sizes_the_search_and_its_best_finished_trial_is_exported(tmp_path):
+    """`search.time_budget_s` as the search's size: num_samples (500) is never reached, the search stops on time,
+    and the exported student is the best of the trials that ran all their epochs (whole-split scores)."""
+    import json
+    import subprocess
+
+    from ray import tune
+
+    from conftest import KDSEARCH
+
+    raw = tiny_config(tmp_path, name="timed")
+    raw["search"].update({"num_samples": 500, "max_concurrent": 2, "max_epochs": 1, "grace_period": 1,
+                          "time_budget_s": 20})
+    raw["search"]["space"]["lr"] = {"loguniform": [1.0e-3, 1.0e-2]}
+    run = subprocess.run([KDSEARCH, "run", str(write_config(tmp_path, raw))], capture_output=True, text=True,
+                         timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    analysis = tune.ExperimentAnalysis(str(tmp_path / "out" / "ray" / "timed"))
+    finished = [t for t in analysis.trials if t.status == "TERMINATED" and t.last_result.get("val_full")]
+    assert 2 <= len(analysis.trials) < 500 and finished
+    # on time: the last trial started within the budget (Tune's clock starts with the fit, after data and teacher)
+    starts = [t.last_result["timestamp"] - t.last_result["time_total_s"] for t in analysis.trials
+              if "timestamp" in t.last_result]  # a trial cut before its first report has no result
+    assert len(starts) >= 2 and max(starts) - min(starts) <= 20 + 5
+    best = max(finished, key=lambda t: t.last_result["val_macro_f1"])
+    card = json.loads((tmp_path / "out" / "best" / "model_card.json").read_text())
+    assert card["trial_id"] == best.trial_id
+    assert card["metrics"]["val_macro_f1"] == pytest.approx(best.last_result["val_macro_f1"], abs=1e-6)
