@@ -69,7 +69,9 @@ def _check_resumed(resumed: subprocess.CompletedProcess, cfg: dict, out: Path) -
     done = _epochs_done(out, cfg["name"])
     # A suggestion made in the instant before a kill may be missing from Tune's saved state; it had done no
     # work and is not rerun, so at most max_concurrent (2) of the 6 can be lost.
-    assert 4 <= len(done) <= 6 and done == [EPOCHS] * len(done), done
+    # result.json may miss the last line of a trial that finished at the instant of a SIGKILL (see _epochs_done):
+    # such a trial is done and not rerun, so its file can end one epoch short; MLflow below checks every epoch
+    assert 4 <= len(done) <= 6 and all(d >= EPOCHS - 1 for d in done), done
     assert re.search(rf"trials: {len(done)} completed, 0 stopped early by ASHA, 0 errored", resumed.stdout)
     assert (out / "best" / "student.pt").is_file()
     client = MlflowClient(cfg["tracking"]["uri"])
