@@ -143,10 +143,6 @@ def search_method(cfg_path: Path, work: Path, name: str, seed: int, budget: floa
             "wall_seconds": wall}
 
 
-def seconds_to(curve: list[tuple[float, float]], target: float) -> float | None:
-    return next((t for t, v in curve if v >= target - 1e-9), None)
-
-
 def recipe_method(cfg_path: Path, work: Path, seed: int, budget: float) -> dict:
     """KD T 4, alpha 0.9, the space's default lr, each student for the full epoch budget, one after the other."""
     cfg = yaml.safe_load(cfg_path.read_text())
@@ -208,9 +204,11 @@ def main() -> None:
                  "test_of_pick": mean_std([r["test"] for r in rs]),
                  "trials": mean_std([r.get("trials") for r in rs])} for m, rs in results.items()}
     if args.task == "fm4k":  # when each search first reached the seed-style script's best, end to end
+        from vs_seed import seconds_to  # on the path since task_config
+
         for m, rs in results.items():
             if m in SEARCHES:
-                got = [seconds_to(r["end_to_end_curve"], SEED_STYLE["best_val_macro_f1"]) for r in rs]
+                got = [seconds_to(r["end_to_end_curve"], 0.0, SEED_STYLE["best_val_macro_f1"]) for r in rs]
                 table[m]["to_seed_best_s"] = [None if g is None else round(g, 1) for g in got]
     report = {"task": args.task, "budget_s": args.budget, "seeds": args.seeds, "table": table, "runs": results,
               "seed_style": SEED_STYLE if args.task == "fm4k" else None,

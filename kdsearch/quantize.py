@@ -13,7 +13,11 @@ ResNet-8/18/34 is a plain conv-bn-relu, fused like torchvision's), ShuffleNetV2 
 
 from __future__ import annotations
 
+import platform
+import statistics
+import time
 import warnings
+from functools import cache
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -46,6 +50,7 @@ def _shufflenet(name: str) -> Callable[[int], nn.Module]:
     return build
 
 
+@cache  # one subclass per torchvision class, not one per build
 def _make_pooled(cls: type) -> type:
     """torchvision's quantizable ShuffleNetV2 with its global pool as adaptive_avg_pool2d instead of `mean([2, 3])`:
     the same float numbers, but the quantized `mean` fails on a 1x1 map (images of 32 px or less) with "required
@@ -104,7 +109,7 @@ def int8_model(model: nn.Module, student: str, num_classes: int, calibration: It
     activation ranges observed on `calibration` (model inputs, float), then converted."""
     if (reason := why_not_int8(student)) is not None:
         raise ValueError(f"{student} cannot be int8: {reason}")
-    torch.backends.quantized.engine = ENGINE
+    torch.backends.quantized.engine = ENGINE  # process-wide: the converted model runs on this engine's kernels
     twin = TWINS[student](num_classes)
     twin.load_state_dict({k: v.float() if v.is_floating_point() else v
                           for k, v in model.state_dict().items()})  # strict: same names, same shapes
@@ -130,8 +135,6 @@ def save_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> tor
 
 def cpu_name() -> str:
     """The CPU's model name (Linux /proc/cpuinfo; else what the platform module says)."""
-    import platform
-
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -143,9 +146,6 @@ def cpu_name() -> str:
 
 def latency_ms(model: torch.jit.ScriptModule, image_size: int, runs: int = 30, warmup: int = 5) -> float:
     """Median milliseconds of one image (batch 1) through `model` on one CPU thread, after `warmup` runs."""
-    import statistics
-    import time
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

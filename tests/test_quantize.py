@@ -49,14 +49,14 @@ def test_an_int8_file_is_a_fraction_of_fp32_loads_with_torch_alone_and_keeps_the
     assert (tmp_path / "int8.pt").stat().st_size <= most * (tmp_path / "fp32.pt").stat().st_size
     torch.save(x[val], tmp_path / "val.pt")
     # a fresh interpreter that imports torch and nothing of kdsearch or torchvision
-    code = ("import sys, torch; m = torch.jit.load(sys.argv[1]); x = torch.load(sys.argv[2]);"
+    code = ("import sys, torch; m = torch.jit.load(sys.argv[1]); x = torch.load(sys.argv[2], weights_only=True);"
             "torch.save(m(x).argmax(1), sys.argv[3]); print(sorted(k for k in sys.modules if k.startswith(('kdsearch',"
             "'torchvision'))))")
     run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "int8.pt"), str(tmp_path / "val.pt"),
                           str(tmp_path / "pred.pt")], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "[]"
-    pred, float_pred = torch.load(tmp_path / "pred.pt"), fp32(x[val]).argmax(1)
+    pred, float_pred = torch.load(tmp_path / "pred.pt", weights_only=True), fp32(x[val]).argmax(1)
     assert (pred == q(x[val]).argmax(1)).all()  # the file is the model
     float_acc, int8_acc = (float_pred == y[val]).float().mean(), (pred == y[val]).float().mean()
     assert float_acc > 0.6 and int8_acc >= float_acc - 0.05, (float_acc, int8_acc)
