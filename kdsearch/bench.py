@@ -38,7 +38,7 @@ def epoch_ratio(cfg: Config, prepared, epochs: int = 3) -> dict[str, Any]:
     which share the machine's state; order alternates each epoch.
     """
     torch.set_num_threads(max(1, int(cfg.search.resources_per_trial.cpu)))
-    hp = default_hparams(cfg, prepared.students)
+    hp = default_hparams(cfg, prepared.pairs)
     data, targets, spec, size = prepared.data, prepared.targets, student_spec(cfg), cfg.data.image_size
     torch.manual_seed(cfg.seed)
     kd_model = create_student(hp.student, data.num_classes, size)

@@ -88,6 +88,9 @@ def run(
                          if m.get("rescored") else ""))
     if result.kd_added is not None:
         console.print(results.kd_added_line(result.kd_added, cfg.search.metric, cfg.search.max_epochs))
+    _print_front(cfg, result.front)
+    for line in result.importances:
+        console.print(line)
     if result.best is None:
         raise KdsearchError(f"{result.experiment_path}: no trial finished, nothing to export; "
                             "continue with `kdsearch run CONFIG --resume`")
@@ -186,19 +189,48 @@ def export_best_cmd(
     out: Annotated[Optional[Path], typer.Option(help="folder to write (default output.dir/best)")] = None,
     partial: Annotated[bool, typer.Option("--partial", help="export from a search that was stopped before it "
                                           "finished (its model card says so)")] = False,
+    trial: Annotated[Optional[str], typer.Option("--trial", help="export this finished trial instead of the "
+                                                 "best")] = None,
+    pareto: Annotated[bool, typer.Option("--pareto", help="also export every member of the Pareto front into "
+                                         "OUT/pareto/<trial>/")] = False,
 ) -> None:
-    """Write the best finished trial of the config's search as a deployable student."""
-    from .export import export_best
+    """Write the best finished trial of the config's search (or --trial ID) as a deployable student."""
+    from .export import export_best, export_pareto
+    from .search_space import split_pair
 
     cfg = _load(config, set_, "export-best")
-    _print_export(cfg, export_best(cfg, out=out, partial=partial), config)
+    _print_export(cfg, export_best(cfg, out=out, partial=partial, trial_id=trial), config)
+    if pareto:
+        for e in export_pareto(cfg, out=out, partial=partial):
+            console.print(f"Pareto front: {e.trial.trial_id} {split_pair(e.trial.config)['student']} {e.format}: "
+                          f"{cfg.search.metric} {e.trial.metrics[cfg.search.metric]:.4f}, "
+                          f"{e.files['student.torchscript.pt'] / 1e6:.2f} MB -> {e.out_dir}")
+
+
+def _print_front(cfg: Config, front: list[dict]) -> None:
+    """The Pareto front of the finished trials: each one's shipped file, scored on the whole val split."""
+    from .finished_study import objectives
+
+    if not front:
+        console.print("Pareto front: no trial ran all its epochs")
+        return
+    metric = cfg.search.metric
+    table = Table(title=f"Pareto front over {', '.join(objectives(cfg))}: finished trials, each its shipped file "
+                        "(whole val split; latency: batch 1, one CPU thread)")
+    for col in ("trial", "student", "format", metric, f"{metric} float", "file MB", "latency ms"):
+        table.add_column(col, justify="left" if col in ("trial", "student", "format") else "right")
+    for r in front:
+        table.add_row(r["trial_id"], r["student"], r["format"], f"{r[metric]:.4f}", _fmt(r.get(f"{metric}_float")),
+                      f"{r['size_mb']:.2f}", f"{r['latency_ms']:.2f}")
+    console.print(table)
 
 
 def _print_export(cfg: Config, e, config_path: Path | None = None) -> None:
     from .results import metric_value, on_full_split, scored_on
 
     metric = cfg.search.metric
-    table = Table(title=f"best student of {cfg.name}")
+    table = Table(title=f"{'best student' if e.out_dir.name == 'best' else 'student'} of {cfg.name}: trial "
+                        f"{e.trial.trial_id}")
     table.add_column("")
     table.add_column("value")
     for k, v in e.trial.config.items():
@@ -208,8 +240,8 @@ def _print_export(cfg: Config, e, config_path: Path | None = None) -> None:
     table.add_row(f"trial's last {metric}", f"{e.trial.metrics[metric]:.4f} ({scored_on(e.trial.metrics, e.val_images)}"
                   + (", what it was chosen on: no trial ran all its epochs)" if not on_full_split(e.trial.metrics)
                      else ")"))
-    table.add_row("student.pt", f"{e.files['student.pt'] / 1e6:.2f} MB ({cfg.student.precision}, limit "
-                  f"{cfg.student.max_size_mb:g} MB)")
+    table.add_row("student.torchscript.pt", f"{e.files['student.torchscript.pt'] / 1e6:.2f} MB ({e.format}, limit "
+                  f"{cfg.student.max_size_mb:g} MB); student.pt {e.files['student.pt'] / 1e6:.2f} MB")
     table.add_row("exported to", str(e.out_dir))
     if e.registered:
         table.add_row("MLflow model", e.registered)
@@ -436,11 +468,13 @@ def validate(
     for path in configs:
         cfg = load_config(path, set_ or [])
         try:
-            fit, over, disk, classes = preflight(cfg)
+            fit, over, disk, classes, not_int8 = preflight(cfg)
         except KdsearchError as e:
             raise KdsearchError(f"{path}: {e}") from None
-        dropped = f"; over the limit: {', '.join(o.name for o in over)}" if over else ""
+        dropped = f"; over the limit: {', '.join(f'{n} {f} {b / 1e6:.1f} MB' for n, f, b in over)}" if over else ""
         console.print(f"{path}: ok ({len(fit)} student(s) fit {cfg.student.max_size_mb:g} MB{dropped})")
+        for name, reason in not_int8.items():
+            console.print(f"  {name}: searched without int8 ({reason})")
         console.print("  " + _classes_line(classes.names))
         console.print(f"  disk: a run writes about {sum(disk.values()) / 1e6:,.0f} MB under {cfg.output_dir} ("
                       + ", ".join(f"{k} {v / 1e6:,.1f} MB" for k, v in disk.items() if v) + ")")
@@ -492,8 +526,10 @@ def list_models(
     image_size: Annotated[int, typer.Option(help="input side in pixels")] = 224,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list instead of the table")] = False,
 ) -> None:
-    """The student zoo: parameters, fp32/fp16 size, whether each fits the size limit."""
-    from .sizes import student_size
+    """The student zoo: parameters, the shipped file's size in fp32/fp16/int8, whether each fits the size limit."""
+    from .quantize import why_not_int8
+    from .search_space import FORMATS
+    from .sizes import file_bytes, fits, student_size
     from .students import list_students
 
     if config is not None:
@@ -503,17 +539,25 @@ def list_models(
         max_size_mb, image_size = cfg.student.max_size_mb, cfg.data.image_size
         num_classes = num_classes_hint(cfg.data)
     sizes = {name: student_size(name, num_classes, image_size) for name in list_students()}
+    files = {(name, f): file_bytes(name, num_classes, image_size, f) for name in sizes for f in FORMATS}
     if as_json:
         print(json.dumps([{"student": name, "params": s.params, "fp32_bytes": s.fp32_bytes, "fp16_bytes": s.fp16_bytes,
-                           "fits_fp32": s.fits(max_size_mb, "fp32"), "fits_fp16": s.fits(max_size_mb, "fp16")}
+                           "fits_fp32": fits(name, num_classes, image_size, "fp32", max_size_mb),
+                           "fits_fp16": fits(name, num_classes, image_size, "fp16", max_size_mb),
+                           "files": {f: files[name, f] for f in FORMATS},
+                           "fits": {f: fits(name, num_classes, image_size, f, max_size_mb) for f in FORMATS},
+                           "int8": why_not_int8(name) or "yes"}
                           for name, s in sizes.items()], indent=2))
         return
-    table = Table(title=f"students at {image_size}px, {num_classes} classes, limit {max_size_mb:g} MB")
-    for col in ("student", "params", "fp32 MB", "fp16 MB", "fits fp32", "fits fp16"):
+    table = Table(title=f"students at {image_size}px, {num_classes} classes, limit {max_size_mb:g} MB on the "
+                        "shipped TorchScript file (-: cannot be int8)")
+    for col in ("student", "params", "fp32 MB", "fp16 MB", "int8 MB", "fits fp32", "fits fp16", "fits int8"):
         table.add_column(col, justify="left" if col == "student" else "right")
     for name, s in sizes.items():
-        table.add_row(name, f"{s.params:,}", f"{s.fp32_bytes / 1e6:.2f}", f"{s.fp16_bytes / 1e6:.2f}",
-                      _yes(s.fits(max_size_mb, "fp32")), _yes(s.fits(max_size_mb, "fp16")))
+        mb = [f"{files[name, f] / 1e6:.2f}" if files[name, f] else "-" for f in FORMATS]
+        table.add_row(name, f"{s.params:,}", *mb,
+                      *(_yes(fits(name, num_classes, image_size, f, max_size_mb)) if files[name, f] else "-"
+                        for f in FORMATS))
     console.print(table)
 
 

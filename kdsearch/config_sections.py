@@ -285,8 +285,9 @@ class StudentConfig(ConfigModel):
     """Architectures the search may pick; those over max_size_mb are dropped before any training."""
     max_size_mb: float = Field(25.0, gt=0)
     """Limit on the exported weights file, in MB = 1,000,000 bytes. 25 MB fits typical edge and mobile budgets."""
-    precision: Literal["fp32", "fp16"] = "fp32"
-    """Precision the size is counted and the student exported in; fp16 halves the file."""
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    """Format the student ships in, and its size is counted in, unless search.space.precision searches it: fp16
+    halves the file, int8 (static quantization; ResNet, ShuffleNetV2 and MobileNetV3 only) quarters it."""
 
     @field_validator("candidates", mode="after")
     @classmethod
@@ -356,6 +357,11 @@ class SearchConfig(ConfigModel):
     cost; null = the whole split every epoch (exact rung decisions, slower)."""
     tpe: TpeSettings = TpeSettings()
     """TPE's settings (search.algorithm: tpe)."""
+    objectives: list[Literal["val_macro_f1", "val_accuracy", "val_loss", "size_mb", "latency_ms"]] | None = \
+        Field(None, min_length=2)
+    """Optimise several objectives at once (Optuna's multi-objective TPE), each in its own direction (F1 and accuracy
+    up; loss, the shipped file's size_mb and CPU latency_ms down), e.g. [val_macro_f1, latency_ms]. The metric
+    must be one of them: ASHA keeps stopping trials on it. null = the metric alone."""
     start_points: bool = True
     """Before TPE's random start-up, try the literature's defaults for each loss in the space (KD: T=4, alpha=0.9;
     DIST: tau=1; DKD: T=4, beta=8; logit standardisation: T=2), clipped to the space's ranges, so the first trials
@@ -368,6 +374,11 @@ class SearchConfig(ConfigModel):
         if self.mode is not None and self.mode != METRIC_MODES[self.metric]:
             raise ValueError(f"mode {self.mode} contradicts metric {self.metric} (better is "
                              f"{METRIC_MODES[self.metric]})")
+        if self.objectives is not None and self.metric not in self.objectives:
+            raise ValueError(f"objectives {self.objectives} leave out the metric {self.metric}, which ASHA stops "
+                             "trials on; list it among them")
+        if self.objectives is not None and len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(f"objectives {self.objectives} name an objective twice")
         if self.grace_period > self.max_epochs:
             raise ValueError(f"grace_period {self.grace_period} exceeds max_epochs {self.max_epochs}")
         return self

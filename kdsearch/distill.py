@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -22,11 +22,15 @@ from pydantic import BaseModel, ConfigDict
 from .batches import cached_batches, epoch_generator, live_batches
 from .config import Config
 from .data import Dataset, load_dataset, stratified_sample, val_subset
+from .deployed import as_format, cpu_name, latency_ms, script_bytes, weights
+from .deployed import load as load_shipped
 from .engine import Metrics, classification_metrics, evaluate, recalibrate_bn, train_one_epoch
 from .errors import KdsearchError
 from .labels import UNLABELED
 from .losses import FeatureHintLoss, class_weights, create_loss
-from .sizes import select_students, student_size
+from .quantize import int8_from_qat, qat_model
+from .search_space import split_pair
+from .sizes import file_bytes, select_deployments
 from .students import FeatureStudent, create_student, student_spec
 from .teacher_cache import TeacherTargets, fit_heads, teacher_targets
 from .teachers import Teachers, build_teachers
@@ -34,6 +38,7 @@ from .transforms import to_input
 
 log = logging.getLogger("kdsearch")
 
+QAT_LR_SCALE = 0.1  # quantization-aware epochs run at this fraction of the trial's peak lr
 BN_SAMPLES = 512  # images for BatchNorm recalibration: enough for stable statistics, ~10% of a digits epoch
 TEACHER_MARGIN = 0.05  # a teacher within this much macro-F1 of the majority-class baseline gets a warning
 
@@ -59,10 +64,15 @@ class Hparams(BaseModel):
     dkd_beta: float = 1.0
     teacher_weights: tuple[float, ...] = ()
     """Ensemble member weights for this trial (from teacher_weight_0, 1, ...); () = teacher.weights."""
+    precision: str | None = None
+    """The format the student ships in; None = student.precision (see `shipped_format`)."""
+    int8_qat_epochs: int = 0
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "Hparams":
-        """From a trial's flat config (Tune's, with teacher_weight_0, teacher_weight_1, ...)."""
+        """From a trial's flat config (Tune's, with teacher_weight_0, teacher_weight_1, ..., and student_format
+        when the format is searched)."""
+        values = split_pair(values)
         members = sorted((k for k in values if k.startswith("teacher_weight_")), key=lambda k: int(k.rsplit("_", 1)[1]))
         weights = tuple(float(values[k]) for k in members) if members else tuple(values.get("teacher_weights", ()))
         return cls.model_validate({**values, "teacher_weights": weights})
@@ -74,6 +84,12 @@ class Hparams(BaseModel):
         return self.model_dump()
 
 
+def shipped_format(cfg: Config, hp: Hparams) -> str:
+    """The format a run's student ships in: its own (searched, or search.space.precision's fixed value), else
+    student.precision."""
+    return hp.precision or cfg.student.precision
+
+
 @dataclass
 class Prepared:
     """What every run of a config shares: built once per search."""
@@ -83,32 +99,38 @@ class Prepared:
     targets: TeacherTargets | None
     """Cached teacher outputs; None when teacher.cache is false (the teacher runs live)."""
     students: list[str]
-    """Candidates that fit the size limit."""
+    """Candidates that fit the size limit in at least one searched format."""
     teacher_metrics: dict[str, float]
     baseline_metrics: dict[str, float]
     """The majority-class baseline on val: what a teacher must beat to be worth copying."""
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    """(student, format) pairs whose shipped file fits the size limit (sizes.Deployments)."""
 
 
-def default_hparams(cfg: Config, students: list[str]) -> Hparams:
-    """Fixed values as given, distributions at their midpoint/first choice, student = first that fits."""
+def default_hparams(cfg: Config, pairs: list[tuple[str, str]]) -> Hparams:
+    """Fixed values as given, distributions at their midpoint/first choice; the (student, format) pair that gives,
+    when it fits, else the first pair that fits with that student, else the first pair that fits."""
     values = cfg.search.space.fixed()
-    if values.get("student") not in students:
-        values["student"] = students[0]
-    return Hparams.from_mapping(values)
+    fmt = values.get("precision") or cfg.student.precision
+    if (values.get("student"), fmt) not in pairs:
+        values["student"], fmt = next((p for p in pairs if p[0] == values.get("student")), pairs[0])
+    return Hparams.from_mapping({**values, "precision": fmt})
 
 
 def prepare(cfg: Config, device: torch.device | str, teach_fn: Callable | None = None) -> Prepared:
     """Data, the students that fit, the teacher and its outputs. `teach_fn(cfg, data, device)` does the teacher's
     part: `teach` (here) by default, or teacher_worker's Ray task."""
     data = load_dataset(cfg)
-    students, over = select_students(cfg, data.num_classes)
-    for o in over:
-        log.warning("student %s is %.1f MB in %s, over student.max_size_mb %g: never trained", o.name,
-                    o.bytes(cfg.student.precision) / 1e6, cfg.student.precision, cfg.student.max_size_mb)
+    deployments = select_deployments(cfg, data.num_classes)
+    for name, fmt, n in deployments.over:
+        log.warning("student %s is %.1f MB in %s, over student.max_size_mb %g: never trained", name, n / 1e6, fmt,
+                    cfg.student.max_size_mb)
+    for name, reason in deployments.not_int8.items():
+        log.warning("student %s is searched without int8: %s", name, reason)
     teacher, targets, scores = (teach_fn or teach)(cfg, data, device)
     baseline = majority_baseline(data)
-    return Prepared(data, teacher, targets, students, scores,
-                    {"val_accuracy": baseline.accuracy, "val_macro_f1": baseline.macro_f1})
+    return Prepared(data, teacher, targets, deployments.students, scores,
+                    {"val_accuracy": baseline.accuracy, "val_macro_f1": baseline.macro_f1}, deployments.pairs)
 
 
 def teach(cfg: Config, data: Dataset, device) -> tuple[Teachers, TeacherTargets | None, dict[str, float]]:
@@ -225,7 +247,13 @@ class Distiller:
         data = prepared.data
         self.data, self.teacher = data, prepared.teacher
         self.spec = student_spec(cfg)
-        self.size = student_size(hp.student, data.num_classes, cfg.data.image_size)
+        self.format = shipped_format(cfg, hp)
+        self.file_bytes = file_bytes(hp.student, data.num_classes, cfg.data.image_size, self.format)
+        """The shipped file's size as measured on an untrained build; a deployed trial reports its own file's."""
+        self.shipped: bytes | None = None
+        """The shipped TorchScript file, once `deploy` made it (the last epoch)..."""
+        self.weights: dict[str, torch.Tensor] | None = None
+        """...and the weights file's contents in the same format."""
         torch.manual_seed(self.seed)
         self.model = create_student(hp.student, data.num_classes, cfg.data.image_size).to(self.device)
         if self.device.type == "cuda":
@@ -273,8 +301,8 @@ class Distiller:
         size, bn = self.cfg.data.image_size, self._bn_images
         return (to_input(bn[i:i + 128], self.spec, size) for i in range(0, len(bn), 128))
 
-    def _batches(self):
-        gen = epoch_generator(self.seed, self.epoch)
+    def _batches(self, epoch: int | None = None):
+        gen = epoch_generator(self.seed, self.epoch if epoch is None else epoch)
         bs, size = self.hp.batch_size, self.cfg.data.image_size
         if self.cached:
             return cached_batches(self.views, self.y, self.logits, bs, self.spec, size, gen, self.teacher_features)
@@ -300,7 +328,7 @@ class Distiller:
         if diverged:
             log.warning("the student diverged at epoch %d (train_loss %s, val_loss %s): lower lr or use adamw",
                         self.epoch, stats.train_loss, m.loss)
-        return {
+        out = {
             "epoch": self.epoch,
             "train_loss": stats.train_loss,
             "val_loss": m.loss,
@@ -312,9 +340,55 @@ class Distiller:
             "val_images": len(y),
             "epoch_seconds": stats.seconds,
             "eval_seconds": time.perf_counter() - start,  # includes BatchNorm recalibration
-            "size_mb": self.size.bytes(self.cfg.student.precision) / 1e6,
+            "size_mb": self.file_bytes / 1e6,
+            "format": self.format,
+            "scored": "float",  # the float model; the last epoch's figures are the shipped file's (`deploy`)
             "diverged": diverged,  # NaN or infinite loss: the run stops here and is never the best
         }
+        if full and not diverged:
+            out.update(self.deploy(float_metrics=m))
+        return out
+
+    def deploy(self, float_metrics: Metrics | None = None) -> dict[str, Any]:
+        """The student as the file that ships, in its format (int8: calibrated on the BatchNorm sample, after
+        `int8_qat_epochs` of quantization-aware training when set), scored on the whole val split on the CPU and
+        timed there. Its figures replace the float model's val_* (kept as val_*_float); `self.shipped` holds the
+        file."""
+        start = time.perf_counter()
+        size, k, val = self.cfg.data.image_size, self.data.num_classes, self.data.val
+        if self.format == "int8" and self.hp.int8_qat_epochs > 0:
+            deployed = int8_from_qat(self._quantization_aware())
+        else:
+            deployed = as_format(self.model, self.hp.student, self.format, k, self.bn_inputs())
+        self.weights = weights(self.model, deployed, self.format)
+        self.shipped = script_bytes(deployed, size)
+        scripted = load_shipped(self.shipped)
+        m = evaluate(scripted, val.x, val.y, self.spec, size, k, "cpu")
+        out = {"val_loss": m.loss, "val_accuracy": m.accuracy, "val_macro_f1": m.macro_f1,
+               "val_per_class_f1": m.per_class_f1, "val_confusion": m.confusion, "val_full": True,
+               "val_images": len(val.y), "size_mb": len(self.shipped) / 1e6, "scored": f"{self.format} file",
+               "latency_ms": latency_ms(scripted, size), "cpu": cpu_name()}
+        if float_metrics is None:
+            float_metrics = evaluate(self.model, val.x, val.y, self.spec, size, k, self.device)
+        out.update({"val_loss_float": float_metrics.loss, "val_accuracy_float": float_metrics.accuracy,
+                    "val_macro_f1_float": float_metrics.macro_f1, "deploy_seconds": time.perf_counter() - start})
+        return out
+
+    def _quantization_aware(self) -> torch.nn.Module:
+        """int8_qat_epochs more epochs of the same loss and teacher on the fake-quantized student, at a tenth of
+        the peak lr (the float student has converged; QAT only adapts it to int8's rounding)."""
+        model = qat_model(self.model, self.hp.student, self.data.num_classes).to(self.device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.hp.lr * QAT_LR_SCALE,
+                                      weight_decay=self.hp.weight_decay)
+        loss = self.loss.loss if self.features else self.loss  # the student's logits only: no adapter here
+
+        def logits_only(batches):
+            for x, y, teacher in batches:
+                yield x, y, teacher[0] if isinstance(teacher, tuple) else teacher
+
+        for i in range(self.hp.int8_qat_epochs):
+            train_one_epoch(model, logits_only(self._batches(epoch=self.epoch + i)), loss, optimizer)
+        return model
 
     def state_dict(self) -> dict[str, Any]:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -19,6 +19,9 @@ SEARCH_STATE_FILE = "kdsearch.json"
 """In the experiment folder: search id, MLflow parent run id, teacher identity."""
 TRIAL_STATE_FILE = "state.pt"
 """In each trial checkpoint: the student, optimizer and scheduler state and the epoch."""
+RESCORED_FILE = "rescored.json"
+"""In the checkpoint of a best trial the search re-scored after it ended (no trial ran all its epochs): its shipped
+file's whole-split figures (tuner.rescored), which export checks the file against."""
 
 
 def experiment_dir(cfg: Config) -> Path:

@@ -9,31 +9,31 @@ from __future__ import annotations
 import json
 import logging
 import math
-import warnings
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import results
+from . import deployed, results
 from ._io import atomic_dir
 from .config import Config
 from .data import Dataset, load_dataset, val_subset
-from .distill import Hparams, trial_student
+from .deployed import cast_state_dict
+from .distill import Hparams, shipped_format, trial_student
 from .engine import Metrics, evaluate
 from .errors import KdsearchError
-from .experiment import TRIAL_STATE_FILE, experiment_dir, read_search_state
-from .sizes import WEIGHTS_FILE, cast_state_dict
-from .students import create_student, student_spec
+from .experiment import RESCORED_FILE, TRIAL_STATE_FILE, experiment_dir, read_search_state
+from .students import student_spec
 from .versions import versions
 
 log = logging.getLogger("kdsearch")
 
 # How far the re-evaluated metric may drift from the trial's: fp32 files on a CPU reproduce it exactly;
-# fp16 rounding, or a GPU (TF32 convolutions, cuDNN picking its algorithms per run), can flip a borderline
-# prediction or two.
-TOLERANCE = {"fp32": 1e-6, "fp16": 0.01}
+# fp16 rounding, int8 kernels of another CPU, or a GPU (TF32 convolutions, cuDNN picking its algorithms per run),
+# can flip a borderline prediction or two.
+TOLERANCE = {"fp32": 1e-6, "fp16": 0.01, "int8": 0.01}  # int8: the same file on another CPU's kernels
 GPU_TOLERANCE = 0.01
 
 
@@ -54,11 +54,11 @@ class ExportResult:
     registered: str | None
     val_images: int
     """The whole val split the exported file was scored on (`metrics`)."""
+    format: str = "fp32"
 
 
-def best_trial(cfg: Config, partial: bool = False) -> BestTrial:
-    """The best finished trial of the config's search (results.best: by its last whole-split score). A search that
-    was stopped before it finished exports only with `partial`."""
+def _finished_trials(cfg: Config, partial: bool):
+    """Tune's finished trials of the config's search (TERMINATED with a checkpoint and the metric)."""
     from ray import tune
 
     path = experiment_dir(cfg)
@@ -76,79 +76,141 @@ def best_trial(cfg: Config, partial: bool = False) -> BestTrial:
                 if t.status == "TERMINATED" and t.checkpoint is not None and metric in (t.last_result or {})]
     if not finished:
         raise KdsearchError(f"{path}: no finished trial to export; let `kdsearch run CONFIG --resume` finish one")
-    best = results.best(finished, lambda t: t.last_result, metric, mode)
-    return BestTrial(best.trial_id, dict(best.config), dict(best.last_result), Path(best.checkpoint.path))
+    return finished
+
+
+def _as_best(t) -> BestTrial:
+    """A Tune trial as exported: its last result, or the whole-split figures the search re-scored it with."""
+    folder = Path(t.checkpoint.path)
+    rescored = json.loads((folder / RESCORED_FILE).read_text()) if (folder / RESCORED_FILE).is_file() else {}
+    return BestTrial(t.trial_id, dict(t.config), {**t.last_result, **rescored}, folder)
+
+
+def best_trial(cfg: Config, partial: bool = False, trial_id: str | None = None) -> BestTrial:
+    """The best finished trial of the config's search (results.best: by its last whole-split score), or the finished
+    trial `trial_id`. A search that was stopped before it finished exports only with `partial`."""
+    finished = _finished_trials(cfg, partial)
+    if trial_id is not None:
+        found = [t for t in finished if t.trial_id == trial_id]
+        if not found:
+            raise KdsearchError(f"--trial {trial_id}: no finished trial with that id in {experiment_dir(cfg)}; "
+                                f"finished: {', '.join(t.trial_id for t in finished)}")
+        return _as_best(found[0])
+    best = results.best(finished, lambda t: t.last_result, cfg.search.metric, cfg.search.resolved_mode)
+    return _as_best(best)
+
+
+def pareto_trials(cfg: Config, partial: bool = False) -> list[BestTrial]:
+    """The finished trials on the search's Pareto front (finished_study), best on the first objective first."""
+    from .finished_study import rebuild
+
+    finished = _finished_trials(cfg, partial)
+    study = rebuild(finished, lambda t: t.trial_id, lambda t: t.config, lambda t: t.last_result, cfg,
+                    cfg.student.precision)
+    by_id = {t.trial_id: t for t in finished}
+    front = [_as_best(by_id[i]) for i in study.front]
+    if not front:
+        raise KdsearchError(f"{experiment_dir(cfg)}: no trial ran all its epochs, so the search has no Pareto front; "
+                            "let `kdsearch run CONFIG --resume` finish some, or export the best with export-best")
+    return front
 
 
 def export_best(cfg: Config, out: Path | None = None, data: Dataset | None = None,
                 search_state: dict[str, Any] | None = None, register: bool = True,
-                partial: bool = False) -> ExportResult:
-    """Write student.pt, student.torchscript.pt, student.onnx (when onnx is installed) and model_card.json."""
-    trial = best_trial(cfg, partial)
+                partial: bool = False, trial_id: str | None = None) -> ExportResult:
+    """Write student.pt, student.torchscript.pt (in the trial's format), student.onnx (float formats, when onnx is
+    installed) and model_card.json for the best finished trial, or for `trial_id`."""
+    return export_trial(cfg, best_trial(cfg, partial, trial_id), out or cfg.output_dir / "best", data, search_state,
+                        register)
+
+
+def export_pareto(cfg: Config, out: Path | None = None, partial: bool = False) -> list[ExportResult]:
+    """Every member of the Pareto front into `out`/pareto/<trial>/ (default output.dir/best/pareto), none
+    registered in MLflow (the best is, by export_best). The folder is replaced as a whole."""
+    front = pareto_trials(cfg, partial)
+    data, state = load_dataset(cfg), read_search_state(cfg)
+    folder = Path(out) if out is not None else cfg.output_dir / "best"
+    exported = []
+    with atomic_dir(folder / "pareto") as tmp:
+        for trial in front:
+            exported.append(export_trial(cfg, trial, tmp / trial.trial_id, data, state, register=False))
+    return [replace(e, out_dir=folder / "pareto" / e.trial.trial_id) for e in exported]
+
+
+def export_trial(cfg: Config, trial: BestTrial, out: Path, data: Dataset | None = None,
+                 search_state: dict[str, Any] | None = None, register: bool = True) -> ExportResult:
+    """Export one finished trial: the files it shipped (copied from its checkpoint, as scored), re-checked."""
     data = data if data is not None else load_dataset(cfg)
     search_state = search_state if search_state is not None else read_search_state(cfg)
     hp = Hparams.from_mapping(trial.config)
+    fmt = shipped_format(cfg, hp)
     model = trial_student(cfg, hp, trial.checkpoint_dir / TRIAL_STATE_FILE, data.num_classes)
-    out = Path(out) if out is not None else cfg.output_dir / "best"
-    with atomic_dir(out) as tmp:
-        # Everything after the weights starts from the written file, so it checks what users get.
-        model = write_weights(cfg, hp.student, model, data.num_classes, tmp / WEIGHTS_FILE)
-        example = torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size)
-        scripted = write_torchscript(model, example, tmp / "student.torchscript.pt")
-        m = check_against_trial(cfg, scripted, trial, data, out)
-        _export_onnx(model, example, tmp / "student.onnx")
+    example = torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size)
+    with atomic_dir(Path(out)) as tmp:
+        # Everything after the files is measured on the written files, so it checks what users get.
+        write_files(cfg, hp.student, fmt, model, trial.checkpoint_dir, tmp)
+        scripted = deployed.load(tmp / deployed.FILE)
+        m = check_against_trial(cfg, scripted, trial, data, out, fmt)
+        if fmt == "int8":
+            log.info("student.onnx: not written for int8 (ONNX export of eager int8 models is not supported)")
+        else:
+            _export_onnx(model, example, tmp / "student.onnx")
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
         (tmp / "labels.json").write_text(json.dumps(data.class_table.as_json(), indent=2))
         files["labels.json"] = (tmp / "labels.json").stat().st_size
-        card = model_card(cfg, hp, trial, data, m, files, search_state)
+        shipped = {"format": fmt, "file": deployed.FILE, "file_bytes": files[deployed.FILE],
+                   "latency_ms": deployed.latency_ms(scripted, cfg.data.image_size), "cpu": deployed.cpu_name(),
+                   "latency_setting": f"batch 1, 1 thread, median of {deployed.LATENCY_RUNS} runs after "
+                                      f"{deployed.LATENCY_WARMUP} warm-up",
+                   "torch": torch.__version__, "loads_with": "torch.jit.load (torch only), on a CPU",
+                   "trial_latency_ms": trial.metrics.get("latency_ms"), "trial_cpu": trial.metrics.get("cpu")}
+        card = model_card(cfg, hp, trial, data, m, files, search_state, shipped)
         (tmp / "model_card.json").write_text(json.dumps(card, indent=2))
         files["model_card.json"] = (tmp / "model_card.json").stat().st_size
     registered = None
     if register:
         from .tracking import register_student
 
-        registered = register_student(cfg, model, example, out, search_state.get("parent_run_id"))
-    return ExportResult(out, trial, m, files, registered, len(data.val.y))
+        registered = register_student(cfg, scripted, example, out, search_state.get("parent_run_id"))
+    return ExportResult(Path(out), trial, m, files, registered, len(data.val.y), fmt)
 
 
-def write_weights(cfg: Config, student: str, model: torch.nn.Module, num_classes: int, path: Path) -> torch.nn.Module:
-    """Save the state dict in student.precision, refuse it over the size limit, and return the model as loaded
-    back from the file (in float32, eval mode)."""
-    precision = cfg.student.precision
-    torch.save(cast_state_dict(model, precision), path)
-    if path.stat().st_size > cfg.student.max_size_mb * 1_000_000:
-        raise KdsearchError(f"student.max_size_mb {cfg.student.max_size_mb:g}: the exported {student} is "
-                            f"{path.stat().st_size / 1e6:.2f} MB in {precision}; export refused")
-    written = torch.load(path, weights_only=True)
-    model = create_student(student, num_classes, cfg.data.image_size).eval()
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in written.items()})
-    return model
+def write_files(cfg: Config, student: str, fmt: str, model: torch.nn.Module, checkpoint: Path, folder: Path) -> None:
+    """The trial's shipped files into `folder`: copied from its checkpoint when its last epoch wrote them; else
+    (a search from before formats were searched: fp32 or fp16 only) made from its float weights. Refused over the
+    size limit."""
+    limit = cfg.student.max_size_mb
+    if (checkpoint / deployed.FILE).is_file():
+        shutil.copyfile(checkpoint / deployed.WEIGHTS_FILE, folder / deployed.WEIGHTS_FILE)
+        shutil.copyfile(checkpoint / deployed.FILE, folder / deployed.FILE)
+    elif fmt == "int8":
+        raise KdsearchError(f"{checkpoint}: this trial never wrote its int8 file (it did not finish its last epoch); "
+                            "export a finished trial (kdsearch export-best CONFIG --trial ID)")
+    else:
+        torch.save(cast_state_dict(model, fmt), folder / deployed.WEIGHTS_FILE)
+        (folder / deployed.FILE).write_bytes(deployed.script_bytes(deployed.as_format(model, student, fmt, 0, []),
+                                                                    cfg.data.image_size))
+    for name in (deployed.WEIGHTS_FILE, deployed.FILE):
+        if (folder / name).stat().st_size > limit * 1_000_000:
+            raise KdsearchError(f"student.max_size_mb {limit:g}: the exported {student} {name} is "
+                                f"{(folder / name).stat().st_size / 1e6:.2f} MB in {fmt}; export refused")
 
 
-def write_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -> torch.jit.ScriptModule:
-    """Trace the model to `path` and return it loaded back."""
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated but is what the contract ships
-        torch.jit.trace(model, example).save(str(path))
-        return torch.jit.load(str(path))
-
-
-def check_against_trial(cfg: Config, model: torch.nn.Module, trial: BestTrial, data: Dataset, out: Path) -> Metrics:
-    """The exported model's whole-split val metrics, after checking that it reproduces its trial's score on the
-    trial's device type and on the images that score saw (the whole val split, or the rung subset when no trial
-    completed); refuses the export otherwise."""
-    spec, size, metric, precision = student_spec(cfg), cfg.data.image_size, cfg.search.metric, cfg.student.precision
-    trial_device = str(trial.metrics.get("device", "cpu"))
-    device = "cuda" if trial_device == "cuda" and torch.cuda.is_available() else "cpu"
-    exact = trial_device == device == "cpu"
-    tolerance = TOLERANCE[precision] if exact else max(TOLERANCE[precision], GPU_TOLERANCE)
-    m = evaluate(model.to(device), data.val.x, data.val.y, spec, size, data.num_classes, device)
+def check_against_trial(cfg: Config, model: torch.nn.Module, trial: BestTrial, data: Dataset, out: Path,
+                        fmt: str) -> Metrics:
+    """The exported file's whole-split val metrics on the CPU, after checking that it reproduces its trial's score
+    on the images that score saw (the whole val split, or the rung subset when no trial completed); refuses the
+    export otherwise. A trial scores its shipped file on the CPU on its last epoch; an older trial's float score
+    on a GPU is reproduced within GPU_TOLERANCE."""
+    spec, size, metric = student_spec(cfg), cfg.data.image_size, cfg.search.metric
+    exact = str(trial.metrics.get("scored", "")).endswith("file") or trial.metrics.get("device", "cpu") == "cpu"
+    tolerance = TOLERANCE[fmt] if exact else max(TOLERANCE[fmt], GPU_TOLERANCE)
+    m = evaluate(model, data.val.x, data.val.y, spec, size, data.num_classes, "cpu")
     checked = m
     if not results.on_full_split(trial.metrics):
         idx = val_subset(data, cfg.search.rung_val_size, cfg.seed)
-        checked = evaluate(model, data.val.x[idx], data.val.y[idx], spec, size, data.num_classes, device)
+        checked = evaluate(model, data.val.x[idx], data.val.y[idx], spec, size, data.num_classes, "cpu")
     got, expected = results.metric_value(checked, metric), float(trial.metrics[metric])
-    model.to("cpu")
     if abs(got - expected) > tolerance:
         raise KdsearchError(f"{out}: the exported student scores {metric}={got:.6f} on val but its trial "
                             f"reported {expected:.6f}; export refused (re-run `kdsearch export-best`)")
@@ -156,7 +218,7 @@ def check_against_trial(cfg: Config, model: torch.nn.Module, trial: BestTrial, d
 
 
 def model_card(cfg: Config, hp: Hparams, trial: BestTrial, data: Dataset, m: Metrics, files: dict[str, int],
-               search_state: dict[str, Any]) -> dict[str, Any]:
+               search_state: dict[str, Any], shipped: dict[str, Any]) -> dict[str, Any]:
     """model_card.json: what the student is, how it scores, what it was trained on and with."""
     spec, metric = student_spec(cfg), cfg.search.metric
     return {
@@ -167,10 +229,12 @@ def model_card(cfg: Config, hp: Hparams, trial: BestTrial, data: Dataset, m: Met
                     "val_per_class_f1": {n: (v if math.isfinite(v) else None)
                                          for n, v in zip(data.class_names, m.per_class_f1)},
                     f"trial_{metric}": float(trial.metrics[metric]),
+                    "trial_val_macro_f1_float": trial.metrics.get("val_macro_f1_float"),  # before conversion
                     "trial_val_images": int(trial.metrics.get("val_images") or len(data.val.y))},
         "files": dict(files),
         "size_limit_mb": cfg.student.max_size_mb,
-        "precision": cfg.student.precision,
+        "precision": shipped["format"],
+        "shipped": shipped,  # the file's format, size, CPU latency (here and in its trial), CPU and torch version
         "class_names": data.class_names,
         "classes": data.class_table.as_json(),  # index -> class (and its label id in the source): labels.json
         "input": {"size": cfg.data.image_size, "channels": 3, "mean": list(spec.mean), "std": list(spec.std),

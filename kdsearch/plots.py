@@ -34,9 +34,10 @@ def learning_curves(trials: list[dict[str, Any]], metric: str, mode: str, path: 
     return _save(fig, path)
 
 
-def metric_vs_size(trials: list[dict[str, Any]], metric: str, max_size_mb: float, path: Path) -> Path:
+def metric_vs_size(trials: list[dict[str, Any]], metric: str, max_size_mb: float, path: Path,
+                   front: frozenset[str] = frozenset()) -> Path:
     """Every trial's last metric against its student's size, one colour per distillation loss; ASHA-stopped
-    trials marked; the size limit drawn."""
+    trials marked; the Pareto front's members ringed; the size limit drawn."""
     fig, ax = plt.subplots(figsize=(6, 4))
     losses = list(dict.fromkeys(str(t["config"].get("loss", "kd")) for t in trials))
     colours = {name: f"C{i}" for i, name in enumerate(losses)}
@@ -46,9 +47,32 @@ def metric_vs_size(trials: list[dict[str, Any]], metric: str, max_size_mb: float
                    and metric in t["last"] and str(t["config"].get("loss", "kd")) == loss]
             if pts:
                 ax.scatter(*zip(*pts), marker=marker, color=colours[loss], label=f"{loss}, {how}")
+    ring = [(t["last"]["size_mb"], t["last"][metric]) for t in trials if t["trial_id"] in front]
+    if ring:
+        ax.scatter(*zip(*ring), s=160, facecolors="none", edgecolors="black", label="Pareto front")
     ax.axvline(max_size_mb, color="red", linestyle="--", label=f"size limit {max_size_mb:g} MB")
     ax.set(xlabel="student size (MB)", ylabel=metric, title=f"{metric} vs student size, every trial")
     ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def pareto_front(rows: list[dict[str, Any]], front: set[str], metric: str, path: Path) -> Path:
+    """Finished trials' shipped-file `metric` against their file size and against their CPU latency; the Pareto
+    front's members joined and labelled with student and format."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, x, label in zip(axes, ("size_mb", "latency_ms"), ("shipped file (MB)", "CPU latency, batch 1 (ms)")):
+        others = [r for r in rows if r["trial_id"] not in front]
+        members = sorted((r for r in rows if r["trial_id"] in front), key=lambda r: r[x])
+        if others:
+            ax.scatter([r[x] for r in others], [r[metric] for r in others], color="0.6", label="finished trial")
+        if members:
+            ax.plot([r[x] for r in members], [r[metric] for r in members], "o-", color="C3", label="Pareto front")
+            for r in members:
+                ax.annotate(f"{r['student']} {r['format']}", (r[x], r[metric]), fontsize=6,
+                            textcoords="offset points", xytext=(3, 3))
+        ax.set(xlabel=label, ylabel=metric)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{metric} of the shipped file (whole val split) vs what it costs", fontsize=9)
     return _save(fig, path)
 
 

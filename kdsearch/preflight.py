@@ -31,13 +31,15 @@ HEADROOM = 1.2  # free disk wanted over the estimate of what a run writes
 
 class Checked(NamedTuple):
     fit: list[str]
-    """Students that fit the size limit."""
+    """Students that fit the size limit in at least one searched format."""
     over: list
-    """Those over it (StudentSize), for callers that report them."""
+    """(student, format, file bytes) of the pairs over it, for callers that report them."""
     disk: dict[str, int]
     """What the run will write under output.dir, in bytes, by kind (`disk_estimate`)."""
     classes: ClassTable
     """The data's classes, read from its labels (no image decoded)."""
+    not_int8: dict[str, str]
+    """Students searched without int8 (a float format is offered too) -> why they cannot be int8."""
 
 
 def preflight(cfg: Config, search: bool = True) -> Checked:
@@ -52,13 +54,13 @@ def preflight(cfg: Config, search: bool = True) -> Checked:
         raise KdsearchError(f"data.root {cfg.data.root}: found {classes} class; a classifier needs at least two "
                             "(one subfolder or label per class)")
     check_teacher_files(cfg, classes)
-    from .sizes import select_students
+    from .sizes import select_deployments
 
-    fit, over = select_students(cfg, classes)
-    disk = disk_estimate(cfg, classes, fit, search)
+    deployments = select_deployments(cfg, classes)
+    disk = disk_estimate(cfg, classes, deployments.students, search)
     check_output_dir(cfg, disk)
     check_store_reachable(cfg.tracking)
-    return Checked(fit, over, disk, table)
+    return Checked(deployments.students, deployments.over, disk, table, deployments.not_int8)
 
 
 def disk_estimate(cfg: Config, classes: int, students: list[str], search: bool = True) -> dict[str, int]:

@@ -10,6 +10,7 @@ from rich.live import Live
 from rich.table import Table
 
 from . import results
+from .search_space import split_pair
 
 
 class SearchProgress(tune.Callback):
@@ -72,8 +73,10 @@ class SearchProgress(tune.Callback):
         for col in ("trial", "student", "loss", "alpha", "T", "lr", "epoch", self.metric, "status"):
             table.add_column(col, justify="left" if col in ("trial", "student", "loss", "status") else "right")
         for trial_id, r in self.rows.items():
-            c = r["config"]
-            table.add_row(trial_id, str(c.get("student")), str(c.get("loss", "kd")), _f(c.get("alpha")),
+            c = split_pair(r["config"])
+            student = f"{c.get('student')} {c['precision']}" if c.get("precision") not in (None, "fp32") else \
+                str(c.get("student"))
+            table.add_row(trial_id, student, str(c.get("loss", "kd")), _f(c.get("alpha")),
                           _f(c.get("temperature")), _f(c.get("lr")),
                           f"{r['epoch']}/{self.max_epochs}", _f(r["value"]), r["status"])
         return table

@@ -13,12 +13,8 @@ ResNet-8/18/34 is a plain conv-bn-relu, fused like torchvision's), ShuffleNetV2 
 
 from __future__ import annotations
 
-import platform
-import statistics
-import time
 import warnings
 from functools import cache
-from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
@@ -104,16 +100,20 @@ def why_not_int8(student: str) -> str | None:
     return "no quantizable twin in torchvision (only ResNet, ShuffleNetV2 and MobileNetV3 have one)"
 
 
-def int8_model(model: nn.Module, student: str, num_classes: int, calibration: Iterable[torch.Tensor]) -> nn.Module:
-    """The trained float `model` as an int8 CPU model: its weights in the quantizable twin, conv-bn-relu fused,
-    activation ranges observed on `calibration` (model inputs, float), then converted."""
+def _twin(model: nn.Module, student: str, num_classes: int) -> nn.Module:
+    """The quantizable twin of `student` holding the float `model`'s weights (strict: same names, same shapes)."""
     if (reason := why_not_int8(student)) is not None:
         raise ValueError(f"{student} cannot be int8: {reason}")
     torch.backends.quantized.engine = ENGINE  # process-wide: the converted model runs on this engine's kernels
     twin = TWINS[student](num_classes)
-    twin.load_state_dict({k: v.float() if v.is_floating_point() else v
-                          for k, v in model.state_dict().items()})  # strict: same names, same shapes
-    twin.eval().cpu()
+    twin.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()})
+    return twin.cpu()
+
+
+def int8_model(model: nn.Module, student: str, num_classes: int, calibration: Iterable[torch.Tensor]) -> nn.Module:
+    """The trained float `model` as an int8 CPU model: its weights in the quantizable twin, conv-bn-relu fused,
+    activation ranges observed on `calibration` (model inputs, float), then converted."""
+    twin = _twin(model, student, num_classes).eval()
     twin.fuse_model(is_qat=False)
     twin.qconfig = torch.ao.quantization.get_default_qconfig(ENGINE)
     with warnings.catch_warnings():
@@ -125,38 +125,19 @@ def int8_model(model: nn.Module, student: str, num_classes: int, calibration: It
         return torch.ao.quantization.convert(prepared)
 
 
-def save_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> torch.jit.ScriptModule:
-    """Trace `model` (float or int8) to `path`; return it loaded back, as a user would load it."""
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript is deprecated but is what the contract ships
-        torch.jit.trace(model.eval(), example).save(str(path))
-        return torch.jit.load(str(path))
+def qat_model(model: nn.Module, student: str, num_classes: int) -> nn.Module:
+    """The trained float `model` ready for quantization-aware training (fused, fake-quantized, in train mode): train
+    it like the float student, then `int8_from_qat` converts it."""
+    twin = _twin(model, student, num_classes).train()
+    twin.fuse_model(is_qat=True)
+    twin.qconfig = torch.ao.quantization.get_default_qat_qconfig(ENGINE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.prepare_qat(twin)
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo; else what the platform module says)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def latency_ms(model: torch.jit.ScriptModule, image_size: int, runs: int = 30, warmup: int = 5) -> float:
-    """Median milliseconds of one image (batch 1) through `model` on one CPU thread, after `warmup` runs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        x = torch.rand(1, 3, image_size, image_size)
-        times = []
-        with torch.no_grad():
-            for i in range(warmup + runs):
-                start = time.perf_counter()
-                model(x)
-                if i >= warmup:
-                    times.append((time.perf_counter() - start) * 1000)
-        return statistics.median(times)
-    finally:
-        torch.set_num_threads(threads)
+def int8_from_qat(model: nn.Module) -> nn.Module:
+    """A quantization-aware trained model (`qat_model`) converted to int8, on the CPU."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.convert(model.cpu().eval())

@@ -55,11 +55,11 @@ def search_trials(cfg: Config) -> list[dict[str, Any]]:
     return out
 
 
-def best_hparams(cfg: Config, trials: list[dict[str, Any]], students: list[str]) -> tuple[Hparams, str]:
+def best_hparams(cfg: Config, trials: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> tuple[Hparams, str]:
     """The best finished trial's hyperparameters, or the config's fixed point when there is no search."""
     done = [t for t in trials if not t["errored"]]
     if not done:
-        return default_hparams(cfg, students), "config defaults (no search found)"
+        return default_hparams(cfg, pairs), "config defaults (no search found)"
     best = results.best(done, lambda t: t["last"], cfg.search.metric, cfg.search.resolved_mode)
     return Hparams.from_mapping(best["config"]), f"search trial {best['trial_id']}"
 
@@ -89,7 +89,7 @@ def run_report(cfg: Config, seeds: int = 1, device: str | torch.device = "cpu") 
     prepared.teacher.to(device)
     data = prepared.data
     trials = search_trials(cfg)
-    hp, source = best_hparams(cfg, trials, prepared.students)
+    hp, source = best_hparams(cfg, trials, prepared.pairs)
     splits = {"val": data.val, **({"test": data.test} if data.test is not None else {})}
     seed_list = [cfg.seed + i for i in range(seeds)]
     runs, first_student = train_arms(cfg, prepared, hp, splits, seed_list, device)

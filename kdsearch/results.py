@@ -17,11 +17,18 @@ T = TypeVar("T")
 # The metrics a search can optimise, each with the direction that is "better": ASHA, Optuna, export and report
 # all read it from here. Each is a field of engine.Metrics without the "val_" prefix.
 METRIC_MODES: dict[str, str] = {"val_macro_f1": "max", "val_accuracy": "max", "val_loss": "min"}
+OBJECTIVE_MODES: dict[str, str] = {**METRIC_MODES, "size_mb": "min", "latency_ms": "min"}
+"""What search.objectives and the Pareto front may name: the metrics, the shipped file's size and its CPU latency."""
 
 # What a trial reports after each epoch; the scalars are also MLflow metrics of its child run.
 EPOCH_SCALARS = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "epoch_seconds", "eval_seconds", "size_mb")
-REPORTED = ("epoch", *EPOCH_SCALARS, "val_per_class_f1", "val_full", "val_images", "diverged")
-LOGGED = (*EPOCH_SCALARS, *(f"rung_{k}" for k in EPOCH_SCALARS if k.startswith("val_")), "teacher_forward_passes")
+SHIPPED_SCALARS = ("latency_ms", "val_loss_float", "val_accuracy_float", "val_macro_f1_float", "deploy_seconds")
+"""The last epoch's extra figures (distill.Distiller.deploy): its val_* are the shipped file's, scored on the CPU;
+val_*_float the float model's; latency_ms the file's median CPU latency at batch 1 on one thread."""
+REPORTED = ("epoch", *EPOCH_SCALARS, *SHIPPED_SCALARS, "val_per_class_f1", "val_full", "val_images", "format",
+            "scored", "cpu", "diverged")
+LOGGED = (*EPOCH_SCALARS, *SHIPPED_SCALARS, *(f"rung_{k}" for k in EPOCH_SCALARS if k.startswith("val_")),
+          "teacher_forward_passes")
 """Per-epoch scalars a trial's child run gets in MLflow (rung_val_*: epochs scored on the rung subset)."""
 
 
@@ -69,11 +76,17 @@ def _scored(result: dict[str, Any] | None, metric: str) -> bool:
 
 
 def ranked(items: Iterable[T], result: Callable[[T], dict[str, Any]], metric: str, mode: str) -> list[T]:
-    """Items best first on their result's `metric` (the `mode` direction; ties keep their order); items that
-    cannot be ranked (no finite metric, diverged) come last, in their order."""
+    """Items best first on their result's `metric` (the `mode` direction; a tie goes to the smaller shipped file,
+    then to the lower CPU latency, then keeps the order); items that cannot be ranked (no finite metric, diverged)
+    come last, in their order."""
     items = list(items)
-    good = sorted((i for i in items if _scored(result(i), metric)), key=lambda i: float(result(i)[metric]),
-                  reverse=mode == "max")
+    sign = -1.0 if mode == "max" else 1.0
+
+    def key(i: T) -> tuple[float, float, float]:  # ties on the metric: the smaller shipped file, then the faster
+        r = result(i)
+        return sign * float(r[metric]), float(r.get("size_mb", math.inf)), float(r.get("latency_ms", math.inf))
+
+    good = sorted((i for i in items if _scored(result(i), metric)), key=key)
     return good + [i for i in items if not _scored(result(i), metric)]
 
 

@@ -118,7 +118,24 @@ _SPACE_BOUNDS = {
     "class_weight_power": dict(lo=0.0),
     "feature_weight": dict(lo=0.0),
     "dkd_beta": dict(lo=0.0, lo_open=True),
+    "int8_qat_epochs": dict(lo=0, integer=True),
 }
+
+FORMATS = ("fp32", "fp16", "int8")
+"""The formats a student ships in (its TorchScript file and weights): float32, float16, or int8 (static quantization,
+kdsearch.quantize)."""
+
+PAIR_KEY = "student_format"
+"""When search.space.precision is searched, trials get one key for the (student, format) pair, "resnet34/int8",
+drawn from the pairs that fit the size limit: a pair over the limit is never sampled, so never trained."""
+
+
+def split_pair(values: dict[str, Any]) -> dict[str, Any]:
+    """A trial's flat config with its PAIR_KEY (if any) as `student` and `precision`: the one reading of that key."""
+    if PAIR_KEY not in values:
+        return dict(values)
+    student, fmt = str(values[PAIR_KEY]).rsplit("/", 1)
+    return {**{k: v for k, v in values.items() if k != PAIR_KEY}, "student": student, "precision": fmt}
 
 FEATURE_LOSSES = ("mse", "cosine")
 
@@ -155,18 +172,28 @@ class Space(ConfigModel):
     """dkd only: weight of the non-target-class term (Zhao et al. use 0.5-8 depending on the pair); 1 = KD's balance."""
     teacher_weights: list[Param] | None = None
     """Ensemble teachers only: one weight per member (normalised to sum 1); unset = teacher.weights."""
+    precision: Param | None = None
+    """The format the student ships in: fp32 | fp16 | int8, or a choice over them (the format is then searched with
+    the student, as pairs that fit student.max_size_mb); unset = student.precision. A trial's last epoch scores the
+    file in this format."""
+    int8_qat_epochs: Param = 0
+    """int8 only: epochs of quantization-aware fine-tuning after the float epochs, the teacher still teaching (0 =
+    post-training quantization only)."""
 
     @field_validator(*_SPACE_BOUNDS, mode="after")
     @classmethod
     def _in_bounds(cls, v: Param, info) -> Param:
         return _check_param(v, **_SPACE_BOUNDS[info.field_name])
 
-    @field_validator("optimizer", "feature_loss", "loss", mode="after")
+    @field_validator("optimizer", "feature_loss", "loss", "precision", mode="after")
     @classmethod
     def _known_name(cls, v: Param, info) -> Param:
         from .losses import list_losses  # the registry pulls in torch; import late
 
-        valid = {"optimizer": OPTIMIZERS, "feature_loss": FEATURE_LOSSES, "loss": list_losses()}[info.field_name]
+        if v is None:
+            return v
+        valid = {"optimizer": OPTIMIZERS, "feature_loss": FEATURE_LOSSES, "loss": list_losses(),
+                 "precision": FORMATS}[info.field_name]
         for x in v.values_to_check() if isinstance(v, Dist) else [v]:
             if x not in valid:
                 raise ValueError(f"unknown {info.field_name} {x!r}; valid: {', '.join(valid)}")

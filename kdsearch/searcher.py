@@ -5,6 +5,10 @@ from an ASHA-stopped trial's one-epoch score (a rung-subset score since `search.
 finished student's. Optuna's own treatment of a trial stopped early is PRUNED, with its intermediate values (which
 OptunaSearch already reports each epoch). Here only a trial that ran all its epochs and was scored on the whole val
 split is COMPLETE with that score as its value; stopped ones are PRUNED, errored and diverged ones FAIL.
+
+With `search.objectives` the study has one direction per objective (Optuna's multi-objective TPE) and a finished
+trial's values are its last epoch's figures for each: the shipped file's whole-split score, size and CPU latency.
+Tune passes the search's single metric (ASHA's) to the searcher; the objectives are kept in its place.
 """
 
 from __future__ import annotations
@@ -13,15 +17,21 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
-from .results import diverged, on_full_split
+from .results import OBJECTIVE_MODES, diverged, on_full_split
 
 
 class HonestOptunaSearch(OptunaSearch):
     """OptunaSearch whose study holds only whole-split final scores as values (see the module docstring)."""
 
-    def __init__(self, *args: Any, max_epochs: int, **kwargs: Any):
+    def __init__(self, *args: Any, max_epochs: int, objectives: list[str] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
+        self._objectives = objectives
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        if self._objectives:  # several directions: the study's, not ASHA's single metric
+            metric, mode = list(self._objectives), [OBJECTIVE_MODES[o] for o in self._objectives]
+        return super().set_search_properties(metric, mode, config, **spec)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:

@@ -1,4 +1,6 @@
-"""The exported weights file: its format (`cast_state_dict`) and its exact size before any training.
+"""What a student's files weigh before any training: the weights file (`cast_state_dict`, exact, on the meta device)
+and the shipped TorchScript file in each format (`file_bytes`, measured once on an untrained build), which the size
+limit applies to.
 
 The size limit (the contract: "the exported weights file, in student.precision") is the byte count of
 `torch.save(cast_state_dict(model, precision))`. `student_size` knows it without building weights: the model is
@@ -7,6 +9,12 @@ shapes and dtypes, allocated but never written, into a byte counter. Sizes of th
 `~/.cache/kdsearch/student_sizes.json` under the torch/torchvision/timm versions and a hash of `students.py`, so
 once a size is known `validate` and `list-models` need not import torchvision or timm at all (about half of their
 time on a cold start).
+
+The size limit applies to the file that ships: a (student, format) pair fits when its TorchScript file
+(`deployed.FILE`, in fp32, fp16 or int8) is at most student.max_size_mb. That file holds the same tensors as the
+weights file plus the traced code, so the weights file then fits too. Its size does not depend on the weights'
+values, so it is measured once, on an untrained build (int8: calibrated on one random batch), and cached beside the
+weights sizes; export checks the written files again.
 """
 
 from __future__ import annotations
@@ -25,19 +33,11 @@ import torch
 from torch import nn
 
 from ._io import user_cache_dir
+from .deployed import DTYPES, WEIGHTS_FILE, as_format, cast_state_dict, script_bytes  # noqa: F401  (re-exported)
 from .errors import KdsearchError
 from .students import STUDENTS, create_student, model_from_arch
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-WEIGHTS_FILE = "student.pt"  # the exported weights (the contract's export layout); its stem: see state_dict_bytes
-
-
-def cast_state_dict(model: nn.Module, precision: str) -> dict[str, torch.Tensor]:
-    """The state_dict as exported: floating tensors in `precision`, integer buffers untouched."""
-    dtype = DTYPES[precision]
-    return {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu() for k, v in model.state_dict().items()}
 
 
 class _ByteCounter:
@@ -105,6 +105,35 @@ def student_size(name: str, num_classes: int, image_size: int) -> StudentSize:
     return size
 
 
+@lru_cache(maxsize=None)
+def file_bytes(name: str, num_classes: int, image_size: int, fmt: str) -> int | None:
+    """Bytes of the student's shipped TorchScript file in `fmt` (deployed.as_format + script_bytes), measured once on
+    an untrained build; None when the student cannot be `fmt` (int8 without a quantizable twin)."""
+    from .quantize import why_not_int8
+
+    if fmt == "int8" and why_not_int8(name) is not None:
+        return None
+    key = _cache_key(name, num_classes, image_size)
+    key = key and f"{key}; {fmt} file"
+    entry = _read_cache().get(key) if key else None
+    if isinstance(entry, dict) and entry.get("name") == name and type(entry.get("file_bytes")) is int \
+            and entry["file_bytes"] > 0:
+        return entry["file_bytes"]
+    torch.manual_seed(0)
+    model = create_student(name, num_classes, image_size).eval()
+    calibration = [torch.rand(2, 3, image_size, image_size)]
+    n = len(script_bytes(as_format(model, name, fmt, num_classes, calibration), image_size))
+    if key:
+        _write_cache(key, {"name": name, "file_bytes": n})
+    return n
+
+
+def fits(name: str, num_classes: int, image_size: int, fmt: str, max_size_mb: float) -> bool:
+    """The student's shipped file in `fmt` exists and is at most `max_size_mb` (MB = 1,000,000 bytes)."""
+    n = file_bytes(name, num_classes, image_size, fmt)
+    return n is not None and n <= max_size_mb * 1_000_000
+
+
 def arch_params(arch: str, num_classes: int, image_size: int) -> int | None:
     """Parameter count of any `model_from_arch` architecture (a student, a timm name, a user's class), counted on
     the meta device; None when it cannot be built there."""
@@ -118,30 +147,65 @@ def arch_params(arch: str, num_classes: int, image_size: int) -> int | None:
     return sum(p.numel() for p in model.parameters())
 
 
-def fitting_students(candidates: list[str], num_classes: int, image_size: int, max_size_mb: float,
-                     precision: str) -> tuple[list[str], list[StudentSize]]:
-    """Split candidates into names that fit the limit and sizes of those that don't."""
-    fit, over = [], []
-    for name in candidates:
-        size = student_size(name, num_classes, image_size)
-        (fit.append(name) if size.fits(max_size_mb, precision) else over.append(size))
-    return fit, over
+@dataclass(frozen=True)
+class Deployments:
+    """The (student, format) pairs a search may train: those whose shipped file fits student.max_size_mb."""
+
+    pairs: list[tuple[str, str]]
+    """(student, format) pairs that fit, students in the config's order, formats in the space's order."""
+    over: list[tuple[str, str, int]]
+    """(student, format, file bytes) of the pairs over the limit: never trained."""
+    not_int8: dict[str, str]
+    """Students offered without int8 (the space also offers a float format) -> why they cannot be int8."""
+
+    @property
+    def students(self) -> list[str]:
+        """The students with at least one pair that fits, in order."""
+        return list(dict.fromkeys(s for s, _ in self.pairs))
 
 
-def select_students(cfg, num_classes: int) -> tuple[list[str], list[StudentSize]]:
-    """Candidates (or space.student's choices) that fit max_size_mb in student.precision; none -> exit 2."""
+def searched_formats(cfg) -> list[str]:
+    """The formats a search offers: search.space.precision's values, else student.precision."""
+    p = cfg.search.space.precision
+    if p is None:
+        return [cfg.student.precision]
+    return list(dict.fromkeys(p.values_to_check() if hasattr(p, "values_to_check") else [p]))
+
+
+def select_deployments(cfg, num_classes: int) -> Deployments:
+    """The candidates (or space.student's choices) in each searched format whose shipped file fits max_size_mb.
+    A student that cannot be int8 is refused (exit 2, naming it and why) when int8 is the only format offered, and
+    is offered in the float formats only when there are some; none fits -> exit 2."""
+    from .quantize import why_not_int8
+
     s = cfg.student
     chosen = cfg.search.space.student
     if chosen is None:
-        names = s.candidates
+        names = list(s.candidates)
     else:  # a search_space.Dist over students, or one fixed student
-        names = chosen.values_to_check() if hasattr(chosen, "values_to_check") else [chosen]
-    fit, over = fitting_students(list(names), num_classes, cfg.data.image_size, s.max_size_mb, s.precision)
-    if not fit:
-        sizes = ", ".join(f"{o.name} {o.bytes(s.precision) / 1e6:.1f} MB" for o in over)
-        raise KdsearchError(f"student.max_size_mb {s.max_size_mb:g}: no candidate fits in {s.precision} ({sizes}); "
-                            "raise the limit, set student.precision: fp16, or add smaller student.candidates")
-    return fit, over
+        names = list(chosen.values_to_check() if hasattr(chosen, "values_to_check") else [chosen])
+    formats = searched_formats(cfg)
+    not_int8 = {n: r for n in names if "int8" in formats and (r := why_not_int8(n)) is not None}
+    if not_int8 and formats == ["int8"]:
+        key = "student.precision" if cfg.search.space.precision is None else "search.space.precision"
+        said = "; ".join(f"{n}: {r}" for n, r in not_int8.items())
+        raise KdsearchError(f"{key} int8: {', '.join(not_int8)} cannot be int8 ({said}); remove "
+                            f"{'it' if len(not_int8) == 1 else 'them'} from the students, or offer a float format "
+                            "too (search.space.precision: {choice: [fp32, int8]})")
+    pairs, over = [], []
+    for name in names:
+        for fmt in formats:
+            if fmt == "int8" and name in not_int8:
+                continue
+            n = file_bytes(name, num_classes, cfg.data.image_size, fmt)
+            (pairs.append((name, fmt)) if n <= s.max_size_mb * 1_000_000 else over.append((name, fmt, n)))
+    if not pairs:
+        sizes = ", ".join(f"{n} {f} {b / 1e6:.1f} MB" for n, f, b in over)
+        hint = "int8" if "int8" not in formats else "a smaller one"
+        raise KdsearchError(f"student.max_size_mb {s.max_size_mb:g}: no candidate fits ({sizes}); raise the limit, "
+                            f"offer {hint} (student.precision, or search.space.precision: {{choice: [...]}}), or "
+                            "add smaller student.candidates")
+    return Deployments(pairs, over, not_int8)
 
 
 # --------------------------------------------------------------------------- the size cache
@@ -160,7 +224,8 @@ def _code_version() -> str:
             parts.append(f"{package} {version(package)}")
         except PackageNotFoundError:
             parts.append(f"{package} -")
-    parts.append("students.py " + hashlib.sha256(Path(__file__).with_name("students.py").read_bytes()).hexdigest()[:16])
+    for module in ("students.py", "quantize.py", "deployed.py"):  # how a student is built, quantized and traced
+        parts.append(f"{module} " + hashlib.sha256(Path(__file__).with_name(module).read_bytes()).hexdigest()[:16])
     return ", ".join(parts)
 
 
@@ -188,12 +253,12 @@ def _from_cache(entry, name: str) -> StudentSize | None:
     return StudentSize(name=name, **{k: entry[k] for k in numbers})
 
 
-def _write_cache(key: str, size: StudentSize) -> None:
+def _write_cache(key: str, entry: StudentSize | dict) -> None:
     """Merge one entry in, atomically (a concurrent writer may drop an entry: it is measured again next time).
     A cache that cannot be written is not an error: sizes are then measured each time."""
     path = cache_path()
     data = _read_cache()
-    data[key] = asdict(size)
+    data[key] = asdict(entry) if isinstance(entry, StudentSize) else entry
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ def run_train(cfg: Config, device: torch.device, on_start: Callable[[Hparams, Pr
     preflight(cfg, search=False)  # config, data, teacher files, size limit, output.dir, MLflow: before any write
     prepared = prepare(cfg, device)
     check_store(cfg)
-    hp = default_hparams(cfg, prepared.students)
+    hp = default_hparams(cfg, prepared.pairs)
     if on_start:
         on_start(hp, prepared)
     distiller, history = train_student(cfg, hp, prepared, device, on_epoch=on_epoch)

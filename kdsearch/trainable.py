@@ -16,6 +16,7 @@ import ray
 import torch
 from ray import tune
 
+from . import deployed
 from .config import Config
 from .devices import resolve_device
 from .distill import Distiller, Hparams, Prepared
@@ -40,7 +41,7 @@ def distill_trainable(config: dict[str, Any], cfg: Config, prepared: Prepared) -
             distiller.load_state_dict(state)
     while distiller.epoch < cfg.search.max_epochs:
         metrics = distiller.run_epoch()
-        report = {k: metrics[k] for k in REPORTED}
+        report = {k: metrics[k] for k in REPORTED if k in metrics}  # the shipped file's figures: last epoch only
         # live teacher only (0 when its outputs are cached); counts this trial's process since it started
         report["teacher_forward_passes"] = prepared.teacher.forward_passes - passes_before
         report["teacher_seconds"] = prepared.teacher.seconds - seconds_before
@@ -48,6 +49,9 @@ def distill_trainable(config: dict[str, Any], cfg: Config, prepared: Prepared) -
         report["device"] = device.type  # export re-checks the student on the same kind of device
         with tempfile.TemporaryDirectory() as folder:
             torch.save(distiller.state_dict(), Path(folder) / TRIAL_STATE_FILE)
+            if distiller.shipped is not None:  # the last epoch: the files that ship, as scored (export copies them)
+                (Path(folder) / deployed.FILE).write_bytes(distiller.shipped)
+                torch.save(distiller.weights, Path(folder) / deployed.WEIGHTS_FILE)
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
         if metrics["diverged"]:
             break  # the trial ends here (marked diverged), freeing its slot

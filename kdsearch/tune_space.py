@@ -8,6 +8,7 @@ from ray import tune
 
 from .config import Dist, Space
 from .losses import start_settings
+from .search_space import PAIR_KEY
 
 
 def _domain(v: Any) -> Any:
@@ -22,11 +23,20 @@ def _domain(v: Any) -> Any:
     }[v.kind]()
 
 
-def tune_space(space: Space, students: list[str]) -> dict[str, Any]:
-    """Every key of the space as a Tune domain; `student` ranges over the candidates that fit the size limit."""
-    out = {name: _domain(v) for name, v in space.entries().items() if name != "student"}
-    out["student"] = tune.choice(students) if len(students) > 1 else students[0]
+def tune_space(space: Space, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Every key of the space as a Tune domain, over the (student, format) pairs that fit the size limit: `student`
+    (and `precision`, fixed) when the format is fixed, one PAIR_KEY over the pairs when it is searched."""
+    out = {name: _domain(v) for name, v in space.entries().items() if name not in ("student", "precision")}
+    for key, values in _pair_keys(space, pairs).items():
+        out[key] = tune.choice(values) if len(values) > 1 else values[0]
     return out
+
+
+def _pair_keys(space: Space, pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """The keys a trial's (student, format) comes in, with their values."""
+    if isinstance(space.precision, Dist):
+        return {PAIR_KEY: [f"{s}/{f}" for s, f in pairs]}
+    return {"student": list(dict.fromkeys(s for s, _ in pairs)), "precision": [pairs[0][1]]}
 
 
 LOW_ALPHA = 0.25
@@ -34,20 +44,21 @@ LOW_ALPHA = 0.25
 is best used this way, and the papers' settings all sit at 0.5-0.9)."""
 
 
-def start_points(space: Space, students: list[str]) -> list[dict[str, Any]]:
+def start_points(space: Space, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """The configurations Optuna tries first (OptunaSearch's points_to_evaluate, which needs every searched key):
     one per loss in the space, at that loss's published settings (clipped to the space's ranges; a choice keeps its
-    first value unless it offers the published one), every other searched key at its midpoint, students taken in
-    turn; and right after the first, two hedges on its student and lr that bracket the teacher's usefulness: a
-    no-KD control (alpha 0, no feature hints), when the space's alpha admits 0, and a low alpha (LOW_ALPHA)."""
-    searched = {k: v for k, v in space.entries().items() if isinstance(v, Dist) and k != "student"}
+    first value unless it offers the published one), every other searched key at its midpoint, students (or
+    (student, format) pairs) taken in turn; and right after the first, two hedges on its student and lr that
+    bracket the teacher's usefulness: a no-KD control (alpha 0, no feature hints), when the space's alpha admits 0,
+    and a low alpha (LOW_ALPHA)."""
+    searched = {k: v for k, v in space.entries().items() if isinstance(v, Dist) and k not in ("student", "precision")}
     losses = space.loss.choice if isinstance(space.loss, Dist) else [space.loss]
+    keys = {k: v for k, v in _pair_keys(space, pairs).items() if len(v) > 1}
     points = []
     for i, loss in enumerate(losses):
         start = {**start_settings(loss), "loss": loss}
         point = {k: _nearest(v, start[k]) if k in start else v.fixed_point() for k, v in searched.items()}
-        if len(students) > 1:
-            point["student"] = students[i % len(students)]
+        point.update({k: v[i % len(v)] for k, v in keys.items()})
         points.append(point)
     alpha = searched.get("alpha")
     if alpha is None:

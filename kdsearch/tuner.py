@@ -7,38 +7,38 @@ logs to MLflow through callbacks, and exports the best student at the end.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import socket
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import optuna
 import ray
+import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.sample import Domain
 
-from . import interrupts, quiet
+from . import deployed, interrupts, quiet
 from .config import Config
-from .data import Dataset
 from .devices import resolve_device
-from .distill import Hparams, Prepared, prepare, trial_student
-from .engine import evaluate
+from .distill import Distiller, Hparams, Prepared, prepare
 from .errors import KdsearchError
-from .experiment import TRIAL_STATE_FILE, experiment_dir, read_search_state, write_search_state
+from .experiment import RESCORED_FILE, TRIAL_STATE_FILE, experiment_dir, read_search_state, write_search_state
 from .gpu_memory import preflight_gpu, release_cuda
 from .preflight import preflight
 from .progress import SearchProgress
 from .results import ENDINGS, best, ended, kd_added, on_full_split
+from .search_space import split_pair
 from .searcher import HonestOptunaSearch
-from .sizes import student_size
-from .students import student_spec
+from .sizes import file_bytes
 from .teacher_worker import on_worker, worker_resources
 from .tracking import check_store
 from .tracking.search import SearchTracker
@@ -73,6 +73,10 @@ class SearchResult:
     kd_added: dict[str, Any] | None = None
     """The best KD trial (alpha > 0) against the best no-KD control (alpha 0), whole-split scores: kd_trial, kd,
     control_trial, control, gain; None unless the search finished both."""
+    front: list[dict[str, Any]] = field(default_factory=list)
+    """The Pareto front of the finished trials (finished_study): trial_id, student, format, the objectives."""
+    importances: list[str] = field(default_factory=list)
+    """What mattered, as lines (finished_study.importance_lines)."""
 
 
 def init_ray(address: str | None) -> None:
@@ -142,8 +146,9 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     added = summary.pop("kd_added")
     metric = cfg.search.metric
     if best is not None and not on_full_split(best["metrics"]):  # no trial ran all its epochs: chosen on a subset
-        best = rescored(cfg, best, prepared.data)
+        best = rescored(cfg, best, prepared)
         tracker.log_whole_split(best["trial_id"], best["metrics"])
+    front, importances = tradeoffs(cfg, trials, tracker)
     # Tune returns normally from a stop it was asked for: a signal, or trials left unfinished, mean interrupted
     unfinished = sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
     stopped_by = interrupts.received() or (signal.SIGINT if unfinished else None)
@@ -166,7 +171,40 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
                                      f"its state in {path}: `kdsearch run CONFIG --resume` continues it")
     return SearchResult(path, summary["trials"], best, wall, fit_seconds, summary["trial_seconds"],
                         summary["trial_epochs"], teacher_passes, teacher_seconds, state["parent_run_id"],
-                        prepared.students, prepared.data.counts(), prepared.data.class_names, added)
+                        prepared.students, prepared.data.counts(), prepared.data.class_names, added, front,
+                        importances)
+
+
+def tradeoffs(cfg: Config, trials, tracker: SearchTracker) -> tuple[list[dict[str, Any]], list[str]]:
+    """The finished trials' Pareto front (rows, best on the first objective first) and importance lines, logged on the
+    parent run (finished_study)."""
+    import tempfile
+
+    from . import plots
+    from .finished_study import objectives, rebuild
+
+    done = [t for t in trials if t.status == "TERMINATED" and t.last_result]
+    study = rebuild(done, lambda t: t.trial_id, lambda t: t.config, lambda t: t.last_result, cfg,
+                    cfg.student.precision)
+    names = objectives(cfg)
+    by_id = {t.trial_id: t for t in done}
+
+    def row(trial_id: str) -> dict[str, Any]:
+        point = split_pair(by_id[trial_id].config)
+        r = by_id[trial_id].last_result
+        return {"trial_id": trial_id, "student": point["student"],
+                "format": point.get("precision") or cfg.student.precision,
+                **{n: float(r[n]) for n in dict.fromkeys([cfg.search.metric, *names, "size_mb", "latency_ms"])},
+                "val_macro_f1_float": r.get("val_macro_f1_float")}
+
+    front = [row(i) for i in study.front]
+    rows = [row(i) for i in study.ids.values()]
+    lines = study.importance_lines()
+    with tempfile.TemporaryDirectory() as folder:
+        plot = plots.pareto_front(rows, set(study.front), cfg.search.metric, Path(folder) / "pareto_front.png") \
+            if rows else None
+        tracker.log_front(front, plot, study.importances())
+    return front, lines
 
 
 def check_resume(cfg: Config, path: Path, resume: bool) -> bool:
@@ -190,8 +228,7 @@ def prepare_driver(cfg: Config, device: str) -> tuple[Prepared, Prepared]:
     prepared.teacher.to("cpu")
     release_cuda()  # the teacher's CUDA memory goes back before trials share the GPU
     preflight_gpu(cfg, prepared)
-    log.info("students that fit %g MB in %s: %s", cfg.student.max_size_mb, cfg.student.precision,
-             ", ".join(prepared.students))
+    log.info("students that fit %g MB: %s", cfg.student.max_size_mb, ", ".join(f"{s} {f}" for s, f in prepared.pairs))
     return prepared, shipped
 
 
@@ -199,8 +236,8 @@ def start_tracking(cfg: Config, prepared: Prepared, resume: bool) -> tuple[Searc
     """The MLflow parent run (the same one on --resume) and the search state saved beside Ray's."""
     state = read_search_state(cfg) if resume else {}
     state.setdefault("search_id", uuid.uuid4().hex)
-    sizes = {s: student_size(s, prepared.data.num_classes, cfg.data.image_size).bytes(cfg.student.precision) / 1e6
-             for s in prepared.students}
+    sizes = {f"{s}/{f}": file_bytes(s, prepared.data.num_classes, cfg.data.image_size, f) / 1e6
+             for s, f in prepared.pairs}
     tracker = SearchTracker(cfg, state["search_id"], sizes, prepared.data.class_names)
     state["parent_run_id"] = tracker.start()
     state["teacher"] = {**prepared.teacher.identity, **prepared.teacher_metrics}
@@ -227,18 +264,18 @@ def make_tuner(cfg: Config, path: Path, shipped: Prepared, tracker: SearchTracke
     if resume:
         return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
     metric, mode = cfg.search.metric, cfg.search.resolved_mode
-    space = tune_space(cfg.search.space, shipped.students)
+    space = tune_space(cfg.search.space, shipped.pairs)
     # Optuna needs something to sample; a fully fixed space just repeats that configuration (Tune's default).
     searchable = any(isinstance(v, Domain) for v in space.values())
     quiet.quiet_optuna()  # no "A new study created in memory"
-    points = start_points(cfg.search.space, shipped.students) if cfg.search.start_points else None
+    points = start_points(cfg.search.space, shipped.pairs) if cfg.search.start_points else None
     if not searchable:
         search_alg = None
     elif cfg.search.algorithm == "random":  # Tune's own random sampling, seeded: the baseline to beat
         search_alg = BasicVariantGenerator(random_state=cfg.seed)
     else:
         search_alg = HonestOptunaSearch(sampler=tpe_sampler(cfg, len(points or [])), points_to_evaluate=points,
-                                        max_epochs=cfg.search.max_epochs)
+                                        max_epochs=cfg.search.max_epochs, objectives=cfg.search.objectives)
     return tune.Tuner(
         trainable,
         param_space=space,
@@ -301,16 +338,20 @@ def summarize(trials, cfg: Config, cut: set[str] = frozenset()) -> dict[str, Any
             "trial_epochs": trial_epochs}
 
 
-def rescored(cfg: Config, top: dict[str, Any], data: Dataset) -> dict[str, Any]:
-    """The best trial chosen on a rung-subset score (no trial ran all its epochs), scored again on the whole val
-    split from its last checkpoint: its `metrics` then hold whole-split figures, and the subset ones as
-    subset_val_*, so nothing shown or logged as the search's result is a subset figure."""
-    model = trial_student(cfg, Hparams.from_mapping(top["config"]), Path(top["checkpoint"]) / TRIAL_STATE_FILE,
-                          data.num_classes)
-    m = evaluate(model, data.val.x, data.val.y, student_spec(cfg), cfg.data.image_size, data.num_classes, "cpu")
+def rescored(cfg: Config, top: dict[str, Any], prepared: Prepared) -> dict[str, Any]:
+    """The best trial chosen on a rung-subset score (no trial ran all its epochs), made into its shipped file from
+    its last checkpoint and scored on the whole val split, as a finished trial's last epoch is (Distiller.deploy):
+    the files go into its checkpoint (export copies them), its `metrics` then hold whole-split figures and the
+    subset ones as subset_val_*, so nothing shown or logged as the search's result is a subset figure."""
+    hp = Hparams.from_mapping(top["config"])
+    folder = Path(top["checkpoint"])
+    distiller = Distiller(cfg, hp, prepared, "cpu")
+    distiller.load_state_dict(torch.load(folder / TRIAL_STATE_FILE, weights_only=True, map_location="cpu"))
+    whole = distiller.deploy()
+    (folder / deployed.FILE).write_bytes(distiller.shipped)
+    torch.save(distiller.weights, folder / deployed.WEIGHTS_FILE)
     before = top["metrics"]
-    whole = {"val_loss": m.loss, "val_accuracy": m.accuracy, "val_macro_f1": m.macro_f1,
-             "val_per_class_f1": m.per_class_f1, "val_full": True, "val_images": len(data.val.y)}
     subset = {f"subset_{k}": before[k] for k in ("val_loss", "val_accuracy", "val_macro_f1", "val_images")
               if k in before}
+    (folder / RESCORED_FILE).write_text(json.dumps({k: v for k, v in whole.items() if k != "val_confusion"}))
     return {**top, "metrics": {**before, **subset, **whole, "rescored": True}}

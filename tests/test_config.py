@@ -221,7 +221,7 @@ def test_an_integer_range_keeps_both_ends_through_tune_and_optuna():
     from kdsearch.config import Space
     from kdsearch.tune_space import tune_space
 
-    space = tune_space(Space.model_validate({"batch_size": {"int": [16, 18]}}), ["resnet8"])
+    space = tune_space(Space.model_validate({"batch_size": {"int": [16, 18]}}), [("resnet8", "fp32")])
     assert set(space["batch_size"].sample(size=300)) == {16, 17, 18}
     optuna_space = OptunaSearch.convert_search_space({"batch_size": space["batch_size"]})
     assert optuna_space["batch_size"] == IntDistribution(16, 18)

@@ -231,7 +231,7 @@ def test_ensemble_of_different_input_sizes_caches_each_member_once(tmp_path, hf,
     again = prepare(reweighted, "cpu")
     assert again.targets.forward_passes == 0 and torch.equal(again.targets.logits, first.targets.logits)
     # the weights enter the target: the distiller's loss carries them
-    d = Distiller(reweighted, default_hparams(reweighted, again.students), again, "cpu")
+    d = Distiller(reweighted, default_hparams(reweighted, again.pairs), again, "cpu")
     assert torch.allclose(d.loss.term.teacher_weights, torch.tensor([0.9, 0.1]))
     code, out, err = run_cli("train", write_config(tmp_path, cfg.model_dump(mode="json", by_alias=True)))
     assert code == 0, err
@@ -255,7 +255,7 @@ def test_feature_distillation_trains_an_adapter_on_cached_teacher_features(tmp_p
     member = prepared.teacher.members[0]
     assert torch.allclose(member.head(feats[0, :8]), prepared.targets.logits[0, :8, 0], atol=1e-4)
 
-    hp = default_hparams(cfg, prepared.students)
+    hp = default_hparams(cfg, prepared.pairs)
     assert hp.feature_weight == 0.0  # the first choice: features off
 
     d = Distiller(cfg, hp.replace(feature_weight=1.0), prepared, "cpu")

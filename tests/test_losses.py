@@ -259,7 +259,7 @@ def test_start_points_put_each_loss_at_its_papers_settings_inside_the_users_rang
                                                                                                                4.0]},
                                   "temperature": {"uniform": [1.5, 3.0]}, "alpha": {"uniform": [0.1, 1.0]},
                                   "lr": {"loguniform": [1.0e-3, 1.0e-1]}, "batch_size": {"choice": [64, 128]}})
-    points = start_points(space, ["resnet8", "mobilenet_v3_small"])
+    points = start_points(space, [("resnet8", "fp32"), ("mobilenet_v3_small", "fp32")])
     low = points.pop(1)  # the low-alpha hedge after the first (alpha's range has no 0: no no-KD control)
     assert low == {**points[0], "alpha": 0.25}
     by_loss = {p["loss"]: p for p in points}
@@ -281,9 +281,9 @@ def test_start_points_bracket_the_teachers_usefulness_with_a_no_kd_control_and_a
 
     space = Space.model_validate({"alpha": {"uniform": [0.0, 1.0]}, "feature_weight": {"uniform": [0.0, 2.0]},
                                   "lr": {"loguniform": [1.0e-3, 1.0e-1]}})
-    points = start_points(space, ["resnet8", "mobilenet_v3_small"])
+    points = start_points(space, [("resnet8", "fp32"), ("mobilenet_v3_small", "fp32")])
     paper, control, low = points[:3]
     assert paper["alpha"] == 0.9 and control == {**paper, "alpha": 0.0, "feature_weight": 0.0}
     assert low == {**paper, "alpha": 0.25} and len(points) == 3  # the same student and lr: only alpha differs
-    fixed = start_points(Space.model_validate({"alpha": 0.5, "lr": {"loguniform": [1.0e-3, 1.0e-1]}}), ["resnet8"])
+    fixed = start_points(Space.model_validate({"alpha": 0.5, "lr": {"loguniform": [1.0e-3, 1.0e-1]}}), [("resnet8", "fp32")])
     assert len(fixed) == 1  # alpha not searched: nothing to bracket

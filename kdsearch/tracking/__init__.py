@@ -11,6 +11,7 @@ import math
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -180,8 +181,13 @@ def register_student(cfg: Config, model, example, export_dir: Path, parent_run_i
                                                 tags={"kdsearch.kind": "export"}).info.run_id
     with _fluent_uri(cfg.tracking.uri):  # the registry resolves models:/ sources through the global tracking URI
         with mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(model, name="student", input_example=example.numpy(),
-                                            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            # the shipped TorchScript file (any format): MLflow saves a ScriptModule with torch.jit.save under its
+            # "pickle" serialization format (its default, pt2, is for eager models)
+            with warnings.catch_warnings():  # MLflow loads the file back to check the example: TorchScript's notices
+                warnings.simplefilter("ignore", FutureWarning)
+                info = mlflow.pytorch.log_model(model, name="student", input_example=example.numpy(),
+                                                serialization_format="pickle",
+                                                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
             mlflow.log_artifacts(str(export_dir), artifact_path="best")
         # Registered through the client, not log_model's registered_model_name: the fluent path prints its
         # "Successfully registered model" / "Created version" lines to stderr with no switch to turn them off.

@@ -7,11 +7,13 @@ never import it.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from ray import tune
 
 from ..config import Config
 from ..results import LOGGED, diverged, ended, on_full_split
+from ..search_space import split_pair
 from . import SEARCH_TAG, TRIAL_TAG, _client, class_keys_mapping, epoch_metrics
 
 
@@ -26,6 +28,7 @@ class SearchTracker(tune.Callback):
     """
 
     def __init__(self, cfg: Config, search_id: str, sizes_mb: dict[str, float], class_names: list[str]):
+        """`sizes_mb`: "student/format" -> the shipped file's size, as measured before training."""
         self.cfg, self.search_id, self.sizes_mb, self.class_names = cfg, search_id, sizes_mb, class_names
         self.parent_run_id: str | None = None
         self._client = None
@@ -73,11 +76,13 @@ class SearchTracker(tune.Callback):
 
     def _child(self, trial) -> str:
         if trial.trial_id not in self._children:
-            student = str(trial.config.get("student"))
+            point = split_pair(trial.config)
+            student, fmt = str(point.get("student")), str(point.get("precision") or self.cfg.student.precision)
             run = self._client.create_run(
                 self._exp_id, run_name=f"trial-{trial.trial_id}",
                 tags={"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id, "kdsearch.kind": "trial",
-                      "student": student, "size_mb": f"{self.sizes_mb.get(student, float('nan')):.3f}",
+                      "student": student, "format": fmt,
+                      "size_mb": f"{self.sizes_mb.get(f'{student}/{fmt}', float('nan')):.3f}",
                       "kdsearch.ended": "running"})
             from mlflow.entities import Param
 
@@ -165,6 +170,21 @@ class SearchTracker(tune.Callback):
         runs = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and "
                                   "tags.`kdsearch.ended` = 'budget_cut'")
         return {r.data.tags[TRIAL_TAG] for r in runs if TRIAL_TAG in r.data.tags}
+
+    def log_front(self, rows: list[dict], plot: Path | None, importances: dict | None) -> None:
+        """The Pareto front (a table artifact and its plot) and the importances (importance.<objective>.<evaluator>.
+        <parameter>) on the parent run."""
+        from mlflow.entities import Metric
+
+        table = {k: [r.get(k) for r in rows] for k in (rows[0] if rows else {})}
+        self._client.log_table(self.parent_run_id, data=table, artifact_file="pareto_front.json")
+        if plot is not None:
+            self._client.log_artifact(self.parent_run_id, str(plot))
+        now = int(time.time() * 1000)
+        values = [Metric(f"importance.{o}.{e}.{p}", float(v), now, 0) for o, by in (importances or {}).items()
+                  for e, ps in by.items() for p, v in ps.items()]
+        if values:
+            self._client.log_batch(self.parent_run_id, metrics=values)
 
     def finish(self, summary: dict[str, float], status: str = "FINISHED") -> None:
         """Search-level metrics on the parent run, then close it."""
