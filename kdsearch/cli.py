@@ -360,7 +360,7 @@ def train(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "auto") ->
     table.add_row(f"student {result.hparams.student} (alpha={result.hparams.alpha:g})",
                   f"{final['val_accuracy']:.4f}", f"{final['val_macro_f1']:.4f}")
     console.print(table)
-    console.print(f"student size {final['size_mb']:.2f} MB ({cfg.student.precision}); wall time "
+    console.print(f"student size {final['size_mb']:.2f} MB ({final['format']} TorchScript file); wall time "
                   f"{result.seconds:.1f} s; written to {result.out_dir}; MLflow run {result.run_id} at "
                   f"{cfg.tracking.uri}")
 
@@ -419,6 +419,8 @@ def report(
 
         console.print("In the search: " + kd_added_line(rep["kd_added_in_search"], cfg.search.metric,
                                                        cfg.search.max_epochs))
+    for line in rep["importance_lines"]:
+        console.print(line)
     console.print(f"report: {cfg.output_dir / 'report' / 'report.json'}; plots: {', '.join(rep['plots'])}; "
                   f"logged to MLflow run {rep['mlflow_run_id']}")
 
@@ -549,15 +551,15 @@ def list_models(
                            "int8": why_not_int8(name) or "yes"}
                           for name, s in sizes.items()], indent=2))
         return
-    table = Table(title=f"students at {image_size}px, {num_classes} classes, limit {max_size_mb:g} MB on the "
-                        "shipped TorchScript file (-: cannot be int8)")
-    for col in ("student", "params", "fp32 MB", "fp16 MB", "int8 MB", "fits fp32", "fits fp16", "fits int8"):
-        table.add_column(col, justify="left" if col == "student" else "right")
+    table = Table(title=f"students at {image_size}px, {num_classes} classes: the shipped TorchScript file in MB "
+                        f"(over: above the {max_size_mb:g} MB limit; -: cannot be int8)")
+    for col in ("student", "params", "fp32", "fp16", "int8"):
+        table.add_column(col, justify="left" if col == "student" else "right", no_wrap=col == "student")
     for name, s in sizes.items():
-        mb = [f"{files[name, f] / 1e6:.2f}" if files[name, f] else "-" for f in FORMATS]
-        table.add_row(name, f"{s.params:,}", *mb,
-                      *(_yes(fits(name, num_classes, image_size, f, max_size_mb)) if files[name, f] else "-"
-                        for f in FORMATS))
+        table.add_row(name, f"{s.params:,}", *(
+            "-" if files[name, f] is None else
+            f"{files[name, f] / 1e6:.2f}" + ("" if fits(name, num_classes, image_size, f, max_size_mb) else " over")
+            for f in FORMATS))
     console.print(table)
 
 
@@ -576,10 +578,6 @@ def _counts_line(c: dict[str, int]) -> str:
     source = f" ({', '.join(where)})" if where else ""
     return (f"images: {c['labeled']} labeled, {c['transfer']} transfer{source}, {c['val']} val, "
             f"{c['test']} test")
-
-
-def _yes(b: bool) -> str:
-    return "yes" if b else "no"
 
 
 def _fmt(v) -> str:

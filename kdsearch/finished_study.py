@@ -9,9 +9,9 @@ size_mb and its CPU latency_ms: the front then shows what each extra MB or milli
 
 from __future__ import annotations
 
-import logging
 import math
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, TypeVar
 
 import optuna
@@ -20,7 +20,6 @@ from .results import OBJECTIVE_MODES, diverged, on_full_split
 from .search_space import Dist, Space, split_pair
 
 T = TypeVar("T")
-log = logging.getLogger("kdsearch")
 
 IMPORTANCE_MIN_TRIALS = 10
 """Finished trials before importances are shown: PED-ANOVA compares the top 10% of trials with all of them, so
@@ -47,6 +46,7 @@ class FinishedStudy:
     objectives: list[str]
     ids: dict[int, str]
     """Optuna trial number -> Ray trial id."""
+    _importances: dict = field(default_factory=dict, repr=False)  # computed once (fANOVA fits forests)
 
     @property
     def front(self) -> list[str]:
@@ -58,9 +58,15 @@ class FinishedStudy:
 
     def importances(self) -> dict[str, dict[str, dict[str, float]]] | None:
         """objective -> evaluator (ped_anova, fanova) -> parameter -> importance (summing to 1), for the searched
-        parameters that took more than one value; None with fewer than IMPORTANCE_MIN_TRIALS trials."""
+        parameters that took more than one value ({} for an objective every trial scored the same); None with fewer
+        than IMPORTANCE_MIN_TRIALS trials."""
         if len(self.study.trials) < IMPORTANCE_MIN_TRIALS:
             return None
+        if "found" not in self._importances:
+            self._importances["found"] = self._evaluate()
+        return self._importances["found"]
+
+    def _evaluate(self) -> dict[str, dict[str, dict[str, float]]]:
         varied = [p for p in self.study.trials[0].distributions
                   if len({t.params[p] for t in self.study.trials}) > 1]
         if not varied:
@@ -68,9 +74,15 @@ class FinishedStudy:
         out: dict[str, dict[str, dict[str, float]]] = {}
         for i, name in enumerate(self.objectives):
             out[name] = {}
+            if len({t.values[i] for t in self.study.trials}) == 1:
+                continue  # every trial scored the same: nothing to attribute
+            # PED-ANOVA explains reaching *low* target values: a maximised objective is negated
+            sign = -1.0 if OBJECTIVE_MODES[name] == "max" else 1.0
             for evaluator, make in EVALUATORS.items():
-                values = optuna.importance.get_param_importances(
-                    self.study, evaluator=make(), params=varied, target=lambda t, i=i: t.values[i])
+                with warnings.catch_warnings():  # PED-ANOVA's notes on small studies: IMPORTANCE_MIN_TRIALS says it
+                    warnings.simplefilter("ignore", UserWarning)
+                    values = optuna.importance.get_param_importances(
+                        self.study, evaluator=make(), params=varied, target=lambda t, i=i: sign * t.values[i])
                 out[name][evaluator] = {k: float(v) for k, v in values.items()}
         return out
 
@@ -83,9 +95,13 @@ class FinishedStudy:
                     f"({IMPORTANCE_MIN_TRIALS - n} more)"]
         if not found:
             return ["importances: no searched hyperparameter took more than one value"]
-        return [f"importance for {objective} ({evaluator}, {n} finished trials): "
-                + ", ".join(f"{p} {v:.2f}" for p, v in values.items())
-                for objective, by in found.items() for evaluator, values in by.items()]
+        lines = []
+        for objective, by in found.items():
+            if not by:
+                lines.append(f"importance for {objective}: every finished trial has the same {objective}")
+            lines += [f"importance for {objective} ({evaluator}, {n} finished trials): "
+                      + ", ".join(f"{p} {v:.2f}" for p, v in values.items()) for evaluator, values in by.items()]
+        return lines
 
 
 def rebuild(items: Iterable[T], trial_id: Callable[[T], str], config: Callable[[T], dict[str, Any]],

@@ -55,6 +55,16 @@ def search_trials(cfg: Config) -> list[dict[str, Any]]:
     return out
 
 
+def what_mattered(cfg: Config, trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """The search's Pareto front and hyperparameter importances, from its finished trials (finished_study)."""
+    from .finished_study import rebuild
+
+    study = rebuild([t for t in trials if not t["errored"]], lambda t: t["trial_id"], lambda t: t["config"],
+                    lambda t: t["last"], cfg, cfg.student.precision)
+    return {"pareto_front": study.front, "importances": study.importances(),
+            "importance_lines": study.importance_lines()}
+
+
 def best_hparams(cfg: Config, trials: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> tuple[Hparams, str]:
     """The best finished trial's hyperparameters, or the config's fixed point when there is no search."""
     done = [t for t in trials if not t["errored"]]
@@ -108,6 +118,7 @@ def run_report(cfg: Config, seeds: int = 1, device: str | torch.device = "cpu") 
         "teacher": prepared.teacher.identity,
         "trials": len(trials),
         # inside the search: the best KD trial against the no-KD control among its first trials (search.start_points)
+        **what_mattered(cfg, trials),
         "kd_added_in_search": results.kd_added([t for t in trials if not t["errored"]], lambda t: t["trial_id"],
                                                lambda t: t["last"], lambda t: float(t["config"].get("alpha", 1.0)),
                                                cfg.search.metric, cfg.search.resolved_mode),
@@ -117,7 +128,7 @@ def run_report(cfg: Config, seeds: int = 1, device: str | torch.device = "cpu") 
         student_pred = predict_logits(first_student, data.val.x, student_spec(cfg), cfg.data.image_size,
                                       device).argmax(1)
         written = draw_plots(cfg, tmp, trials, data, hp.student, runs["val"]["with_kd"][0], seed_list[0],
-                             teacher_val_pred, student_pred)
+                             teacher_val_pred, student_pred, report["pareto_front"])
         report["plots"] = {k: str(out / p.name) for k, p in written.items()}
         (tmp / "report.json").write_text(json.dumps(json_safe(report), indent=2, allow_nan=False))
         report["mlflow_run_id"] = log_report(cfg, tmp, figures)
@@ -191,7 +202,8 @@ def kd_figures(prepared: Prepared, splits: dict[str, Split], runs: Runs, device)
 
 
 def draw_plots(cfg: Config, folder: Path, trials: list[dict[str, Any]], data: Dataset, student: str, m: Metrics,
-               seed: int, teacher_pred: torch.Tensor, student_pred: torch.Tensor) -> dict[str, Path]:
+               seed: int, teacher_pred: torch.Tensor, student_pred: torch.Tensor,
+               front: list[str] = ()) -> dict[str, Path]:
     """The search's plots (when there is a search) and the KD student's confusion matrix and sample predictions."""
     from . import plots
 
@@ -201,7 +213,7 @@ def draw_plots(cfg: Config, folder: Path, trials: list[dict[str, Any]], data: Da
         written["learning_curves"] = plots.learning_curves(trials, metric, cfg.search.resolved_mode,
                                                            folder / "learning_curves.png", TOP_TRIALS)
         written["metric_vs_size"] = plots.metric_vs_size(trials, metric, cfg.student.max_size_mb,
-                                                         folder / "metric_vs_size.png")
+                                                         folder / "metric_vs_size.png", frozenset(front))
         searched = [k for k in trials[0]["config"] if len({str(t["config"].get(k)) for t in trials}) > 1]
         written["parallel_coordinates"] = plots.parallel_coordinates(trials, searched or list(trials[0]["config"]),
                                                                      metric, folder / "parallel_coordinates.png")

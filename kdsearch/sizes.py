@@ -14,7 +14,8 @@ The size limit applies to the file that ships: a (student, format) pair fits whe
 (`deployed.FILE`, in fp32, fp16 or int8) is at most student.max_size_mb. That file holds the same tensors as the
 weights file plus the traced code, so the weights file then fits too. Its size does not depend on the weights'
 values, so it is measured once, on an untrained build (int8: calibrated on one random batch), and cached beside the
-weights sizes; export checks the written files again.
+weights sizes. It can differ from a trial's own file by a few kB of names (TorchScript calls a class traced again in
+one process `___torch_mangle_N`); each trial reports its own file's size and export checks the written files again.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`kdsearch train`: one distillation run with fixed hyperparameters, no Ray.
 
-Writes `output.dir/train/` (student.pt in student.precision, metrics.json,
-config.yaml) atomically and logs the run to MLflow.
+Writes `output.dir/train/` (student.pt and student.torchscript.pt in the run's format, as its last epoch scored
+them; metrics.json, config.yaml) atomically and logs the run to MLflow.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ from typing import Any, Callable
 import torch
 import yaml
 
+from . import deployed
 from ._io import atomic_dir, json_safe
 from .config import Config
+from .deployed import WEIGHTS_FILE, cast_state_dict
 from .distill import Hparams, Prepared, default_hparams, prepare, train_student
 from .preflight import preflight
-from .sizes import WEIGHTS_FILE, cast_state_dict
+from .sizes import student_size
 from .tracking import check_store, log_train_run
 
 
@@ -44,7 +46,8 @@ def run_train(cfg: Config, device: torch.device, on_start: Callable[[Hparams, Pr
         on_start(hp, prepared)
     distiller, history = train_student(cfg, hp, prepared, device, on_epoch=on_epoch)
     seconds = time.perf_counter() - start
-    size = distiller.size
+    size = student_size(hp.student, prepared.data.num_classes, cfg.data.image_size)
+    fmt, shipped_bytes = distiller.format, len(distiller.shipped) if distiller.shipped else distiller.file_bytes
     summary = {
         **{f"teacher_{k}": v for k, v in prepared.teacher_metrics.items()},  # incl. the class-order check's
         "baseline_val_macro_f1": prepared.baseline_metrics["val_macro_f1"],
@@ -57,8 +60,7 @@ def run_train(cfg: Config, device: torch.device, on_start: Callable[[Hparams, Pr
         "final": dict(history[-1]),
         "history": history,
         "teacher": {**prepared.teacher.identity, **prepared.teacher_metrics},
-        "student": {"name": hp.student, "params": size.params, "precision": cfg.student.precision,
-                    "size_bytes": size.bytes(cfg.student.precision)},
+        "student": {"name": hp.student, "params": size.params, "precision": fmt, "size_bytes": shipped_bytes},
         "diverged_at_epoch": history[-1]["epoch"] if history[-1]["diverged"] else None,
         "class_names": prepared.data.class_names,
         "images": prepared.data.counts(),
@@ -67,10 +69,14 @@ def run_train(cfg: Config, device: torch.device, on_start: Callable[[Hparams, Pr
     }
     out = cfg.output_dir / "train"
     with atomic_dir(out) as tmp:
-        torch.save(cast_state_dict(distiller.model, cfg.student.precision), tmp / WEIGHTS_FILE)
+        if distiller.shipped is not None:  # the last epoch made the files that ship, and scored them
+            torch.save(distiller.weights, tmp / WEIGHTS_FILE)
+            (tmp / deployed.FILE).write_bytes(distiller.shipped)
+        else:  # it diverged before its last epoch: its float weights, for debugging
+            torch.save(cast_state_dict(distiller.model, "fp32"), tmp / WEIGHTS_FILE)
         (tmp / "metrics.json").write_text(json.dumps(json_safe(report), indent=2, allow_nan=False))
         (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
-        tags = {"student": hp.student, "size_mb": f"{size.bytes(cfg.student.precision) / 1e6:.3f}",
+        tags = {"student": hp.student, "format": fmt, "size_mb": f"{shipped_bytes / 1e6:.3f}",
                 "teacher": prepared.teacher.name,
                 "data_fingerprint": prepared.data.fingerprint}
         run_id = log_train_run(cfg, hp.as_dict(), tags, history, summary, prepared.data.class_names, tmp)

@@ -32,13 +32,17 @@ def test_train_exits_0_and_writes_exactly_the_outputs(trained):
     tmp, cfg, code = trained
     assert code == 0
     out = tmp / "out" / "train"
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json", "student.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json", "student.pt",
+                                                     "student.torchscript.pt"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["hparams"]["alpha"] == 0.8  # --set reached the run
     assert metrics["hparams"]["student"] == "shufflenet_v2_x0_5"
     assert len(metrics["history"]) == 2
     assert metrics["final"]["val_macro_f1"] > 0.2  # twice chance (0.1) after two epochs at 8 px
-    assert (out / "student.pt").stat().st_size == metrics["student"]["size_bytes"]
+    # the size reported is the shipped TorchScript file's, the weights file holds the same tensors without the code
+    assert (out / "student.torchscript.pt").stat().st_size == metrics["student"]["size_bytes"]
+    assert (out / "student.pt").stat().st_size < metrics["student"]["size_bytes"]
+    assert metrics["final"]["scored"] == "fp32 file" and metrics["final"]["val_full"]
     state = torch.load(out / "student.pt", weights_only=True)
     from kdsearch.students import create_student
     create_student("shufflenet_v2_x0_5", 10, 8).load_state_dict(state)

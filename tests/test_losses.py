@@ -285,5 +285,6 @@ def test_start_points_bracket_the_teachers_usefulness_with_a_no_kd_control_and_a
     paper, control, low = points[:3]
     assert paper["alpha"] == 0.9 and control == {**paper, "alpha": 0.0, "feature_weight": 0.0}
     assert low == {**paper, "alpha": 0.25} and len(points) == 3  # the same student and lr: only alpha differs
-    fixed = start_points(Space.model_validate({"alpha": 0.5, "lr": {"loguniform": [1.0e-3, 1.0e-1]}}), [("resnet8", "fp32")])
+    fixed = start_points(Space.model_validate({"alpha": 0.5, "lr": {"loguniform": [1.0e-3, 1.0e-1]}}),
+                         [("resnet8", "fp32")])
     assert len(fixed) == 1  # alpha not searched: nothing to bracket

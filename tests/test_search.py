@@ -179,24 +179,28 @@ def test_over_limit_export_is_refused_and_the_previous_export_survives(searched,
 
 @contextlib.contextmanager
 def _tampered_best_checkpoint(cfg, change):
-    """The best trial's checkpoint with `change(state_dict, final layer prefix)` applied after its trial, restored
-    afterwards (the module's other tests share the search)."""
+    """The best trial's shipped file (and float state) with `change(state_dict, final layer prefix)` applied after
+    its trial, restored afterwards (the module's other tests share the search)."""
+    from kdsearch import deployed
     from kdsearch.experiment import TRIAL_STATE_FILE
     from kdsearch.export import best_trial
     from kdsearch.students import create_student, final_linear
 
     trial = best_trial(cfg)
-    path = trial.checkpoint_dir / TRIAL_STATE_FILE
-    original = path.read_bytes()
-    state = torch.load(path, weights_only=True)
+    files = [trial.checkpoint_dir / name for name in (TRIAL_STATE_FILE, deployed.FILE)]
+    originals = [f.read_bytes() for f in files]
+    state = torch.load(files[0], weights_only=True)
     model = create_student(trial.config["student"], 10, cfg.data.image_size)
     head = next(name for name, m in model.named_modules() if m is final_linear(model))
     change(state["model"], head)
-    torch.save(state, path)
+    model.load_state_dict(state["model"])
+    torch.save(state, files[0])
+    files[1].write_bytes(deployed.script_bytes(model.eval(), cfg.data.image_size))
     try:
         yield
     finally:
-        path.write_bytes(original)
+        for f, original in zip(files, originals):
+            f.write_bytes(original)
 
 
 def test_an_export_that_does_not_reproduce_its_trial_is_refused(searched, tmp_path):
@@ -217,23 +221,19 @@ def test_an_export_that_does_not_reproduce_its_trial_is_refused(searched, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
 
 
-def test_a_precision_that_changes_the_score_is_refused(searched, tmp_path):
+def test_the_trial_s_format_is_exported_whatever_student_precision_says_at_export(searched, tmp_path):
+    """The search's trials shipped fp32 files and were scored on them: exporting with student.precision fp16 set
+    afterwards exports the trial's fp32 file (its model card says fp32), not a file no trial scored."""
     cfg, _ = searched
-
-    def tiny_logits(weights, head):  # the same argmax in fp32; under fp16's smallest step (6e-8) once cast
-        for key in (f"{head}.weight", f"{head}.bias"):
-            weights[key] *= 1e-9
-
     fp16 = cfg.model_copy(update={"student": cfg.student.model_copy(update={"precision": "fp16"})})
-    with _tampered_best_checkpoint(cfg, tiny_logits):
-        export_best(cfg, out=tmp_path / "fp32", register=False)  # fp32 reproduces the trial exactly
-        with pytest.raises(KdsearchError, match="export refused"):
-            export_best(fp16, out=tmp_path / "fp16", register=False)
-    assert not (tmp_path / "fp16").exists()
+    export_best(fp16, out=tmp_path / "best", register=False)
+    card = json.loads((tmp_path / "best" / "model_card.json").read_text())
+    assert card["precision"] == card["shipped"]["format"] == "fp32"
+    assert card["metrics"]["val_macro_f1"] == card["metrics"]["trial_val_macro_f1"]
 
 
 def test_an_export_killed_outright_leaves_the_previous_one_and_the_next_export_clears_its_temp(searched, tmp_path):
-    """A real SIGKILL mid-export (after student.pt, before the TorchScript file), in a process of its own: no cleanup
+    """A real SIGKILL mid-export (files written, loading them back), in a process of its own: no cleanup
     code runs, so its temp folder stays; the previous export is untouched, and the next export removes the temp."""
     import signal
 
@@ -250,7 +250,7 @@ def test_an_export_killed_outright_leaves_the_previous_one_and_the_next_export_c
         "from kdsearch.config import Config\n"
         "from kdsearch.export import export_best\n"
         f"cfg = Config.model_validate(yaml.safe_load(open(r'{tmp_path / 'cfg.yaml'}')))\n"
-        "torch.jit.trace = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "torch.jit.load = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
         f"export_best(cfg, out=Path(r'{out}'), register=False)\n"
     )
     killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

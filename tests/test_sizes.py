@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from kdsearch import sizes
+from kdsearch.errors import KdsearchError
 from kdsearch.sizes import WEIGHTS_FILE, cast_state_dict, state_dict_bytes, student_size
 from kdsearch.students import STUDENTS, create_student, list_students
 
@@ -129,13 +130,35 @@ def test_the_students_that_fit_are_chosen_in_the_configs_precision(tmp_path, pre
     """The size filter reads student.precision both ways: an fp16 file fits where its fp32 one would not, and an
     fp32 one is never let in on its fp16 size."""
     from kdsearch.config import Config
-    from kdsearch.sizes import select_students
+    from kdsearch.sizes import select_deployments
 
     from conftest import tiny_config
 
     cfg = Config.model_validate(tiny_config(tmp_path, data={"source": "digits", "image_size": 224},
                                             student={"candidates": ["resnet8", "efficientnet_b1"], "max_size_mb": 25,
                                                      "precision": precision}))
-    chosen, over = select_students(cfg, 10)
-    assert chosen == fits
-    assert [o.name for o in over] == [n for n in ("resnet8", "efficientnet_b1") if n not in fits]
+    chosen = select_deployments(cfg, 10)
+    assert chosen.students == fits and chosen.pairs == [(n, precision) for n in fits]
+    assert [n for n, _, _ in chosen.over] == [n for n in ("resnet8", "efficientnet_b1") if n not in fits]
+
+
+def test_a_searched_format_pairs_each_student_with_the_formats_it_fits_and_can_be(tmp_path):
+    """ResNet-34 (85 MB fp32, 43 MB fp16) enters only as int8; EfficientNet, which has no int8 twin, only as float;
+    offering int8 alone to a student that cannot be int8 is refused, naming it and why."""
+    from kdsearch.config import Config
+    from kdsearch.sizes import select_deployments
+
+    from conftest import tiny_config
+
+    def config(precision, candidates):
+        return Config.model_validate(tiny_config(tmp_path, data={"source": "digits", "image_size": 16},
+                                                 student={"candidates": candidates, "max_size_mb": 25},
+                                                 search={"space": {"precision": precision}}))
+
+    d = select_deployments(config({"choice": ["fp32", "fp16", "int8"]}, ["resnet34", "efficientnet_b0"]), 10)
+    assert d.pairs == [("resnet34", "int8"), ("efficientnet_b0", "fp32"), ("efficientnet_b0", "fp16")]
+    assert [(n, f) for n, f, _ in d.over] == [("resnet34", "fp32"), ("resnet34", "fp16")]
+    assert list(d.not_int8) == ["efficientnet_b0"] and "EfficientNet" in d.not_int8["efficientnet_b0"]
+    with pytest.raises(KdsearchError, match=r"search.space.precision int8: efficientnet_b0 cannot be int8 "
+                                            r"\(efficientnet_b0: torchvision has no quantizable EfficientNet"):
+        select_deployments(config("int8", ["resnet8", "efficientnet_b0"]), 10)

@@ -61,5 +61,9 @@ def test_list_models_command(run_cli, tmp_path):
     for precision in ("fp32", "fp16"):  # the bytes shown are a saved file's, not the sizing function's own figure
         torch.save(cast_state_dict(create_student("resnet8", 10, 32), precision), tmp_path / "student.pt")
         assert rows["resnet8"][f"{precision}_bytes"] == (tmp_path / "student.pt").stat().st_size
+    assert rows["resnet34"]["fits"] == {"fp32": False, "fp16": False, "int8": True}  # only its int8 file fits
+    assert rows["efficientnet_b0"]["files"]["int8"] is None and "EfficientNet" in rows["efficientnet_b0"]["int8"]
     code, table, _ = run_cli("list-models", "--image-size", "32")  # the table a person reads names every student
     assert code == 0 and all(name in table for name in rows)
+    r34 = next(line for line in table.splitlines() if "resnet34" in line)
+    assert r34.count(" over") == 2 and f"{rows['resnet34']['files']['int8'] / 1e6:.2f} " in r34

@@ -1,0 +1,174 @@
+"""What ships, searched: the Pareto front of macro-F1 x file size x CPU latency over five students in three formats.
+
+    python benchmarks/deploy_front.py [--samples 16] [--epochs 5] [--out benchmarks/deploy_front.json]
+
+A stratified, seeded Fashion-MNIST subset (3,000 train, 2,000 val images at 16 px, from Debian's
+dataset-fashion-mnist), a ResNet-18 teacher trained here, and one `kdsearch run` through the installed command over
+the loss menu (kd, dist, kd_ls, dkd) and `precision: {choice: [fp32, fp16, int8]}` for ResNet-8, ShuffleNetV2-x1.0,
+MobileNetV3-Large, ResNet-18 and ResNet-34 under 25 MB. ResNet-18 (44.8 MB fp32) and ResNet-34 (85 MB fp32,
+43 MB fp16) fit only as int8; ResNet-34 is first, so the search's start points are its int8 pair.
+
+Every figure is a finished trial's shipped file on the whole val split (`val_macro_f1`), its float model's
+(`val_macro_f1_float`), the file's size and its median latency at batch 1 on one CPU thread. Written to JSON:
+- the front (non-dominated finished trials over val macro-F1, size, latency);
+- the best student at <= 5 MB and at <= 25 MB;
+- per architecture, over its int8 trials: the mean int8 - float macro-F1 of the same trained student, and the
+  fp32 / int8 latency ratio (both formats timed here on an untrained build: latency does not depend on weights);
+- whether the best int8 ResNet-34 beats the best float student that fits 25 MB;
+and a plot of the front (benchmarks/deploy_front.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+KDSEARCH = str(Path(sys.executable).with_name("kdsearch"))
+STUDENTS = ["resnet34", "resnet18", "resnet8", "shufflenet_v2_x1_0", "mobilenet_v3_large"]
+SIZE = 16
+
+
+def config(work: Path, npz: Path, samples: int, epochs: int) -> Path:
+    cfg = {
+        "name": "deploy-front", "seed": 0,
+        "data": {"source": "npz", "root": str(npz), "image_size": SIZE, "augment": "standard"},
+        "teacher": {"source": "train", "arch": "resnet18", "epochs": 8, "patience": 3},
+        "student": {"candidates": STUDENTS, "max_size_mb": 25},
+        "search": {"num_samples": samples, "max_concurrent": 2, "max_epochs": epochs, "grace_period": 2,
+                   "reduction_factor": 3, "resources_per_trial": {"cpu": 1, "gpu": 0},
+                   "space": {"loss": {"choice": ["kd", "dist", "kd_ls", "dkd"]},
+                             "temperature": {"uniform": [1.0, 8.0]}, "alpha": {"uniform": [0.0, 1.0]},
+                             "dkd_beta": {"loguniform": [0.5, 8.0]}, "lr": {"loguniform": [1.0e-3, 1.0e-2]},
+                             "batch_size": 64, "weight_decay": 1.0e-4, "class_weight_power": 0.0,
+                             "precision": {"choice": ["fp32", "fp16", "int8"]}}},
+        "tracking": {"uri": f"sqlite:///{work / 'mlflow.db'}"},
+        "output": {"dir": str(work / "out")},
+    }
+    path = work / "deploy_front.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def finished_trials(work: Path, epochs: int) -> list[dict]:
+    out = []
+    for f in (work / "out" / "ray" / "deploy-front").glob("*/result.json"):
+        lines = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        last = lines[-1] if lines else {}
+        if last.get("training_iteration", 0) >= epochs and last.get("scored", "").endswith("file"):
+            student, fmt = last["config"]["student_format"].split("/")
+            out.append({"trial_id": last["trial_id"], "student": student, "format": fmt,
+                        "loss": last["config"].get("loss"), "alpha": last["config"].get("alpha"),
+                        "val_macro_f1": last["val_macro_f1"], "val_macro_f1_float": last["val_macro_f1_float"],
+                        "size_mb": last["size_mb"], "latency_ms": last["latency_ms"]})
+    return sorted(out, key=lambda r: -r["val_macro_f1"])
+
+
+def front(rows: list[dict]) -> list[dict]:
+    def key(r: dict) -> tuple[float, float, float]:
+        return -r["val_macro_f1"], r["size_mb"], r["latency_ms"]
+
+    def dominates(a: dict, b: dict) -> bool:
+        return all(x <= y for x, y in zip(key(a), key(b))) and key(a) != key(b)
+    return [r for r in rows if not any(dominates(o, r) for o in rows)]
+
+
+def untrained_latencies() -> dict[str, dict[str, float]]:
+    """fp32 and int8 latency of each student on this CPU, from untrained builds (weights do not change it)."""
+    import torch
+
+    from kdsearch.deployed import as_format, latency_ms, load, script_bytes
+    from kdsearch.students import create_student
+
+    out = {}
+    for name in STUDENTS:
+        torch.manual_seed(0)
+        model = create_student(name, 10, SIZE).eval()
+        out[name] = {fmt: latency_ms(load(script_bytes(as_format(model, name, fmt, 10, [torch.rand(8, 3, SIZE, SIZE)]),
+                                                       SIZE)), SIZE, runs=100)
+                     for fmt in ("fp32", "int8")}
+    return out
+
+
+def plot(rows: list[dict], members: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    marks = {"fp32": "o", "fp16": "s", "int8": "^"}
+    for ax, x, label in zip(axes, ("size_mb", "latency_ms"), ("TorchScript file (MB)", "CPU latency, batch 1 (ms)")):
+        for i, name in enumerate(STUDENTS):
+            for fmt, m in marks.items():
+                pts = [(r[x], r["val_macro_f1"]) for r in rows if r["student"] == name and r["format"] == fmt]
+                if pts:
+                    ax.scatter(*zip(*pts), marker=m, color=f"C{i}", label=f"{name} {fmt}" if x == "size_mb" else None)
+        ring = sorted(members, key=lambda r: r[x])
+        ax.scatter([r[x] for r in ring], [r["val_macro_f1"] for r in ring], s=160, facecolors="none",
+                   edgecolors="black", label="Pareto front" if x == "size_mb" else None)
+        ax.set(xlabel=label, ylabel="val macro-F1 of the shipped file")
+    axes[0].axvline(25, color="red", linestyle="--")
+    fig.legend(fontsize=6, loc="lower center", ncol=5)
+    fig.suptitle("Fashion-MNIST subset, 16 px: finished trials (front ringed)", fontsize=9)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/kdsearch-deploy-front"))
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "deploy_front.json")
+    args = ap.parse_args()
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from kd_gain import make_subset
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    npz = make_subset(args.work / "fm3k.npz", 3000, 2000, 2000, 0)
+    path = config(args.work, npz, args.samples, args.epochs)
+    start = time.perf_counter()
+    run = subprocess.run([KDSEARCH, "run", str(path), "--device", "cpu"], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if run.returncode != 0:
+        raise SystemExit(f"kdsearch run failed:\n{run.stderr[-3000:]}")
+    rows = finished_trials(args.work, args.epochs)
+    members = front(rows)
+    latency = untrained_latencies()
+    per_arch = {}
+    for name in STUDENTS:
+        int8 = [r for r in rows if r["student"] == name and r["format"] == "int8"]
+        per_arch[name] = {
+            "int8_trials": len(int8),
+            "int8_minus_float_macro_f1": (sum(r["val_macro_f1"] - r["val_macro_f1_float"] for r in int8) / len(int8)
+                                          if int8 else None),
+            "latency_ms": latency[name], "fp32_over_int8_latency": latency[name]["fp32"] / latency[name]["int8"]}
+
+    def best(rows_, limit):
+        fit = [r for r in rows_ if r["size_mb"] <= limit]
+        return max(fit, key=lambda r: r["val_macro_f1"]) if fit else None
+
+    float_best = best([r for r in rows if r["format"] != "int8"], 25)
+    r34 = best([r for r in rows if r["student"] == "resnet34"], 25)
+    result = {
+        "where": "this project's 2-core CPU machine (no GPU)", "wall_s": wall, "finished_trials": len(rows),
+        "trials": rows, "front": members, "best_under_5mb": best(rows, 5), "best_under_25mb": best(rows, 25),
+        "per_architecture": per_arch, "best_float_under_25mb": float_best, "best_int8_resnet34": r34,
+        "int8_resnet34_beats_best_float": (r34["val_macro_f1"] > float_best["val_macro_f1"]
+                                           if r34 and float_best else None),
+        "summary": run.stdout[-6000:],
+    }
+    args.out.write_text(json.dumps(result, indent=2))
+    plot(rows, members, args.out.with_suffix(".png"))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("trials", "summary")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

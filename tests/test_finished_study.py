@@ -1,0 +1,81 @@
+"""The Pareto front and the importances (kdsearch.finished_study), on a study rebuilt from finished trials only."""
+
+from __future__ import annotations
+
+import random
+
+from kdsearch.config import Config
+from kdsearch.finished_study import IMPORTANCE_MIN_TRIALS, rebuild
+
+from conftest import tiny_config
+
+
+def config(tmp_path, **search) -> Config:
+    return Config.model_validate(tiny_config(tmp_path, search={
+        "max_epochs": 3, "grace_period": 1,
+        "space": {"lr": {"loguniform": [1.0e-4, 1.0e-1]}, "alpha": {"uniform": [0.0, 1.0]},
+                  "batch_size": {"choice": [32, 64]}, "precision": {"choice": ["fp32", "int8"]}}, **search}))
+
+
+def trial(i, f1, size, latency, epochs=3, full=True, **extra):
+    config = {"lr": 1e-3, "alpha": 0.5, "batch_size": 32, "student_format": "resnet8/int8"}
+    return {"id": f"t{i}", "config": {**config, **extra.pop("config", {})},
+            "last": {"training_iteration": epochs, "val_full": full, "val_macro_f1": f1, "size_mb": size,
+                     "latency_ms": latency, **extra}}
+
+
+def rebuilt(items, cfg):
+    return rebuild(items, lambda t: t["id"], lambda t: t["config"], lambda t: t["last"], cfg, "fp32")
+
+
+def non_dominated(items, cfg):
+    """The front by its definition, over (F1 up, size down, latency down), by hand."""
+    def dominates(a, b):
+        ka = (-a["last"]["val_macro_f1"], a["last"]["size_mb"], a["last"]["latency_ms"])
+        kb = (-b["last"]["val_macro_f1"], b["last"]["size_mb"], b["last"]["latency_ms"])
+        return all(x <= y for x, y in zip(ka, kb)) and ka != kb
+    return {a["id"] for a in items if not any(dominates(b, a) for b in items)}
+
+
+def test_the_front_holds_only_non_dominated_finished_trials(tmp_path):
+    cfg = config(tmp_path)
+    rng = random.Random(0)
+    done = [trial(i, rng.uniform(0.5, 0.95), rng.uniform(1, 25), rng.uniform(0.5, 20)) for i in range(25)]
+    # better than everything on every objective, but not finished: stopped by ASHA, on the rung subset, diverged
+    unfinished = [trial(100, 0.99, 0.1, 0.1, epochs=1), trial(101, 0.99, 0.1, 0.1, full=False),
+                  trial(102, 0.99, 0.1, 0.1, diverged=True), trial(103, float("nan"), 0.1, 0.1)]
+    study = rebuilt(done + unfinished, cfg)
+    assert set(study.front) == non_dominated(done, cfg) and 1 < len(study.front) < len(done)
+    f1 = {t["id"]: t["last"]["val_macro_f1"] for t in done}
+    assert [f1[i] for i in study.front] == sorted((f1[i] for i in study.front), reverse=True)  # best F1 first
+    assert len(study.study.trials) == len(done)  # the unfinished never enter
+
+
+def test_objectives_set_the_front_and_each_gets_its_direction(tmp_path):
+    cfg = config(tmp_path, objectives=["val_macro_f1", "size_mb"])
+    items = [trial(0, 0.9, 20, 1), trial(1, 0.8, 5, 50), trial(2, 0.7, 10, 0.1), trial(3, 0.9, 21, 0.1)]
+    # latency is not an objective: t2 is dominated by t1 (better F1, smaller), t3 by t0 (same F1, smaller)
+    assert rebuilt(items, cfg).front == ["t0", "t1"]
+
+
+def test_importances_come_from_finished_trials_and_name_what_moved_the_score(tmp_path):
+    cfg = config(tmp_path)
+    rng = random.Random(1)
+    items = []
+    for i in range(20):  # F1 is lr's alone; alpha, batch_size and the format are noise
+        lr = 10 ** rng.uniform(-4, -1)
+        items.append(trial(i, 0.9 - 0.1 * abs(lr - 1e-2) * 10 - 0.001 * rng.random(), 5, 1,
+                           config={"lr": lr, "alpha": rng.random(), "batch_size": rng.choice([32, 64]),
+                                   "student_format": rng.choice(["resnet8/int8", "resnet8/fp32"])}))
+    few = rebuilt(items[:IMPORTANCE_MIN_TRIALS - 1] + [trial(99, 0.9, 5, 1, epochs=1)], cfg)
+    assert few.importances() is None
+    assert few.importance_lines() == [f"importances: {IMPORTANCE_MIN_TRIALS - 1} finished trials; they need "
+                                      f"{IMPORTANCE_MIN_TRIALS} (1 more)"]
+    study = rebuilt(items, cfg)
+    assert study.importances()["size_mb"] == {}  # every trial the same size: nothing to attribute, and it says so
+    assert "importance for size_mb: every finished trial has the same size_mb" in study.importance_lines()
+    found = study.importances()["val_macro_f1"]
+    for evaluator in ("ped_anova", "fanova"):
+        values = found[evaluator]
+        assert set(values) == {"lr", "alpha", "batch_size", "precision"}  # student took one value: not a factor
+        assert max(values, key=values.get) == "lr", (evaluator, values)
