@@ -1,8 +1,8 @@
 """What ships, searched: the Pareto front of macro-F1 x file size x CPU latency over five students in three formats.
 
-    python benchmarks/deploy_front.py [--samples 16] [--epochs 5] [--out benchmarks/deploy_front.json]
+    python benchmarks/deploy_front.py [--samples 16] [--epochs 4] [--out benchmarks/deploy_front.json]
 
-A stratified, seeded Fashion-MNIST subset (3,000 train, 2,000 val images at 16 px, from Debian's
+A stratified, seeded Fashion-MNIST subset (2,000 train, 2,000 val images at 16 px, from Debian's
 dataset-fashion-mnist), a ResNet-18 teacher trained here, and one `kdsearch run` through the installed command over
 the loss menu (kd, dist, kd_ls, dkd) and `precision: {choice: [fp32, fp16, int8]}` for ResNet-8, ShuffleNetV2-x1.0,
 MobileNetV3-Large, ResNet-18 and ResNet-34 under 25 MB. ResNet-18 (44.8 MB fp32) and ResNet-34 (85 MB fp32,
@@ -124,7 +124,7 @@ def plot(rows: list[dict], members: list[dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=16)
-    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--work", type=Path, default=Path("/tmp/kdsearch-deploy-front"))
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "deploy_front.json")
     args = ap.parse_args()
@@ -132,7 +132,7 @@ def main() -> None:
     from kd_gain import make_subset
 
     args.work.mkdir(parents=True, exist_ok=True)
-    npz = make_subset(args.work / "fm3k.npz", 3000, 2000, 2000, 0)
+    npz = make_subset(args.work / "fm2k.npz", 2000, 2000, 2000, 0)
     path = config(args.work, npz, args.samples, args.epochs)
     start = time.perf_counter()
     run = subprocess.run([KDSEARCH, "run", str(path), "--device", "cpu"], capture_output=True, text=True)

@@ -72,7 +72,8 @@ def submission_file(cfg: Config, file: Path | None) -> Path:
     limit = cfg.student.max_size_mb
     if path.stat().st_size > limit * 1e6:
         raise KdsearchError(f"{path}: {path.stat().st_size / 1e6:.2f} MB is over student.max_size_mb {limit:g}; "
-                            "not uploaded. Export a smaller student or student.precision: fp16")
+                            "not uploaded. Export a smaller student, or search its format (search.space.precision: "
+                            "{choice: [fp32, fp16, int8]})")
     try:
         if fmt == "torchscript":
             with warnings.catch_warnings():  # torch 2.9+ marks TorchScript deprecated; the course server wants it
