@@ -216,7 +216,8 @@ def _print_front(cfg: Config, front: list[dict]) -> None:
         return
     metric = cfg.search.metric
     table = Table(title=f"Pareto front over {', '.join(objectives(cfg))}: finished trials, each its shipped file "
-                        "(whole val split; latency: batch 1, one CPU thread)")
+                        "(whole val split; latency: batch 1, one CPU thread, median of the student and format's "
+                        "trials)")
     for col in ("trial", "student", "format", metric, f"{metric} float", "file MB", "latency ms"):
         table.add_column(col, justify="left" if col in ("trial", "student", "format") else "right")
     for r in front:

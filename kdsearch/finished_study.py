@@ -10,6 +10,7 @@ size_mb and its CPU latency_ms: the front then shows what each extra MB or milli
 from __future__ import annotations
 
 import math
+import statistics
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, TypeVar
@@ -22,10 +23,16 @@ from .search_space import Dist, Space, split_pair
 T = TypeVar("T")
 
 IMPORTANCE_MIN_TRIALS = 10
-"""Finished trials before importances are shown: PED-ANOVA compares the top 10% of trials with all of them, so
-fewer than 10 leave it a single trial to describe."""
-EVALUATORS = {"ped_anova": optuna.importance.PedAnovaImportanceEvaluator,
-              "fanova": lambda: optuna.importance.FanovaImportanceEvaluator(seed=0)}
+"""Finished trials before importances are shown: fewer leave the evaluators a handful of points to describe."""
+PED_ANOVA_TOP_TRIALS = 3
+"""PED-ANOVA compares the best `target_quantile` of the trials with all of them; Optuna's 0.1 suits hundreds of
+trials, and of 10 would keep one. The quantile is raised so the best part holds at least this many trials."""
+
+
+def _evaluators(n: int) -> dict[str, Any]:
+    return {"ped_anova": optuna.importance.PedAnovaImportanceEvaluator(
+                target_quantile=max(0.1, PED_ANOVA_TOP_TRIALS / n)),
+            "fanova": optuna.importance.FanovaImportanceEvaluator(seed=0)}
 
 
 def objectives(cfg) -> list[str]:
@@ -46,6 +53,8 @@ class FinishedStudy:
     objectives: list[str]
     ids: dict[int, str]
     """Optuna trial number -> Ray trial id."""
+    latency: dict[tuple[str, str], float] = field(default_factory=dict)
+    """(student, format) -> the latency the front compares (`pair_latencies`)."""
     _importances: dict = field(default_factory=dict, repr=False)  # computed once (fANOVA fits forests)
 
     @property
@@ -78,11 +87,11 @@ class FinishedStudy:
                 continue  # every trial scored the same: nothing to attribute
             # PED-ANOVA explains reaching *low* target values: a maximised objective is negated
             sign = -1.0 if OBJECTIVE_MODES[name] == "max" else 1.0
-            for evaluator, make in EVALUATORS.items():
+            for evaluator, make in _evaluators(len(self.study.trials)).items():
                 with warnings.catch_warnings():  # PED-ANOVA's notes on small studies: IMPORTANCE_MIN_TRIALS says it
                     warnings.simplefilter("ignore", UserWarning)
                     values = optuna.importance.get_param_importances(
-                        self.study, evaluator=make(), params=varied, target=lambda t, i=i: sign * t.values[i])
+                        self.study, evaluator=make, params=varied, target=lambda t, i=i: sign * t.values[i])
                 out[name][evaluator] = {k: float(v) for k, v in values.items()}
         return out
 
@@ -115,13 +124,28 @@ def rebuild(items: Iterable[T], trial_id: Callable[[T], str], config: Callable[[
     done = [i for i in items if finished(result(i), names, cfg.search.max_epochs)]
     points = [{"precision": fmt, **split_pair(config(i))} for i in done]
     distributions = _distributions(cfg.search.space, points)
+    latency = pair_latencies(done, points, result)
     ids = {}
     for number, (item, point) in enumerate(zip(done, points)):
+        values = {n: float(result(item)[n]) for n in names}
+        if "latency_ms" in values:
+            values["latency_ms"] = latency[point["student"], point["precision"]]
         study.add_trial(optuna.trial.create_trial(
             params={k: _value(point[k], d) for k, d in distributions.items()}, distributions=distributions,
-            values=[float(result(item)[n]) for n in names]))
+            values=[values[n] for n in names]))
         ids[number] = trial_id(item)
-    return FinishedStudy(study, names, ids)
+    return FinishedStudy(study, names, ids, latency)
+
+
+def pair_latencies(items: list, points: list[dict[str, Any]], result: Callable) -> dict[tuple[str, str], float]:
+    """(student, format) -> the median latency_ms of its finished trials: a file's latency does not depend on its
+    weights, and each trial timed its own beside the other trials running, so one pair's trials differ by noise
+    alone; the front compares pairs on the median, not on that noise (each trial's own figure stays logged)."""
+    seen: dict[tuple[str, str], list[float]] = {}
+    for item, point in zip(items, points):
+        if isinstance(result(item).get("latency_ms"), (int, float)):
+            seen.setdefault((point["student"], point["precision"]), []).append(float(result(item)["latency_ms"]))
+    return {pair: statistics.median(values) for pair, values in seen.items()}
 
 
 def _distributions(space: Space, points: list[dict[str, Any]]) -> dict[str, Any]:

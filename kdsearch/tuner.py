@@ -148,10 +148,10 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     if best is not None and not on_full_split(best["metrics"]):  # no trial ran all its epochs: chosen on a subset
         best = rescored(cfg, best, prepared)
         tracker.log_whole_split(best["trial_id"], best["metrics"])
-    front, importances = tradeoffs(cfg, trials, tracker)
     # Tune returns normally from a stop it was asked for: a signal, or trials left unfinished, mean interrupted
     unfinished = sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
     stopped_by = interrupts.received() or (signal.SIGINT if unfinished else None)
+    front, importances = ([], []) if stopped_by else tradeoffs(cfg, trials, tracker)  # a finished search's result
     tracker.finish({"wall_seconds": wall, "teacher_forward_passes": teacher_passes, "teacher_seconds": teacher_seconds,
                     **{f"teacher_{k}": v for k, v in prepared.teacher_metrics.items()},
                     **{f"trials_{k}": v for k, v in summary["trials"].items()},
@@ -191,11 +191,11 @@ def tradeoffs(cfg: Config, trials, tracker: SearchTracker) -> tuple[list[dict[st
 
     def row(trial_id: str) -> dict[str, Any]:
         point = split_pair(by_id[trial_id].config)
-        r = by_id[trial_id].last_result
-        return {"trial_id": trial_id, "student": point["student"],
-                "format": point.get("precision") or cfg.student.precision,
-                **{n: float(r[n]) for n in dict.fromkeys([cfg.search.metric, *names, "size_mb", "latency_ms"])},
-                "val_macro_f1_float": r.get("val_macro_f1_float")}
+        r, fmt = by_id[trial_id].last_result, point.get("precision") or cfg.student.precision
+        return {"trial_id": trial_id, "student": point["student"], "format": fmt,
+                **{n: float(r[n]) for n in dict.fromkeys([cfg.search.metric, *names, "size_mb"])},
+                "latency_ms": study.latency[point["student"], fmt],  # the pair's median (finished_study)
+                "trial_latency_ms": float(r["latency_ms"]), "val_macro_f1_float": r.get("val_macro_f1_float")}
 
     front = [row(i) for i in study.front]
     rows = [row(i) for i in study.ids.values()]

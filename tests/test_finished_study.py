@@ -40,7 +40,8 @@ def non_dominated(items, cfg):
 def test_the_front_holds_only_non_dominated_finished_trials(tmp_path):
     cfg = config(tmp_path)
     rng = random.Random(0)
-    done = [trial(i, rng.uniform(0.5, 0.95), rng.uniform(1, 25), rng.uniform(0.5, 20)) for i in range(25)]
+    done = [trial(i, rng.uniform(0.5, 0.95), rng.uniform(1, 25), rng.uniform(0.5, 20),
+                  config={"student_format": f"student{i}/int8"}) for i in range(25)]  # one trial per pair
     # better than everything on every objective, but not finished: stopped by ASHA, on the rung subset, diverged
     unfinished = [trial(100, 0.99, 0.1, 0.1, epochs=1), trial(101, 0.99, 0.1, 0.1, full=False),
                   trial(102, 0.99, 0.1, 0.1, diverged=True), trial(103, float("nan"), 0.1, 0.1)]
@@ -51,9 +52,19 @@ def test_the_front_holds_only_non_dominated_finished_trials(tmp_path):
     assert len(study.study.trials) == len(done)  # the unfinished never enter
 
 
+def test_one_student_and_format_is_compared_on_its_median_latency_not_on_timing_noise(tmp_path):
+    cfg = config(tmp_path)
+    same = [trial(0, 0.90, 20, 7.1), trial(1, 0.89, 20, 6.9), trial(2, 0.88, 20, 7.4)]  # one file timed thrice
+    other = trial(3, 0.80, 5, 1.0, config={"student_format": "resnet8/fp32"})
+    study = rebuilt(same + [other], cfg)
+    assert study.latency == {("resnet8", "int8"): 7.1, ("resnet8", "fp32"): 1.0}
+    assert study.front == ["t0", "t3"]  # t1's faster timing was noise: same file, same size, lower F1
+
+
 def test_objectives_set_the_front_and_each_gets_its_direction(tmp_path):
     cfg = config(tmp_path, objectives=["val_macro_f1", "size_mb"])
-    items = [trial(0, 0.9, 20, 1), trial(1, 0.8, 5, 50), trial(2, 0.7, 10, 0.1), trial(3, 0.9, 21, 0.1)]
+    items = [trial(i, f1, size, latency, config={"student_format": f"s{i}/fp32"})
+             for i, (f1, size, latency) in enumerate([(0.9, 20, 1), (0.8, 5, 50), (0.7, 10, 0.1), (0.9, 21, 0.1)])]
     # latency is not an objective: t2 is dominated by t1 (better F1, smaller), t3 by t0 (same F1, smaller)
     assert rebuilt(items, cfg).front == ["t0", "t1"]
 
