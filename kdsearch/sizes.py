@@ -34,8 +34,9 @@ import torch
 from torch import nn
 
 from ._io import user_cache_dir
-from .deployed import DTYPES, WEIGHTS_FILE, as_format, cast_state_dict, script_bytes  # noqa: F401  (re-exported)
+from .deployed import DTYPES, as_format, script_bytes
 from .errors import KdsearchError
+from .quantize import why_not_int8
 from .students import STUDENTS, create_student, model_from_arch
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def state_dict_bytes(model: nn.Module, precision: str) -> int:
     Each tensor is replaced by an uninitialised CPU tensor of its exported shape and dtype: torch.save's layout
     depends on names, shapes, dtypes and byte counts only, never on values. It also depends on the file's name:
     torch names the records inside after the file's stem, and "archive" for a buffer, so the count holds for a
-    file whose stem has as many letters as "archive", as `WEIGHTS_FILE`'s "student" has.
+    file whose stem has as many letters as "archive", as `deployed.WEIGHTS_FILE`'s "student" has.
     """
     dtype = DTYPES[precision]
     shells = {k: torch.empty(v.shape, dtype=dtype if v.is_floating_point() else v.dtype)
@@ -110,8 +111,6 @@ def student_size(name: str, num_classes: int, image_size: int) -> StudentSize:
 def file_bytes(name: str, num_classes: int, image_size: int, fmt: str) -> int | None:
     """Bytes of the student's shipped TorchScript file in `fmt` (deployed.as_format + script_bytes), measured once on
     an untrained build; None when the student cannot be `fmt` (int8 without a quantizable twin)."""
-    from .quantize import why_not_int8
-
     if fmt == "int8" and why_not_int8(name) is not None:
         return None
     key = _cache_key(name, num_classes, image_size)
@@ -177,8 +176,6 @@ def select_deployments(cfg, num_classes: int) -> Deployments:
     """The candidates (or space.student's choices) in each searched format whose shipped file fits max_size_mb.
     A student that cannot be int8 is refused (exit 2, naming it and why) when int8 is the only format offered, and
     is offered in the float formats only when there are some; none fits -> exit 2."""
-    from .quantize import why_not_int8
-
     s = cfg.student
     chosen = cfg.search.space.student
     if chosen is None:

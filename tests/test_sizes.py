@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from kdsearch import sizes
+from kdsearch.deployed import WEIGHTS_FILE, cast_state_dict
 from kdsearch.errors import KdsearchError
-from kdsearch.sizes import WEIGHTS_FILE, cast_state_dict, state_dict_bytes, student_size
+from kdsearch.sizes import state_dict_bytes, student_size
 from kdsearch.students import STUDENTS, create_student, list_students
 
 
