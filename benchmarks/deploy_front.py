@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -73,8 +74,14 @@ def finished_trials(work: Path, epochs: int) -> list[dict]:
 
 
 def front(rows: list[dict]) -> list[dict]:
+    """The non-dominated trials over (macro-F1 up, size down, latency down), each (student, format) at the median
+    latency of its trials, as kdsearch's front compares them (finished_study.pair_latencies)."""
+    pairs: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        pairs.setdefault((r["student"], r["format"]), []).append(r["latency_ms"])
+
     def key(r: dict) -> tuple[float, float, float]:
-        return -r["val_macro_f1"], r["size_mb"], r["latency_ms"]
+        return -r["val_macro_f1"], r["size_mb"], statistics.median(pairs[r["student"], r["format"]])
 
     def dominates(a: dict, b: dict) -> bool:
         return all(x <= y for x, y in zip(key(a), key(b))) and key(a) != key(b)
