@@ -75,13 +75,15 @@ def finished_trials(work: Path, epochs: int) -> list[dict]:
 
 def front(rows: list[dict]) -> list[dict]:
     """The non-dominated trials over (macro-F1 up, size down, latency down), each (student, format) at the median
-    latency of its trials, as kdsearch's front compares them (finished_study.pair_latencies)."""
-    pairs: dict[tuple[str, str], list[float]] = {}
+    size and latency of its trials, as kdsearch's front compares them (finished_study.pair_medians)."""
+    pairs: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
-        pairs.setdefault((r["student"], r["format"]), []).append(r["latency_ms"])
+        pairs.setdefault((r["student"], r["format"]), []).append(r)
 
     def key(r: dict) -> tuple[float, float, float]:
-        return -r["val_macro_f1"], r["size_mb"], statistics.median(pairs[r["student"], r["format"]])
+        same = pairs[r["student"], r["format"]]
+        return (-r["val_macro_f1"], statistics.median(o["size_mb"] for o in same),
+                statistics.median(o["latency_ms"] for o in same))
 
     def dominates(a: dict, b: dict) -> bool:
         return all(x <= y for x, y in zip(key(a), key(b))) and key(a) != key(b)

@@ -53,8 +53,8 @@ class FinishedStudy:
     objectives: list[str]
     ids: dict[int, str]
     """Optuna trial number -> Ray trial id."""
-    latency: dict[tuple[str, str], float] = field(default_factory=dict)
-    """(student, format) -> the latency the front compares (`pair_latencies`)."""
+    pairs: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    """(student, format) -> the size_mb and latency_ms the front compares (`pair_medians`)."""
     _importances: dict = field(default_factory=dict, repr=False)  # computed once (fANOVA fits forests)
 
     @property
@@ -124,28 +124,35 @@ def rebuild(items: Iterable[T], trial_id: Callable[[T], str], config: Callable[[
     done = [i for i in items if finished(result(i), names, cfg.search.max_epochs)]
     points = [{"precision": fmt, **split_pair(config(i))} for i in done]
     distributions = _distributions(cfg.search.space, points)
-    latency = pair_latencies(done, points, result)
+    shared = pair_medians(done, points, result)
     ids = {}
     for number, (item, point) in enumerate(zip(done, points)):
-        values = {n: float(result(item)[n]) for n in names}
-        if "latency_ms" in values:
-            values["latency_ms"] = latency[point["student"], point["precision"]]
+        pair = point["student"], point["precision"]
+        values = [shared[pair][n] if n in shared[pair] else float(result(item)[n]) for n in names]
         study.add_trial(optuna.trial.create_trial(
             params={k: _value(point[k], d) for k, d in distributions.items()}, distributions=distributions,
-            values=[values[n] for n in names]))
+            values=values))
         ids[number] = trial_id(item)
-    return FinishedStudy(study, names, ids, latency)
+    return FinishedStudy(study, names, ids, shared)
 
 
-def pair_latencies(items: list, points: list[dict[str, Any]], result: Callable) -> dict[tuple[str, str], float]:
-    """(student, format) -> the median latency_ms of its finished trials: a file's latency does not depend on its
-    weights, and each trial timed its own beside the other trials running, so one pair's trials differ by noise
-    alone; the front compares pairs on the median, not on that noise (each trial's own figure stays logged)."""
-    seen: dict[tuple[str, str], list[float]] = {}
+PAIR_FIGURES = ("size_mb", "latency_ms")
+"""What a (student, format) pair has, not a trial: its file's size and CPU latency do not depend on the weights."""
+
+
+def pair_medians(items: list, points: list[dict[str, Any]],
+                 result: Callable) -> dict[tuple[str, str], dict[str, float]]:
+    """(student, format) -> the median of its finished trials' size_mb and latency_ms. Each trial measures its own
+    file: the sizes differ by a few bytes of TorchScript's names (sizes.py), the latencies by the timing noise of
+    the trials running beside it. The front compares pairs on these medians, not on that noise; each trial's own
+    figures stay logged."""
+    seen: dict[tuple[str, str], dict[str, list[float]]] = {}
     for item, point in zip(items, points):
-        if isinstance(result(item).get("latency_ms"), (int, float)):
-            seen.setdefault((point["student"], point["precision"]), []).append(float(result(item)["latency_ms"]))
-    return {pair: statistics.median(values) for pair, values in seen.items()}
+        for name in PAIR_FIGURES:
+            if isinstance(result(item).get(name), (int, float)):
+                seen.setdefault((point["student"], point["precision"]), {}).setdefault(name, []).append(
+                    float(result(item)[name]))
+    return {pair: {n: statistics.median(v) for n, v in figures.items()} for pair, figures in seen.items()}
 
 
 def _distributions(space: Space, points: list[dict[str, Any]]) -> dict[str, Any]:

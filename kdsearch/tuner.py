@@ -193,9 +193,10 @@ def tradeoffs(cfg: Config, trials, tracker: SearchTracker) -> tuple[list[dict[st
         point = split_pair(by_id[trial_id].config)
         r, fmt = by_id[trial_id].last_result, point.get("precision") or cfg.student.precision
         return {"trial_id": trial_id, "student": point["student"], "format": fmt,
-                **{n: float(r[n]) for n in dict.fromkeys([cfg.search.metric, *names, "size_mb"])},
-                "latency_ms": study.latency[point["student"], fmt],  # the pair's median (finished_study)
-                "trial_latency_ms": float(r["latency_ms"]), "val_macro_f1_float": r.get("val_macro_f1_float")}
+                **{n: float(r[n]) for n in dict.fromkeys([cfg.search.metric, *names])},
+                **study.pairs[point["student"], fmt],  # size and latency: the pair's medians (finished_study)
+                "trial_size_mb": float(r["size_mb"]), "trial_latency_ms": float(r["latency_ms"]),
+                "val_macro_f1_float": r.get("val_macro_f1_float")}
 
     front = [row(i) for i in study.front]
     rows = [row(i) for i in study.ids.values()]
