@@ -238,9 +238,15 @@ def _print_export(cfg: Config, e, config_path: Path | None = None) -> None:
         table.add_row(k, _fmt(v))
     table.add_row(metric, f"{metric_value(e.metrics, metric):.4f} (the exported file on the whole val split, "
                   f"{e.val_images} images)")
-    table.add_row(f"trial's last {metric}", f"{e.trial.metrics[metric]:.4f} ({scored_on(e.trial.metrics, e.val_images)}"
-                  + (", what it was chosen on: no trial ran all its epochs)" if not on_full_split(e.trial.metrics)
-                     else ")"))
+    m = e.trial.metrics
+    if m.get("rescored"):  # chosen on a rung-subset score, its shipped file re-scored on the whole split after
+        table.add_row(f"trial's last {metric}", f"{m[f'subset_{metric}']:.4f} (rung subset: "
+                      f"{int(m['subset_val_images'])} of {e.val_images} val images, what it was chosen on: no trial "
+                      f"ran all its epochs); its shipped file on the whole val split after the search: "
+                      f"{m[metric]:.4f}")
+    else:
+        table.add_row(f"trial's last {metric}", f"{m[metric]:.4f} ({scored_on(m, e.val_images)}"
+                      + (", what it was chosen on: no trial ran all its epochs)" if not on_full_split(m) else ")"))
     table.add_row("student.torchscript.pt", f"{e.files['student.torchscript.pt'] / 1e6:.2f} MB ({e.format}, limit "
                   f"{cfg.student.max_size_mb:g} MB); student.pt {e.files['student.pt'] / 1e6:.2f} MB")
     table.add_row("exported to", str(e.out_dir))

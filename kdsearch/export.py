@@ -230,7 +230,11 @@ def model_card(cfg: Config, hp: Hparams, trial: BestTrial, data: Dataset, m: Met
                                          for n, v in zip(data.class_names, m.per_class_f1)},
                     f"trial_{metric}": float(trial.metrics[metric]),
                     "trial_val_macro_f1_float": trial.metrics.get("val_macro_f1_float"),  # before conversion
-                    "trial_val_images": int(trial.metrics.get("val_images") or len(data.val.y))},
+                    "trial_val_images": int(trial.metrics.get("val_images") or len(data.val.y)),
+                    # chosen on a rung-subset score (no trial ran all its epochs), then re-scored whole by the search
+                    **({"trial_rung_subset": {metric: trial.metrics[f"subset_{metric}"],
+                                              "val_images": int(trial.metrics["subset_val_images"])}}
+                       if trial.metrics.get("rescored") else {})},
         "files": dict(files),
         "size_limit_mb": cfg.student.max_size_mb,
         "precision": shipped["format"],

@@ -354,5 +354,7 @@ def rescored(cfg: Config, top: dict[str, Any], prepared: Prepared) -> dict[str, 
     before = top["metrics"]
     subset = {f"subset_{k}": before[k] for k in ("val_loss", "val_accuracy", "val_macro_f1", "val_images")
               if k in before}
-    (folder / RESCORED_FILE).write_text(json.dumps({k: v for k, v in whole.items() if k != "val_confusion"}))
-    return {**top, "metrics": {**before, **subset, **whole, "rescored": True}}
+    metrics = {**before, **subset, **whole, "rescored": True}
+    (folder / RESCORED_FILE).write_text(json.dumps({k: v for k, v in metrics.items() if k in whole or k in subset
+                                                    or k == "rescored"} | {"val_confusion": None}))
+    return {**top, "metrics": metrics}
