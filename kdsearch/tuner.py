@@ -356,5 +356,6 @@ def rescored(cfg: Config, top: dict[str, Any], prepared: Prepared) -> dict[str, 
               if k in before}
     metrics = {**before, **subset, **whole, "rescored": True}
     (folder / RESCORED_FILE).write_text(json.dumps({k: v for k, v in metrics.items() if k in whole or k in subset
-                                                    or k == "rescored"} | {"val_confusion": None}))
+                                                    or k == "rescored"}
+                                                   | {"val_confusion": None}))  # no subset confusion left over
     return {**top, "metrics": metrics}
