@@ -551,6 +551,7 @@ def list_models(
     files = {(name, f): file_bytes(name, num_classes, image_size, f) for name in sizes for f in FORMATS}
     if as_json:
         print(json.dumps([{"student": name, "params": s.params, "fp32_bytes": s.fp32_bytes, "fp16_bytes": s.fp16_bytes,
+                           # fits_fp32 / fits_fp16: the keys before int8 existed, kept for scripts that read them
                            "fits_fp32": fits(name, num_classes, image_size, "fp32", max_size_mb),
                            "fits_fp16": fits(name, num_classes, image_size, "fp16", max_size_mb),
                            "files": {f: files[name, f] for f in FORMATS},

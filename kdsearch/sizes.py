@@ -215,8 +215,10 @@ def select_deployments(cfg, num_classes: int) -> Deployments:
         for fmt in formats:
             if fmt == "int8" and name in not_int8:
                 continue
-            n = file_bytes(name, num_classes, cfg.data.image_size, fmt)
-            (pairs.append((name, fmt)) if n <= s.max_size_mb * 1_000_000 else over.append((name, fmt, n)))
+            if fits(name, num_classes, cfg.data.image_size, fmt, s.max_size_mb):
+                pairs.append((name, fmt))
+            else:
+                over.append((name, fmt, file_bytes(name, num_classes, cfg.data.image_size, fmt)))
     if not pairs:
         sizes = ", ".join(f"{n} {f} {b / 1e6:.1f} MB" for n, f, b in over)
         hint = "int8" if "int8" not in formats else "a smaller one"
