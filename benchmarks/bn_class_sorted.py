@@ -25,7 +25,7 @@ SIZES = {"t-shirt": 1200, "trouser": 400, "pullover": 200, "dress": 100}  # imag
 
 
 def make_folder(root: Path) -> Path:
-    from kdsearch.sources import read_idx
+    from kdsearch.data.sources import read_idx
 
     fashion = Path("/usr/share/datasets/fashion-mnist")
     x, y = read_idx(fashion / "train-images-idx3-ubyte.gz"), read_idx(fashion / "train-labels-idx1-ubyte.gz")
@@ -44,10 +44,10 @@ def main() -> None:
     import torch
 
     from kdsearch.config import Config
-    from kdsearch.data import stratified_sample
-    from kdsearch.distill import BN_SAMPLES, Hparams, prepare, train_student
-    from kdsearch.engine import evaluate, recalibrate_bn
-    from kdsearch.transforms import to_input
+    from kdsearch.data.dataset import stratified_sample
+    from kdsearch.data.transforms import to_input
+    from kdsearch.distill.distiller import BN_SAMPLES, Hparams, prepare, train_student
+    from kdsearch.engine.loop import evaluate, recalibrate_bn
 
     work = args.out.parent
     root = make_folder(work / "folder")

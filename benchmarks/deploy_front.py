@@ -108,8 +108,8 @@ def untrained_latencies() -> dict[str, dict[str, float]]:
     """fp32 and int8 latency of each student on this CPU, from untrained builds (weights do not change it)."""
     import torch
 
-    from kdsearch.deployed import as_format, latency_ms, load, script_bytes
-    from kdsearch.students import create_student
+    from kdsearch.models.deployed import as_format, latency_ms, load, script_bytes
+    from kdsearch.models.students import create_student
 
     out = {}
     for name in STUDENTS:

@@ -49,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from kdsearch.config import Config
-    from kdsearch.tuner import init_ray, run_search
+    from kdsearch.search.tuner import init_ray, run_search
 
     root = args.out.parent
     shutil.rmtree(root, ignore_errors=True)

@@ -39,7 +39,7 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 def make_subset(path: Path, n_train: int, n_val: int, n_test: int, seed: int) -> Path:
     """A stratified, seeded subset of Fashion-MNIST as an .npz with train/val/test splits (28 px)."""
-    from kdsearch.sources import read_idx
+    from kdsearch.data.sources import read_idx
 
     x, y = read_idx(FASHION / "train-images-idx3-ubyte.gz"), read_idx(FASHION / "train-labels-idx1-ubyte.gz")
     xt, yt = read_idx(FASHION / "t10k-images-idx3-ubyte.gz"), read_idx(FASHION / "t10k-labels-idx1-ubyte.gz")
@@ -72,7 +72,7 @@ def arm_config(base: dict, out: Path, name: str, budget: int | None, kd: bool, e
 
 def best_val_per_loss(cfg) -> dict[str, float]:
     """The best val macro-F1 any trial of the search reached with each loss."""
-    from kdsearch.report import search_trials
+    from kdsearch.deploy.report import search_trials
 
     best: dict[str, float] = {}
     for t in search_trials(cfg):
@@ -82,8 +82,8 @@ def best_val_per_loss(cfg) -> dict[str, float]:
 
 
 def best_test_f1(cfg, prepared, hp, seeds: list[int]) -> list[float]:
-    from kdsearch.distill import train_student
-    from kdsearch.engine import evaluate
+    from kdsearch.distill.distiller import train_student
+    from kdsearch.engine.loop import evaluate
 
     data, out = prepared.data, []
     for seed in seeds:
@@ -110,8 +110,8 @@ def main() -> None:
 
     import yaml
 
-    from kdsearch.distill import Hparams, prepare
-    from kdsearch.tuner import run_search
+    from kdsearch.distill.distiller import Hparams, prepare
+    from kdsearch.search.tuner import run_search
 
     work = args.out.parent
     npz = make_subset(work / "fashion-subset.npz", args.train, args.val, args.test, seed=0)

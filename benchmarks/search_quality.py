@@ -98,9 +98,9 @@ def test_macro_f1(cfg_path: Path, weights: Path, student: str, sets: list[str]) 
     import torch
 
     from kdsearch.config import load_config
-    from kdsearch.data import load_dataset
-    from kdsearch.engine import evaluate
-    from kdsearch.students import create_student, student_spec
+    from kdsearch.data.dataset import load_dataset
+    from kdsearch.engine.loop import evaluate
+    from kdsearch.models.students import create_student, student_spec
 
     cfg = load_config(cfg_path, sets)
     data = load_dataset(cfg)

@@ -28,7 +28,7 @@ from sklearn.metrics import f1_score
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from kdsearch.students import create_student  # architectures only: the same models kdsearch trains
+from kdsearch.models.students import create_student  # architectures only: the same models kdsearch trains
 
 SIZE = 16
 STUDENTS = ["resnet8", "mobilenet_v3_small", "shufflenet_v2_x0_5"]

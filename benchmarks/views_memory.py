@@ -33,8 +33,8 @@ def measure(images: int, views: int, work: Path) -> dict:
     import torch
 
     from kdsearch.config import Config
-    from kdsearch.distill import Distiller, Hparams, prepare
-    from kdsearch.students import create_student
+    from kdsearch.distill.distiller import Distiller, Hparams, prepare
+    from kdsearch.models.students import create_student
 
     npz = work / f"synthetic-{images}.npz"
     if not npz.exists():

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .config import CheckpointTeacher, Config, EnsembleTeacher, TorchscriptTeacher, TrackingConfig, TrainTeacher
-from .errors import KdsearchError
-from .labels import ClassTable
-from .locks import check_output_folder
-from .sources import (
+from .core.errors import KdsearchError
+from .core.labels import ClassTable
+from .data.sources import (
     check_sources,
     check_unlabeled,
     class_table_hint,
@@ -25,6 +24,7 @@ from .sources import (
     source_image_count,
     unlabeled_image_count,
 )
+from .runtime.locks import check_output_folder
 
 HEADROOM = 1.2  # free disk wanted over the estimate of what a run writes
 
@@ -54,7 +54,7 @@ def preflight(cfg: Config, search: bool = True) -> Checked:
         raise KdsearchError(f"data.root {cfg.data.root}: found {classes} class; a classifier needs at least two "
                             "(one subfolder or label per class)")
     check_teacher_files(cfg, classes)
-    from .sizes import select_deployments
+    from .models.sizes import select_deployments
 
     deployments = select_deployments(cfg, classes)
     disk = disk_estimate(cfg, classes, deployments.students, search)
@@ -75,7 +75,7 @@ def disk_estimate(cfg: Config, classes: int, students: list[str], search: bool =
 
     `search=False` (`kdsearch train`): no trial checkpoints; student.pt and its copy in MLflow as the export.
     """
-    from .sizes import student_size
+    from .models.sizes import student_size
 
     t = cfg.teacher
     members = len(t.members) if isinstance(t, EnsembleTeacher) else 1
@@ -97,7 +97,7 @@ def _train_teacher_bytes(cfg: Config, classes: int) -> int:
     arch that cannot be built there (its check comes later)."""
     if not isinstance(cfg.teacher, TrainTeacher):
         return 0
-    from .sizes import arch_params
+    from .models.sizes import arch_params
 
     return 4 * (arch_params(cfg.teacher.arch, classes, cfg.data.image_size) or 0)
 

@@ -45,7 +45,7 @@ def resnet8_teacher(tmp_path: Path, **teacher) -> dict:
     """A `checkpoint` teacher section: a seeded, untrained ResNet-8 for digits at 8 px, saved once under tmp_path."""
     import torch
 
-    from kdsearch.students import create_student
+    from kdsearch.models.students import create_student
 
     weights = tmp_path / "r8.pt"
     if not weights.exists():

@@ -72,15 +72,15 @@ def test_only_its_owner_imports(third_party, allowed):
 def test_only_the_trainable_talks_to_tunes_session():
     callers = {m for m, p in _modules().items()
                if any(k in p.read_text() for k in ("tune.report(", "tune.get_checkpoint(", "train.report("))}
-    assert callers == {"kdsearch.trainable"}
+    assert callers == {"kdsearch.search.trainable"}
 
 
 def test_the_engine_knows_no_ray_mlflow_or_pipeline():
     """engine, losses, transforms and batches are plain PyTorch: usable in any training loop."""
-    for name in ("kdsearch.engine", "kdsearch.losses", "kdsearch.transforms", "kdsearch.batches"):
+    for name in ("kdsearch.engine.loop", "kdsearch.losses", "kdsearch.data.transforms", "kdsearch.engine.batches"):
         imported = _imports(name, _modules()[name])
         assert not {t.split(".")[0] for t in imported} & {"ray", "mlflow", "optuna"}, name
-        assert not any(t.startswith(("kdsearch.tuner", "kdsearch.tracking", "kdsearch.distill")) for t in imported)
+        assert not any(t.startswith(("kdsearch.search.tuner", "kdsearch.tracking", "kdsearch.distill.distiller")) for t in imported)
 
 
 @pytest.mark.e2e

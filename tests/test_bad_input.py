@@ -30,7 +30,7 @@ def _weights(tmp, classes: int | None = None, junk: bool = False):
     if junk:
         path.write_bytes(b"\x80\x04 not a checkpoint")
     else:
-        from kdsearch.students import create_student
+        from kdsearch.models.students import create_student
 
         torch.save(create_student("resnet8", classes, 8).state_dict(), path)
     return {"source": "checkpoint", "arch": "resnet8", "weights": str(path)}

@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from kdsearch.config import Config
-from kdsearch.data import load_dataset
-from kdsearch.distill import teach
-from kdsearch.errors import KdsearchError
-from kdsearch.students import create_student, final_linear, student_spec
-from kdsearch.transforms import to_input
+from kdsearch.core.errors import KdsearchError
+from kdsearch.data.dataset import load_dataset
+from kdsearch.data.transforms import to_input
+from kdsearch.teachers.step import teach
+from kdsearch.models.students import create_student, final_linear, student_spec
 
 from conftest import tiny_config
 
@@ -77,7 +77,7 @@ def test_integer_csv_labels_keep_their_numbers_and_the_teacher_agrees(tmp_path, 
     cfg = csv_config(tmp_path, **teacher_trained_elsewhere(tmp_path, integer_csv))
     data = load_dataset(cfg)
     assert data.class_names == [str(k) for k in range(CLASSES)] and data.label_ids == list(range(CLASSES))
-    _, _, scores = teach(cfg, data, "cpu")
+    scores = teach(cfg, data, "cpu").scores
     assert scores["val_accuracy"] > 0.9, scores  # output i is label i: the teacher is as good as it was trained
     assert scores["val_mean_recall_best_matching"] == pytest.approx(scores["val_mean_recall_own_order"])
 
@@ -92,7 +92,7 @@ def test_a_teacher_in_another_class_order_exits_2_naming_the_mapping(tmp_path, i
     assert "teacher output 1 looks like data class '0'" in str(e.value)
     assert "teacher.allow_class_mismatch: true" in str(e.value) and "data.class_names" in str(e.value)
     allowed = csv_config(tmp_path, **rolled, allow_class_mismatch=True)
-    _, _, scores = teach(allowed, data, "cpu")  # the user's call: used as it is
+    scores = teach(allowed, data, "cpu").scores  # the user's call: used as it is
     assert scores["val_mean_recall_best_matching"] - scores["val_mean_recall_own_order"] > 0.5
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from kdsearch.sizes import student_size
+from kdsearch.models.sizes import student_size
 
 from conftest import KDSEARCH, tiny_config, write_config
 

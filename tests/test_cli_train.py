@@ -44,7 +44,7 @@ def test_train_exits_0_and_writes_exactly_the_outputs(trained):
     assert (out / "student.pt").stat().st_size < metrics["student"]["size_bytes"]
     assert metrics["final"]["scored"] == "fp32 file" and metrics["final"]["val_full"]
     state = torch.load(out / "student.pt", weights_only=True)
-    from kdsearch.students import create_student
+    from kdsearch.models.students import create_student
     create_student("shufflenet_v2_x0_5", 10, 8).load_state_dict(state)
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["search"]["space"]["alpha"] == 0.8

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from kdsearch.config import Config, Dist, load_config
-from kdsearch.errors import KdsearchError
+from kdsearch.core.errors import KdsearchError
 
 from conftest import REPO, SHIPPED, tiny_config, write_config
 
@@ -201,7 +201,7 @@ def test_load_config_raises_kdsearch_error(tmp_path):
 def test_hparams_and_the_space_list_the_same_keys():
     """A new hyperparameter is a Space field and an Hparams field; forgetting either fails here."""
     from kdsearch.config import Space
-    from kdsearch.distill import Hparams
+    from kdsearch.distill.distiller import Hparams
 
     assert set(Hparams.model_fields) == set(Space.model_fields)
     hp = Hparams.from_mapping({"student": "resnet8", "temperature": "4", "alpha": 0.5, "lr": 1e-3, "weight_decay": 0,
@@ -219,7 +219,7 @@ def test_an_integer_range_keeps_both_ends_through_tune_and_optuna():
     from ray.tune.search.optuna import OptunaSearch
 
     from kdsearch.config import Space
-    from kdsearch.tune_space import tune_space
+    from kdsearch.search.tune_space import tune_space
 
     space = tune_space(Space.model_validate({"batch_size": {"int": [16, 18]}}), [("resnet8", "fp32")])
     assert set(space["batch_size"].sample(size=300)) == {16, 17, 18}

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from kdsearch.config import Config, load_config
-from kdsearch.errors import KdsearchError
+from kdsearch.core.errors import KdsearchError
 
 KEYS = ["name", "seed", "data", "source", "image_size", "root", "manifest", "class_names", "label_budget", "teacher",
         "arch", "epochs", "weights", "members", "student", "candidates", "max_size_mb", "precision", "search",

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from kdsearch.config import Config, InputSpec
-from kdsearch.data import load_dataset
-from kdsearch.errors import KdsearchError
-from kdsearch.transforms import augment, to_input
+from kdsearch.core.errors import KdsearchError
+from kdsearch.data.dataset import load_dataset
+from kdsearch.data.transforms import augment, to_input
 
 from conftest import tiny_config
 
@@ -92,7 +92,7 @@ def test_decode_cache_is_reused(tmp_path, monkeypatch):
     first = load_dataset(cfg)
     assert len(list((cfg.output_dir / "cache").glob("data-*.pt"))) == 1
 
-    import kdsearch.data as data_mod
+    import kdsearch.data.dataset as data_mod
 
     def no_decoding(d):
         raise AssertionError("decoded again despite the cache")

@@ -110,9 +110,9 @@ def test_export_pareto_writes_each_member_and_an_int8_file_scores_what_its_trial
     assert shipped["torch"] == torch.__version__ and shipped["latency_ms"] > 0 and shipped["cpu"]
     assert "student.onnx" not in card["files"]
     from kdsearch.config import load_config
-    from kdsearch.data import load_dataset
-    from kdsearch.students import student_spec
-    from kdsearch.transforms import to_input
+    from kdsearch.data.dataset import load_dataset
+    from kdsearch.data.transforms import to_input
+    from kdsearch.models.students import student_spec
 
     cfg = load_config(path)
     data = load_dataset(cfg)

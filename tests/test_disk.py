@@ -11,8 +11,8 @@ import uuid
 import pytest
 import torch
 
-from kdsearch._io import atomic_dir, save_atomic
-from kdsearch.errors import KdsearchError
+from kdsearch.core.errors import KdsearchError
+from kdsearch.core.io import atomic_dir, save_atomic
 
 from conftest import KDSEARCH, tiny_config, write_config
 

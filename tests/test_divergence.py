@@ -9,13 +9,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from kdsearch.config import Config
-from kdsearch.tuner import run_search
+from kdsearch.search.tuner import run_search
 
 from conftest import tiny_config, write_config
 
 
 def test_a_diverged_or_nan_result_never_wins():
-    from kdsearch.results import best, ended
+    from kdsearch.core.results import best, ended
 
     rows = [{"id": "nan", "val_loss": float("nan"), "train_loss": 1.0},
             {"id": "diverged", "val_loss": 0.01, "train_loss": float("inf"), "diverged": True},

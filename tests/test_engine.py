@@ -8,9 +8,9 @@ import torch
 from sklearn.metrics import f1_score
 
 from kdsearch.config import Config, InputSpec
-from kdsearch.data import load_dataset
-from kdsearch.distill import Distiller, Hparams, prepare
-from kdsearch.engine import classification_metrics, evaluate
+from kdsearch.data.dataset import load_dataset
+from kdsearch.distill.distiller import Distiller, Hparams, prepare
+from kdsearch.engine.loop import classification_metrics, evaluate
 
 from conftest import tiny_config
 
@@ -82,7 +82,7 @@ def test_macro_f1_averages_the_classes_val_holds_even_when_an_absent_one_is_pred
 def test_untrained_model_scores_near_chance(tmp_path):
     cfg = Config.model_validate(tiny_config(tmp_path))
     data = load_dataset(cfg)
-    from kdsearch.students import create_student
+    from kdsearch.models.students import create_student
 
     torch.manual_seed(0)
     m = evaluate(create_student("resnet8", 10, 8), data.val.x, data.val.y, InputSpec(), 8, 10, "cpu")

@@ -17,10 +17,10 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from kdsearch.config import Config
-from kdsearch.data import load_dataset
-from kdsearch.experiment import experiment_dir
+from kdsearch.data.dataset import load_dataset
+from kdsearch.runtime.experiment import experiment_dir
+from kdsearch.search.tuner import run_search
 from kdsearch.tracking import TRIAL_TAG
-from kdsearch.tuner import run_search
 
 from conftest import own_ray, tiny_config
 

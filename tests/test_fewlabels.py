@@ -15,13 +15,13 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-import kdsearch.distill as distill
+import kdsearch.distill.distiller as distill
 from kdsearch.config import Config
-from kdsearch.data import label_budget_mask, load_dataset, stratified_sample
-from kdsearch.distill import Distiller, Hparams, prepare, train_student
-from kdsearch.engine import evaluate, recalibrate_bn
-from kdsearch.labels import UNLABELED
-from kdsearch.transforms import to_input
+from kdsearch.core.labels import UNLABELED
+from kdsearch.data.dataset import label_budget_mask, load_dataset, stratified_sample
+from kdsearch.data.transforms import to_input
+from kdsearch.distill.distiller import Distiller, Hparams, prepare, train_student
+from kdsearch.engine.loop import evaluate, recalibrate_bn
 
 from conftest import KDSEARCH, tiny_config, write_config
 
@@ -243,7 +243,7 @@ def test_search_with_transfer_images_and_the_loss_menu(tmp_path):
 
 @pytest.mark.e2e
 def test_a_teacher_no_better_than_the_majority_class_warns_and_can_be_refused(tmp_path):
-    from kdsearch.students import create_student
+    from kdsearch.models.students import create_student
 
     torch.manual_seed(0)
     weights = tmp_path / "untrained.pt"

@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 from kdsearch.config import Config
-from kdsearch.data import load_dataset
-from kdsearch.decoders import _decode_files
-from kdsearch.distill import check_class_order, majority_baseline
-from kdsearch.errors import KdsearchError
+from kdsearch.core.errors import KdsearchError
+from kdsearch.data.dataset import load_dataset
+from kdsearch.data.decoders import _decode_files
+from kdsearch.teachers.step import check_class_order, majority_baseline
 from kdsearch.losses import class_weights
 
 from conftest import tiny_config, write_config

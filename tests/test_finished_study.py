@@ -1,11 +1,12 @@
-"""The Pareto front and the importances (kdsearch.finished_study), on a study rebuilt from finished trials only."""
+"""The Pareto front and the importances (kdsearch.search.finished_study), on a study rebuilt from finished trials
+only."""
 
 from __future__ import annotations
 
 import random
 
 from kdsearch.config import Config
-from kdsearch.finished_study import IMPORTANCE_MIN_TRIALS, rebuild
+from kdsearch.search.finished_study import IMPORTANCE_MIN_TRIALS, rebuild
 
 from conftest import tiny_config
 

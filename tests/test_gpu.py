@@ -13,11 +13,11 @@ import ray
 import torch
 
 from kdsearch.config import Config
-from kdsearch.distill import Distiller, Hparams, prepare
-from kdsearch.errors import KdsearchError
-from kdsearch.export import export_best
-from kdsearch.gpu_memory import check_fit
-from kdsearch.tuner import run_search
+from kdsearch.core.errors import KdsearchError
+from kdsearch.deploy.export import export_best
+from kdsearch.distill.distiller import Distiller, Hparams, prepare
+from kdsearch.search.gpu_memory import check_fit
+from kdsearch.search.tuner import run_search
 
 from conftest import own_ray, resnet8_teacher, tiny_config
 
@@ -100,7 +100,7 @@ def test_trials_that_cannot_fit_on_the_gpu_exit_2_before_any_starts(tmp_path):
 
 
 def test_a_live_teachers_trial_holds_the_pool_and_the_teacher(tmp_path):  # runs everywhere: the estimate's parts
-    from kdsearch.gpu_memory import resident_bytes
+    from kdsearch.search.gpu_memory import resident_bytes
 
     cfg = Config.model_validate(tiny_config(tmp_path, teacher=resnet8_teacher(tmp_path, cache=False),
                                             data={"label_budget": 5}))

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from kdsearch.config import Config
-from kdsearch.data import load_dataset
-from kdsearch.distill import Distiller, default_hparams, prepare
-from kdsearch.errors import KdsearchError
+from kdsearch.core.errors import KdsearchError
+from kdsearch.data.dataset import load_dataset
+from kdsearch.data.transforms import to_input
+from kdsearch.distill.distiller import Distiller, default_hparams, prepare
 from kdsearch.teachers import build_teacher
-from kdsearch.transforms import to_input
 
 from conftest import tiny_config, write_config
 from hf_models import SIZE, tiny_siglip, tiny_vit_classifier
@@ -212,7 +212,7 @@ def test_every_mode_drives_train_and_the_token_is_never_written(tmp_path, hf, ru
 
 
 def test_ensemble_of_different_input_sizes_caches_each_member_once(tmp_path, hf, run_cli):
-    from kdsearch.students import create_student
+    from kdsearch.models.students import create_student
 
     torch.save(create_student("resnet8", 10, 8).state_dict(), tmp_path / "r8.pt")
     members = [{"source": "checkpoint", "arch": "resnet8", "weights": str(tmp_path / "r8.pt")},  # 8 px, mean 0.5
@@ -240,7 +240,7 @@ def test_ensemble_of_different_input_sizes_caches_each_member_once(tmp_path, hf,
 
 
 def test_feature_distillation_trains_an_adapter_on_cached_teacher_features(tmp_path):
-    from kdsearch.students import create_student
+    from kdsearch.models.students import create_student
 
     teacher_net = create_student("resnet8", 10, 8)
     torch.save(teacher_net.state_dict(), tmp_path / "r8.pt")
@@ -287,8 +287,8 @@ def test_search_with_an_ensemble_of_all_three_modes(ray_cluster, tmp_path, hf, m
     Teacher passes happen once per (member, view) before the trials, none inside them."""
     from mlflow.tracking import MlflowClient
 
-    from kdsearch.export import export_best
-    from kdsearch.tuner import run_search
+    from kdsearch.deploy.export import export_best
+    from kdsearch.search.tuner import run_search
 
     monkeypatch.setenv("HF_TOKEN", SENTINEL)
     monkeypatch.chdir(tmp_path)  # the registered model's artifacts (./mlruns) are grepped too
@@ -319,8 +319,8 @@ def test_search_with_an_ensemble_of_all_three_modes(ray_cluster, tmp_path, hf, m
 def test_the_probe_is_fitted_on_the_plain_images_whatever_the_views(tmp_path, hf):
     """With augmentation on, the probe is still fitted on the unaugmented train images (as a live fit is), so the
     teacher does not depend on the cache or its views."""
-    from kdsearch.teacher_cache import fit_heads
     from kdsearch.teachers import build_teachers
+    from kdsearch.teachers.cache import fit_heads
 
     heads = []
     for views in (1, 2):

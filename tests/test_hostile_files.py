@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from kdsearch.config import Config
-from kdsearch.data import load_dataset
+from kdsearch.data.dataset import load_dataset
 
 from conftest import KDSEARCH, tiny_config, write_config
 

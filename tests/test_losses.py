@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdsearch.labels import UNLABELED
+from kdsearch.core.labels import UNLABELED
 from kdsearch.losses import (
     FeatureHintLoss,
     class_weights,
@@ -253,7 +253,7 @@ def test_dkd_reproduces_kd_with_the_papers_coupling():
 
 def test_start_points_put_each_loss_at_its_papers_settings_inside_the_users_ranges():
     from kdsearch.config import Space
-    from kdsearch.tune_space import start_points
+    from kdsearch.search.tune_space import start_points
 
     space = Space.model_validate({"loss": {"choice": ["kd", "dist", "kd_ls", "dkd"]}, "dkd_beta": {"uniform": [0.5,
                                                                                                                4.0]},
@@ -277,7 +277,7 @@ def test_start_points_put_each_loss_at_its_papers_settings_inside_the_users_rang
 
 def test_start_points_bracket_the_teachers_usefulness_with_a_no_kd_control_and_a_low_alpha():
     from kdsearch.config import Space
-    from kdsearch.tune_space import start_points
+    from kdsearch.search.tune_space import start_points
 
     space = Space.model_validate({"alpha": {"uniform": [0.0, 1.0]}, "feature_weight": {"uniform": [0.0, 2.0]},
                                   "lr": {"loguniform": [1.0e-3, 1.0e-1]}})

@@ -9,8 +9,8 @@ from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
 from kdsearch.config import Config
-from kdsearch.report import search_trials
-from kdsearch.tuner import run_search
+from kdsearch.deploy.report import search_trials
+from kdsearch.search.tuner import run_search
 
 from conftest import own_ray, tiny_config
 

@@ -1,4 +1,4 @@
-"""int8 students (kdsearch.quantize): a trained float student converted by static post-training quantization into
+"""int8 students (kdsearch.models.quantize): a trained float student converted by static post-training quantization into
 a TorchScript file that a fresh interpreter with only torch loads and runs on a CPU."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from kdsearch.deployed import latency_ms, load, script_bytes
-from kdsearch.engine import recalibrate_bn
-from kdsearch.quantize import int8_model, why_not_int8
-from kdsearch.students import create_student
+from kdsearch.engine.loop import recalibrate_bn
+from kdsearch.models.deployed import latency_ms, load, script_bytes
+from kdsearch.models.quantize import int8_model, why_not_int8
+from kdsearch.models.students import create_student
 
 
 def digits(size: int = 16):
@@ -80,8 +80,8 @@ def test_students_without_an_int8_twin_are_named_with_the_reason():
 def test_the_size_limit_reads_the_shipped_file_in_each_format(tmp_path):
     """file_bytes is the TorchScript file as_format + script_bytes write (the limit's figure), at least the weights
     file's size; ResNet-34 fits 25 MB only as int8, and a student without an int8 twin has no int8 size."""
-    from kdsearch.deployed import as_format, cast_state_dict
-    from kdsearch.sizes import file_bytes, fits, student_size
+    from kdsearch.models.deployed import as_format, cast_state_dict
+    from kdsearch.models.sizes import file_bytes, fits, student_size
 
     for fmt in ("fp32", "fp16", "int8"):
         model = create_student("resnet8", 10, 16).eval()
@@ -107,10 +107,10 @@ def test_a_trial_in_int8_scores_its_int8_file_and_quantization_aware_epochs_chan
     on the whole val split; with int8_qat_epochs the teacher keeps teaching the fake-quantized student first, so
     the file that ships is another one, and still a working classifier."""
     from kdsearch.config import Config
-    from kdsearch.deployed import load
-    from kdsearch.distill import default_hparams, prepare, train_student
-    from kdsearch.engine import evaluate
-    from kdsearch.students import student_spec
+    from kdsearch.distill.distiller import default_hparams, prepare, train_student
+    from kdsearch.engine.loop import evaluate
+    from kdsearch.models.deployed import load
+    from kdsearch.models.students import student_spec
 
     from conftest import tiny_config
 

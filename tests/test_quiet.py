@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from kdsearch.quiet import ENVIRONMENT
+from kdsearch.runtime.quiet import ENVIRONMENT
 
 from conftest import KDSEARCH, tiny_config, write_config
 

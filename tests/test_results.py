@@ -20,12 +20,12 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from kdsearch.config import Config
-from kdsearch.distill import Hparams, prepare, train_student
-from kdsearch.engine import evaluate
-from kdsearch.export import export_best
-from kdsearch.report import run_report
-from kdsearch.students import student_spec
-from kdsearch.tuner import run_search
+from kdsearch.deploy.export import export_best
+from kdsearch.deploy.report import run_report
+from kdsearch.distill.distiller import Hparams, prepare, train_student
+from kdsearch.engine.loop import evaluate
+from kdsearch.models.students import student_spec
+from kdsearch.search.tuner import run_search
 
 from conftest import KDSEARCH, REPO, tiny_config, write_config
 

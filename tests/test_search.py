@@ -15,11 +15,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from kdsearch.config import Config
-from kdsearch.errors import KdsearchError
-from kdsearch.experiment import experiment_dir
-from kdsearch.export import export_best
+from kdsearch.core.errors import KdsearchError
+from kdsearch.deploy.export import export_best
+from kdsearch.runtime.experiment import experiment_dir
+from kdsearch.search.tuner import run_search
 from kdsearch.tracking import _fluent_uri
-from kdsearch.tuner import run_search
 
 from conftest import tiny_config
 
@@ -143,9 +143,9 @@ def test_export_writes_every_file_and_reproduces_the_metric(searched, tmp_path):
     # student.onnx is the trained student too, not an untrained build (onnx's reference runtime, real images)
     from onnx.reference import ReferenceEvaluator
 
-    from kdsearch.data import load_dataset
-    from kdsearch.students import student_spec
-    from kdsearch.transforms import to_input
+    from kdsearch.data.dataset import load_dataset
+    from kdsearch.data.transforms import to_input
+    from kdsearch.models.students import student_spec
 
     data = load_dataset(cfg)
     batch = to_input(data.val.x[:4], student_spec(cfg), 8)
@@ -181,10 +181,10 @@ def test_over_limit_export_is_refused_and_the_previous_export_survives(searched,
 def _tampered_best_checkpoint(cfg, change):
     """The best trial's shipped file (and float state) with `change(state_dict, final layer prefix)` applied after
     its trial, restored afterwards (the module's other tests share the search)."""
-    from kdsearch import deployed
-    from kdsearch.experiment import TRIAL_STATE_FILE
-    from kdsearch.export import best_trial
-    from kdsearch.students import create_student, final_linear
+    from kdsearch.deploy.export import best_trial
+    from kdsearch.models import deployed
+    from kdsearch.models.students import create_student, final_linear
+    from kdsearch.runtime.experiment import TRIAL_STATE_FILE
 
     trial = best_trial(cfg)
     files = [trial.checkpoint_dir / name for name in (TRIAL_STATE_FILE, deployed.FILE)]
@@ -248,7 +248,7 @@ def test_an_export_killed_outright_leaves_the_previous_one_and_the_next_export_c
         "import os, signal, sys, yaml, torch\n"
         "from pathlib import Path\n"
         "from kdsearch.config import Config\n"
-        "from kdsearch.export import export_best\n"
+        "from kdsearch.deploy.export import export_best\n"
         f"cfg = Config.model_validate(yaml.safe_load(open(r'{tmp_path / 'cfg.yaml'}')))\n"
         "torch.jit.load = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
         f"export_best(cfg, out=Path(r'{out}'), register=False)\n"

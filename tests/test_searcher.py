@@ -1,4 +1,4 @@
-"""What Optuna is told (kdsearch.searcher): only a trial that ran all its epochs, scored on the whole val split,
+"""What Optuna is told (kdsearch.search.searcher): only a trial that ran all its epochs, scored on the whole val split,
 is a COMPLETE trial with a value; stopped ones are PRUNED with their intermediate values, errored and diverged ones
 FAIL. Ray's OptunaSearch alone tells every non-errored trial as COMPLETE with its last (possibly subset) score."""
 
@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from kdsearch.searcher import HonestOptunaSearch
+from kdsearch.search.searcher import HonestOptunaSearch
 
 
 def result(epoch: int, value: float, full: bool) -> dict:
@@ -62,7 +62,7 @@ def test_rays_own_optuna_search_would_have_taken_subset_scores_as_values():
 
 
 def test_kd_added_compares_the_best_kd_trial_with_the_no_kd_control_on_whole_split_scores():
-    from kdsearch.results import kd_added, kd_added_line
+    from kdsearch.core.results import kd_added, kd_added_line
 
     def added(rows, metric="val_macro_f1", mode="max"):
         return kd_added(rows, lambda r: r["id"], lambda r: r["r"], lambda r: r["alpha"], metric, mode)
@@ -98,7 +98,7 @@ def test_tpe_models_the_results_once_the_start_points_and_one_parallel_round_hav
     from optuna.samplers._tpe.sampler import _RELATIVE_PARAMS_KEY
 
     from kdsearch.config import Config
-    from kdsearch.tuner import tpe_sampler
+    from kdsearch.search.tuner import tpe_sampler
 
     from conftest import tiny_config
 

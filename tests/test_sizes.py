@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from kdsearch import sizes
-from kdsearch.deployed import WEIGHTS_FILE, cast_state_dict
-from kdsearch.errors import KdsearchError
-from kdsearch.sizes import state_dict_bytes, student_size
-from kdsearch.students import STUDENTS, create_student, list_students
+from kdsearch.core.errors import KdsearchError
+from kdsearch.models import sizes
+from kdsearch.models.deployed import WEIGHTS_FILE, cast_state_dict
+from kdsearch.models.sizes import state_dict_bytes, student_size
+from kdsearch.models.students import STUDENTS, create_student, list_students
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def test_the_students_that_fit_are_chosen_in_the_configs_precision(tmp_path, pre
     """The size filter reads student.precision both ways: an fp16 file fits where its fp32 one would not, and an
     fp32 one is never let in on its fp16 size."""
     from kdsearch.config import Config
-    from kdsearch.sizes import select_deployments
+    from kdsearch.models.sizes import select_deployments
 
     from conftest import tiny_config
 
@@ -147,7 +147,7 @@ def test_a_searched_format_pairs_each_student_with_the_formats_it_fits_and_can_b
     """ResNet-34 (85 MB fp32, 43 MB fp16) enters only as int8; EfficientNet, which has no int8 twin, only as float;
     offering int8 alone to a student that cannot be int8 is refused, naming it and why."""
     from kdsearch.config import Config
-    from kdsearch.sizes import select_deployments
+    from kdsearch.models.sizes import select_deployments
 
     from conftest import tiny_config
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from kdsearch.config import load_config
-from kdsearch.deployed import cast_state_dict
-from kdsearch.students import create_student, list_students, vit_patch_size
+from kdsearch.models.deployed import cast_state_dict
+from kdsearch.models.students import create_student, list_students, vit_patch_size
 
 from conftest import SHIPPED
 

@@ -241,7 +241,7 @@ def test_waiting_past_the_timeout_says_how_to_sync(world):
 MY_PROTOCOL = '''
 import json
 from pathlib import Path
-from kdsearch.protocols import Protocol, Status
+from kdsearch.deploy.protocols import Protocol, Status
 
 BOOK = Path(__file__).with_name("book.json")
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from kdsearch.config import Config
-from kdsearch.distill import prepare
-from kdsearch.errors import KdsearchError
-from kdsearch.teacher_worker import on_worker, worker_resources
+from kdsearch.core.errors import KdsearchError
+from kdsearch.distill.distiller import prepare
+from kdsearch.teachers.worker import on_worker, worker_resources
 
 from conftest import KDSEARCH, resnet8_teacher, tiny_config, write_config
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from kdsearch.config import Config
-from kdsearch.data import load_dataset
-from kdsearch.errors import KdsearchError
-from kdsearch.teacher_cache import teacher_targets
+from kdsearch.core.errors import KdsearchError
+from kdsearch.data.dataset import load_dataset
 from kdsearch.teachers import build_teacher, build_teachers
+from kdsearch.teachers.cache import teacher_targets
 
 from conftest import tiny_config
 
@@ -66,7 +66,7 @@ def test_class_count_mismatch_names_both_counts(tmp_path, user_module):
 
 
 def test_registry_checkpoint_with_other_class_count(tmp_path):
-    from kdsearch.students import create_student
+    from kdsearch.models.students import create_student
 
     torch.save(create_student("resnet8", 5, 8).state_dict(), tmp_path / "r8.pt")
     cfg = cfg_with(tmp_path, {"source": "checkpoint", "arch": "resnet8", "weights": str(tmp_path / "r8.pt")})
@@ -78,8 +78,8 @@ def test_registry_checkpoint_with_other_class_count(tmp_path):
 def test_validate_checks_a_checkpoint_with_no_weights_built(tmp_path, monkeypatch, legacy_format):
     """`validate`'s teacher check builds the architecture on the meta device and maps the file (a legacy-format
     file, which cannot be mapped, is read), and still refuses what a real load refuses."""
+    from kdsearch.models.students import create_student
     from kdsearch.preflight import check_teacher_files
-    from kdsearch.students import create_student
 
     for name, arch, classes in [("good", "resnet8", 10), ("other_arch", "shufflenet_v2_x0_5", 10),
                                 ("five", "resnet8", 5)]:
@@ -120,7 +120,7 @@ def test_timm_checkpoint_teacher(tmp_path):
     teacher = build_teacher(cfg, data, "cpu")
     assert teacher.spec.size == 32
     net.eval()
-    from kdsearch.transforms import to_input
+    from kdsearch.data.transforms import to_input
     expected = net(to_input(data.val.x[:3], teacher.spec, 32))
     assert torch.allclose(teacher.outputs(data.val.x[:3])[0], expected, atol=1e-5)
 
@@ -239,8 +239,8 @@ def test_a_checkpoint_that_declares_its_normalisation_is_warned_about_when_it_di
     import torch
 
     from kdsearch.config import Config
-    from kdsearch.data import load_dataset
-    from kdsearch.students import create_student
+    from kdsearch.data.dataset import load_dataset
+    from kdsearch.models.students import create_student
     from kdsearch.teachers import build_teacher
 
     from conftest import tiny_config

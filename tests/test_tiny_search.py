@@ -8,8 +8,8 @@ import json
 import torch
 
 from kdsearch.config import Config
-from kdsearch.export import export_best
-from kdsearch.tuner import run_search
+from kdsearch.deploy.export import export_best
+from kdsearch.search.tuner import run_search
 
 from conftest import tiny_config
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from kdsearch.config import Config
-from kdsearch.distill import Distiller, Hparams, prepare
-from kdsearch.students import create_student
-from kdsearch.transforms import PARAMS, Views, apply_augment, augment, augment_params
+from kdsearch.data.transforms import PARAMS, Views, apply_augment, augment, augment_params
+from kdsearch.distill.distiller import Distiller, Hparams, prepare
+from kdsearch.models.students import create_student
 
 from conftest import tiny_config
 
@@ -70,7 +70,7 @@ def test_sixteen_views_at_224px_cost_no_more_memory_than_one(tmp_path):
 
 
 def test_best_prefers_whole_split_scores_over_higher_subset_ones():
-    from kdsearch.results import best
+    from kdsearch.core.results import best
 
     trials = [{"id": "a", "val_macro_f1": 0.95, "val_full": False, "training_iteration": 1},  # ASHA stopped it
               {"id": "b", "val_macro_f1": 0.80, "val_full": True, "training_iteration": 3},
@@ -85,7 +85,7 @@ def test_best_prefers_whole_split_scores_over_higher_subset_ones():
 def test_ranked_puts_the_best_first_and_unrankable_results_last():
     """The order `kdsearch ui`'s comparison link and the learning-curve plot use: best first on the metric, ties in
     their order, and results without a finite metric (none, NaN, diverged) after every ranked one."""
-    from kdsearch.results import ranked
+    from kdsearch.core.results import ranked
 
     rows = [{"id": "none"}, {"id": "low", "val_macro_f1": 0.5}, {"id": "nan", "val_macro_f1": float("nan")},
             {"id": "high", "val_macro_f1": 0.9}, {"id": "tie", "val_macro_f1": 0.5},
@@ -131,9 +131,9 @@ def test_a_positive_angle_turns_the_image_counter_clockwise():
 def test_each_cached_batch_pairs_a_views_pixels_with_that_views_teacher_outputs():
     """cached_batches draws one view per image; the pixels it feeds and the logits it pairs them with must be of
     the same view. Here a view's 'teacher output' is its own mean pixel, so a mismatch shows in every batch."""
-    from kdsearch.batches import cached_batches
     from kdsearch.config import InputSpec
-    from kdsearch.transforms import to_input
+    from kdsearch.data.transforms import to_input
+    from kdsearch.engine.batches import cached_batches
 
     x = torch.randint(0, 256, (50, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     views = Views.make(x, "strong", views=4, seed=3)
@@ -151,7 +151,7 @@ def test_each_cached_batch_pairs_a_views_pixels_with_that_views_teacher_outputs(
 
 def test_the_teacher_output_cache_is_keyed_by_the_augmentation(tmp_path, monkeypatch):
     """Outputs cached for one augmentation (or one recipe of views) are never reused for another: the pixels differ."""
-    from kdsearch import teacher_cache
+    from kdsearch.teachers import cache as teacher_cache
 
     from conftest import resnet8_teacher
 

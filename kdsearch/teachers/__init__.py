@@ -6,7 +6,7 @@ The Hugging Face source imports transformers (a heavy import) only when a config
 from __future__ import annotations
 
 from ..config import Config
-from ..data import Dataset
+from ..data.dataset import Dataset
 from . import checkpoint, torchscript, train  # noqa: F401  (register their sources)
 from .base import SOURCES, Teacher, Teachers, build_teacher, build_teachers, teacher_spec
 from .checkpoint import load_checkpoint_model, load_state_dict_file

@@ -19,15 +19,15 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .._io import fingerprint
 from ..config import Config, EnsembleTeacher, InputSpec
-from ..data import Dataset
-from ..engine import EVAL_BATCH, Metrics, classification_metrics
-from ..errors import KdsearchError
+from ..core.errors import KdsearchError
+from ..core.io import fingerprint
+from ..core.registry import Registry
+from ..data.dataset import Dataset
+from ..data.transforms import to_input
+from ..engine.loop import EVAL_BATCH, Metrics, classification_metrics
 from ..losses import teacher_log_probs
-from ..registry import Registry
-from ..students import forward_with_features, student_spec
-from ..transforms import to_input
+from ..models.students import forward_with_features, student_spec
 
 log = logging.getLogger("kdsearch")
 

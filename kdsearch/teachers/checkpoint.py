@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .._io import file_sha256, fingerprint
 from ..config import CheckpointTeacher, Config
-from ..data import Dataset
-from ..errors import KdsearchError
-from ..students import final_linear, model_from_arch
+from ..core.errors import KdsearchError
+from ..core.io import file_sha256, fingerprint
+from ..data.dataset import Dataset
+from ..models.students import final_linear, model_from_arch
 from .base import SOURCES, Teacher, teacher_spec
 
 log = logging.getLogger("kdsearch")

@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._io import fingerprint
 from ..config import Config, HuggingFaceTeacher, InputSpec
-from ..data import Dataset
-from ..errors import KdsearchError
+from ..core.errors import KdsearchError
+from ..core.io import fingerprint
+from ..core.registry import Registry
+from ..data.dataset import Dataset
 from ..losses import class_weights
-from ..registry import Registry
-from ..students import final_linear, student_spec
+from ..models.students import final_linear, student_spec
 from .base import CrossFit, Teacher
 
 log = logging.getLogger("kdsearch")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .._io import file_sha256, fingerprint
 from ..config import Config, TorchscriptTeacher
-from ..data import Dataset
-from ..errors import KdsearchError
+from ..core.errors import KdsearchError
+from ..core.io import file_sha256, fingerprint
+from ..data.dataset import Dataset
 from .base import SOURCES, Teacher, teacher_spec
 
 

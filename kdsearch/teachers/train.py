@@ -8,13 +8,13 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .._io import fingerprint, load_cache, save_atomic
-from ..batches import epoch_generator, live_batches
 from ..config import Config, InputSpec, TrainTeacher
-from ..data import Dataset, val_subset
-from ..engine import evaluate, train_one_epoch
+from ..core.io import fingerprint, load_cache, save_atomic
+from ..data.dataset import Dataset, val_subset
+from ..engine.batches import epoch_generator, live_batches
+from ..engine.loop import evaluate, train_one_epoch
 from ..losses import cross_entropy_loss
-from ..students import final_linear, model_from_arch
+from ..models.students import final_linear, model_from_arch
 from .base import SOURCES, Teacher, teacher_spec
 
 log = logging.getLogger("kdsearch")

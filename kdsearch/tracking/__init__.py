@@ -15,12 +15,12 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-from .. import interrupts
 from ..config import Config
-from ..errors import KdsearchError
-from ..experiment import read_search_state
-from ..locks import store_lock
-from ..results import on_full_split
+from ..core.errors import KdsearchError
+from ..core.results import on_full_split
+from ..runtime import interrupts
+from ..runtime.experiment import read_search_state
+from ..runtime.locks import store_lock
 
 TRIAL_TAG = "kdsearch.trial_id"
 KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"

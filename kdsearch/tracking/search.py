@@ -1,7 +1,7 @@
-"""A search in MLflow, written from the driver as a Ray Tune callback: one parent run, one child run per trial.
+"""A search in MLflow, written from the driver: one parent run, one child run per trial.
 
-Lives apart from the store helpers (`kdsearch.tracking`) so that the commands without Ray (`kdsearch train`)
-never import it.
+`SearchTracker`'s hooks carry Ray Tune's callback names and take Tune's trial objects as they come (duck-typed), so
+this module imports no Ray: `search.callback` makes it a Tune callback, and MLflow stays in `tracking/`.
 """
 
 from __future__ import annotations
@@ -9,16 +9,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ray import tune
-
 from ..config import Config
-from ..results import LOGGED, diverged, ended, on_full_split
-from ..search_space import split_pair
+from ..config.space import split_pair
+from ..core.results import LOGGED, diverged, ended, on_full_split
 from . import SEARCH_TAG, TRIAL_TAG, _client, class_keys_mapping, epoch_metrics
 
 
-class SearchTracker(tune.Callback):
-    """A Tune callback on the driver: one MLflow parent run per search, one nested child run per trial.
+class SearchTracker:
+    """Tune's callback hooks on the driver (see `search.callback`): one MLflow parent run per search, one nested
+    child run per trial.
 
     Child runs are created when a trial starts and get each epoch's metrics as
     it is reported (step = epoch), so the MLflow UI shows a search while it runs.

@@ -16,8 +16,8 @@ import urllib.parse
 from dataclasses import dataclass
 
 from ..config import Config
-from ..errors import KdsearchError
-from ..results import ranked
+from ..core.errors import KdsearchError
+from ..core.results import ranked
 from . import TRIAL_TAG, _client, _search_parent
 
 COMPARE_LIMIT = 100

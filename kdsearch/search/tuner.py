@@ -1,0 +1,363 @@
+"""`kdsearch run`: Ray Tune + Optuna (TPE) + ASHA over the config's space, under the size limit.
+
+The driver does the once-per-search work (data, size filter, teacher and its
+outputs), ships it to trials through the object store (`tune.with_parameters`),
+logs to MLflow through callbacks, and exports the best student at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+import torch
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator
+from ray.tune.search.sample import Domain
+
+from ..config import Config
+from ..config.space import split_pair
+from ..core.devices import resolve_device
+from ..core.errors import KdsearchError
+from ..core.results import ENDINGS, best, ended, kd_added, on_full_split
+from ..distill.distiller import Distiller, Hparams, Prepared, prepare
+from ..models import deployed
+from ..models.sizes import file_bytes
+from ..preflight import preflight
+from ..runtime import interrupts, quiet
+from ..runtime.experiment import RESCORED_FILE, TRIAL_STATE_FILE, experiment_dir, read_search_state, write_search_state
+from ..teachers.worker import on_worker, worker_resources
+from ..tracking import check_store
+from ..tracking.search import SearchTracker
+from .callback import SearchCallback
+from .gpu_memory import preflight_gpu, release_cuda
+from .progress import SearchProgress
+from .searcher import HonestOptunaSearch
+from .trainable import distill_trainable
+from .tune_space import start_points, tune_space
+
+log = logging.getLogger("kdsearch")
+
+@dataclass
+class SearchResult:
+    experiment_path: Path
+    trials: dict[str, int]
+    """completed / stopped_early / budget_cut / diverged / errored counts."""
+    best: dict[str, Any] | None
+    """trial_id, config, metrics of the best finished trial; its metrics are whole-split figures (`rescored` and
+    subset_val_* when it was chosen on a rung-subset score)."""
+    wall_seconds: float
+    fit_seconds: float
+    """Wall time of Tuner.fit alone (the trials), without the driver's preparation and export."""
+    trial_seconds: float
+    """Sum over trials of Tune's time_total_s: each trial's own running time."""
+    trial_epochs: int
+    """Epochs run, summed over trials."""
+    teacher_forward_passes: int
+    teacher_seconds: float
+    """Seconds the teacher ran for this search: computing cached outputs, or live inside trials."""
+    parent_run_id: str
+    students: list[str]
+    images: dict[str, int]
+    """labeled / transfer / val / test image counts."""
+    class_names: list[str]
+    kd_added: dict[str, Any] | None = None
+    """The best KD trial (alpha > 0) against the best no-KD control (alpha 0), whole-split scores: kd_trial, kd,
+    control_trial, control, gain; None unless the search finished both."""
+    front: list[dict[str, Any]] = field(default_factory=list)
+    """The Pareto front of the finished trials (finished_study): trial_id, student, format, the objectives."""
+    importances: list[str] = field(default_factory=list)
+    """What mattered, as lines (finished_study.importance_lines)."""
+
+
+def init_ray(address: str | None) -> None:
+    if ray.is_initialized():
+        return
+    check_address(address or os.environ.get("RAY_ADDRESS"))
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
+                 configure_logging=True)
+        interrupts.reinstall()  # ray.init replaces the SIGTERM handler
+    except ConnectionError as e:
+        raise KdsearchError(f"--address {address}: cannot reach a Ray cluster ({e}); start one with `ray start --head` "
+                            "or `ray up ray_cluster.yaml`, or drop --address to run locally") from None
+
+
+CONNECT_TIMEOUT_S = 5.0  # a head node answers a TCP connect in milliseconds; a wrong address never does
+
+
+def check_address(address: str | None) -> None:
+    """A cluster address (host:port, ray://host:port) must accept a connection before Ray is asked to join it:
+    Ray's own client retries an unreachable GCS for minutes (over 10 on Ray 2.5x) before it gives up."""
+    if address in (None, "", "auto", "local"):
+        return  # this machine's own Ray, or the one `ray start` recorded here
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")  # ray://, http:// (a job's address)
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as e:
+        raise KdsearchError(f"--address {address}: cannot reach a Ray cluster there ({type(e).__name__}: {e}); start "
+                            "one with `ray start --head` or `ray up ray_cluster.yaml` and give its host:port, or drop "
+                            "--address (and RAY_ADDRESS) to run locally") from None
+
+
+def run_search(cfg: Config, resume: bool = False, address: str | None = None, device: str = "auto") -> SearchResult:
+    """Run (or continue) the search and return its summary; raises KdsearchError on user errors."""
+    path = experiment_dir(cfg)
+    resume = check_resume(cfg, path, resume)
+    preflight(cfg)  # config, data paths, teacher files, size limit, output.dir, MLflow: before anything is written
+    start = time.perf_counter()
+    init_ray(address)  # before the teacher: its work may run as a Ray task on a GPU node (teacher_worker.py)
+    early = (f"search {cfg.name!r} interrupted before its first trial; nothing exported. `kdsearch run CONFIG "
+             "--resume` starts it, reusing what is cached (data, teacher)")
+    interrupts.on_sigterm(early)
+    try:
+        prepared, shipped = prepare_driver(cfg, device)
+        tracker, state = start_tracking(cfg, prepared, resume)
+        tuner = make_tuner(cfg, path, shipped, tracker, resume)
+    except interrupts.Interrupted as e:
+        raise interrupts.Interrupted(e.signum, early) from None
+    fit_start = time.perf_counter()
+
+    def stopped(signum: int) -> str:
+        return (f"search {cfg.name!r} stopped ({signal.Signals(signum).name}); nothing exported. Finished trials and "
+                "the others' last checkpoints are kept: `kdsearch run CONFIG --resume` continues it")
+
+    interrupts.on_sigterm(stopped(signal.SIGTERM))
+    try:
+        with interrupts.search():
+            tuner.fit()
+    except interrupts.Interrupted as e:
+        raise interrupts.Interrupted(e.signum, stopped(e.signum)) from None
+    fit_seconds = time.perf_counter() - fit_start
+    wall = time.perf_counter() - start
+    trials = tune.ExperimentAnalysis(str(path)).trials  # with their status: what ended and what was stopped
+    summary = summarize(trials, cfg, tracker.budget_cut())
+    teacher_passes, teacher_seconds = teacher_totals(prepared, trials)
+    best = summary.pop("best")
+    added = summary.pop("kd_added")
+    metric = cfg.search.metric
+    if best is not None and not on_full_split(best["metrics"]):  # no trial ran all its epochs: chosen on a subset
+        best = rescored(cfg, best, prepared)
+        tracker.log_whole_split(best["trial_id"], best["metrics"])
+    # Tune returns normally from a stop it was asked for: a signal, or trials left unfinished, mean interrupted
+    unfinished = sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
+    stopped_by = interrupts.received() or (signal.SIGINT if unfinished else None)
+    front, importances = ([], []) if stopped_by else tradeoffs(cfg, trials, tracker)  # a finished search's result
+    tracker.finish({"wall_seconds": wall, "teacher_forward_passes": teacher_passes, "teacher_seconds": teacher_seconds,
+                    **{f"teacher_{k}": v for k, v in prepared.teacher_metrics.items()},
+                    **{f"trials_{k}": v for k, v in summary["trials"].items()},
+                    **({f"best_{metric}": best["metrics"][metric]} if best else {}),  # whole split, always
+                    # the subset score the best was chosen on, when no trial ran all its epochs (named as such)
+                    **({f"best_{metric}_rung_subset": best["metrics"][f"subset_{metric}"]}
+                       if best and best["metrics"].get("rescored") else {}),
+                    # the best KD trial against the best no-KD control (alpha 0), both whole-split
+                    **({f"kd_added_{metric}": added["gain"], f"no_kd_control_{metric}": added["control"]}
+                       if added and added["gain"] is not None else {})},
+                   status="KILLED" if stopped_by else "FINISHED")
+    write_search_state(cfg, {**state, "finished": stopped_by is None, "trials": summary["trials"]})
+    if stopped_by:
+        done = sum(summary["trials"].values())
+        raise interrupts.Interrupted(stopped_by, f"search {cfg.name!r} interrupted with {done} of "
+                                     f"{cfg.search.num_samples} trials finished; nothing exported. Ray Tune saved "
+                                     f"its state in {path}: `kdsearch run CONFIG --resume` continues it")
+    return SearchResult(path, summary["trials"], best, wall, fit_seconds, summary["trial_seconds"],
+                        summary["trial_epochs"], teacher_passes, teacher_seconds, state["parent_run_id"],
+                        prepared.students, prepared.data.counts(), prepared.data.class_names, added, front,
+                        importances)
+
+
+def tradeoffs(cfg: Config, trials, tracker: SearchTracker) -> tuple[list[dict[str, Any]], list[str]]:
+    """The finished trials' Pareto front (rows, best on the first objective first) and importance lines, logged on the
+    parent run (finished_study)."""
+    import tempfile
+
+    from . import plots
+    from .finished_study import objectives, rebuild
+
+    done = [t for t in trials if t.status == "TERMINATED" and t.last_result]
+    study = rebuild(done, lambda t: t.trial_id, lambda t: t.config, lambda t: t.last_result, cfg,
+                    cfg.student.precision)
+    names = objectives(cfg)
+    by_id = {t.trial_id: t for t in done}
+
+    def row(trial_id: str) -> dict[str, Any]:
+        point = split_pair(by_id[trial_id].config)
+        r, fmt = by_id[trial_id].last_result, point.get("precision") or cfg.student.precision
+        return {"trial_id": trial_id, "student": point["student"], "format": fmt,
+                **{n: float(r[n]) for n in dict.fromkeys([cfg.search.metric, *names])},
+                **study.pairs[point["student"], fmt],  # size and latency: the pair's medians (finished_study)
+                "trial_size_mb": float(r["size_mb"]), "trial_latency_ms": float(r["latency_ms"]),
+                "val_macro_f1_float": r.get("val_macro_f1_float")}
+
+    front = [row(i) for i in study.front]
+    rows = [row(i) for i in study.ids.values()]
+    lines = study.importance_lines()
+    with tempfile.TemporaryDirectory() as folder:
+        plot = plots.pareto_front(rows, set(study.front), cfg.search.metric, Path(folder) / "pareto_front.png") \
+            if rows else None
+        tracker.log_front(front, plot, study.importances())
+    return front, lines
+
+
+def check_resume(cfg: Config, path: Path, resume: bool) -> bool:
+    """Whether there is a search to continue; a fresh run must not land on an existing one."""
+    restorable = tune.Tuner.can_restore(str(path))
+    if resume and not restorable:  # stopped before its first trial: the search starts, reusing what is cached
+        log.info("--resume: no trial has run yet at %s; starting the search", path)
+    if not resume and restorable:
+        raise KdsearchError(f"a search named {cfg.name!r} already exists at {path}; continue it with --resume, "
+                            f"or move it away (mv {path} {path}.old) or set another name (--set name=...)")
+    return resume and restorable
+
+
+def prepare_driver(cfg: Config, device: str) -> tuple[Prepared, Prepared]:
+    """The once-per-search work (data, students that fit, teacher and its outputs): what the driver keeps, and
+    what trials get through the object store. With cached outputs trials get no teacher model at all (a MedSigLIP
+    is gigabytes); a live teacher goes on the CPU and each trial moves it to its own device."""
+    prepared = prepare(cfg, resolve_device(device), teach_fn=on_worker(worker_resources(cfg)))
+    check_store(cfg)
+    shipped = replace(prepared, teacher=prepared.teacher.without_models()) if prepared.targets is not None else prepared
+    prepared.teacher.to("cpu")
+    release_cuda()  # the teacher's CUDA memory goes back before trials share the GPU
+    preflight_gpu(cfg, prepared)
+    log.info("students that fit %g MB: %s", cfg.student.max_size_mb, ", ".join(f"{s} {f}" for s, f in prepared.pairs))
+    return prepared, shipped
+
+
+def start_tracking(cfg: Config, prepared: Prepared, resume: bool) -> tuple[SearchTracker, dict[str, Any]]:
+    """The MLflow parent run (the same one on --resume) and the search state saved beside Ray's."""
+    state = read_search_state(cfg) if resume else {}
+    state.setdefault("search_id", uuid.uuid4().hex)
+    sizes = {f"{s}/{f}": file_bytes(s, prepared.data.num_classes, cfg.data.image_size, f) / 1e6
+             for s, f in prepared.pairs}
+    tracker = SearchCallback(cfg, state["search_id"], sizes, prepared.data.class_names)
+    state["parent_run_id"] = tracker.start()
+    state["teacher"] = {**prepared.teacher.identity, **prepared.teacher_metrics}
+    state["finished"] = False  # until Tune returns from a search nobody stopped
+    write_search_state(cfg, state)
+    return tracker, state
+
+
+def tpe_sampler(cfg: Config, start_points: int) -> optuna.samplers.TPESampler:
+    """Optuna's TPE with kdsearch's settings (config_sections.TpeSettings); `start_points`: the enqueued points."""
+    tpe = cfg.search.tpe
+    startup = tpe.startup_trials or max(4, start_points + cfg.search.max_concurrent)
+    return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup, multivariate=tpe.multivariate,
+                                      constant_liar=tpe.constant_liar)
+
+
+def make_tuner(cfg: Config, path: Path, shipped: Prepared, tracker: SearchTracker, resume: bool) -> tune.Tuner:
+    """Tuner + OptunaSearch (TPE, start points first) + ASHA, or the saved one restored on --resume."""
+    res = cfg.search.resources_per_trial
+    trainable = tune.with_resources(tune.with_parameters(distill_trainable, cfg=cfg, prepared=shipped),
+                                    {"cpu": res.cpu, "gpu": res.gpu})
+    # Short epochs checkpoint often; Tune then snapshots its state often (cheap here) and warns each time.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if resume:
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    metric, mode = cfg.search.metric, cfg.search.resolved_mode
+    space = tune_space(cfg.search.space, shipped.pairs)
+    # Optuna needs something to sample; a fully fixed space just repeats that configuration (Tune's default).
+    searchable = any(isinstance(v, Domain) for v in space.values())
+    quiet.quiet_optuna()  # no "A new study created in memory"
+    points = start_points(cfg.search.space, shipped.pairs) if cfg.search.start_points else None
+    if not searchable:
+        search_alg = None
+    elif cfg.search.algorithm == "random":  # Tune's own random sampling, seeded: the baseline to beat
+        search_alg = BasicVariantGenerator(random_state=cfg.seed)
+    else:
+        search_alg = HonestOptunaSearch(sampler=tpe_sampler(cfg, len(points or [])), points_to_evaluate=points,
+                                        max_epochs=cfg.search.max_epochs, objectives=cfg.search.objectives)
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=metric, mode=mode,
+            search_alg=search_alg,
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.search.max_epochs,
+                                    grace_period=cfg.search.grace_period,
+                                    reduction_factor=cfg.search.reduction_factor),
+            num_samples=cfg.search.num_samples,
+            max_concurrent_trials=cfg.search.max_concurrent,
+            time_budget_s=cfg.search.time_budget_s,
+            # A fresh worker per trial re-imports torch and re-fetches the data (seconds each); reusing the
+            # slots' workers keeps that to once per slot.
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.name,
+            storage_path=str(path.parent),
+            failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest epoch is all a resume needs
+            callbacks=[tracker, SearchProgress(metric, mode, cfg.search.max_epochs)],
+            verbose=0,
+        ),
+    )
+
+
+def teacher_totals(prepared: Prepared, trials) -> tuple[int, float]:
+    """Teacher forward passes and seconds for the whole search: the driver's (cached outputs) plus live teachers'
+    inside trials (each trial's last report counts its whole run in its process)."""
+    reported = [t.last_result for t in trials if t.last_result]
+    passes = prepared.teacher.forward_passes + sum(int(m.get("teacher_forward_passes", 0)) for m in reported)
+    seconds = prepared.teacher.seconds + sum(float(m.get("teacher_seconds", 0.0)) for m in reported)
+    return passes, seconds
+
+
+def summarize(trials, cfg: Config, cut: set[str] = frozenset()) -> dict[str, Any]:
+    """Outcomes of the trials that ended (Tune's Trial objects; `cut`: the ids the time budget stopped) and the best
+    of them (results.best: whole-split scores first); a trial still pending or running when the search was stopped
+    counts in neither."""
+    counts = {**dict.fromkeys(ENDINGS, 0), "errored": 0}
+    trial_seconds, trial_epochs, finished = 0.0, 0, []
+    for t in trials:
+        m = t.last_result or {}
+        trial_seconds += float(m.get("time_total_s", 0.0))
+        trial_epochs += int(m.get("training_iteration", 0))
+        if t.status == "ERROR":
+            counts["errored"] += 1
+        elif t.status == "TERMINATED" and cfg.search.metric in m:
+            counts[ended(m, cfg.search.max_epochs, cut=t.trial_id in cut)] += 1
+            finished.append(t)
+    metric, mode = cfg.search.metric, cfg.search.resolved_mode
+    top = best(finished, lambda t: t.last_result, metric, mode)
+    summary = None if top is None else {"trial_id": top.trial_id, "config": dict(top.config),
+                                        "metrics": dict(top.last_result),
+                                        "checkpoint": top.checkpoint.path if top.checkpoint else None}
+    added = kd_added(finished, lambda t: t.trial_id, lambda t: t.last_result,
+                     lambda t: float(t.config.get("alpha", 1.0)), metric, mode)
+    return {"trials": counts, "best": summary, "kd_added": added, "trial_seconds": trial_seconds,
+            "trial_epochs": trial_epochs}
+
+
+def rescored(cfg: Config, top: dict[str, Any], prepared: Prepared) -> dict[str, Any]:
+    """The best trial chosen on a rung-subset score (no trial ran all its epochs), made into its shipped file from
+    its last checkpoint and scored on the whole val split, as a finished trial's last epoch is (Distiller.deploy):
+    the files go into its checkpoint (export copies them), its `metrics` then hold whole-split figures and the
+    subset ones as subset_val_*, so nothing shown or logged as the search's result is a subset figure."""
+    hp = Hparams.from_mapping(top["config"])
+    folder = Path(top["checkpoint"])
+    distiller = Distiller(cfg, hp, prepared, "cpu")
+    distiller.load_state_dict(torch.load(folder / TRIAL_STATE_FILE, weights_only=True, map_location="cpu"))
+    whole = distiller.deploy()
+    (folder / deployed.FILE).write_bytes(distiller.shipped)
+    torch.save(distiller.weights, folder / deployed.WEIGHTS_FILE)
+    before = top["metrics"]
+    subset = {f"subset_{k}": before[k] for k in ("val_loss", "val_accuracy", "val_macro_f1", "val_images")
+              if k in before}
+    metrics = {**before, **subset, **whole, "rescored": True}
+    (folder / RESCORED_FILE).write_text(json.dumps({k: v for k, v in metrics.items() if k in whole or k in subset
+                                                    or k == "rescored"}
+                                                   | {"val_confusion": None}))  # no subset confusion left over
+    return {**top, "metrics": metrics}
