@@ -1,6 +1,7 @@
 """Checks that run before any work and write nothing: a typo fails in a second, not after an hour.
 
-`preflight(cfg)` is called by `run`, `train` and `validate`. Each failure is a
+`preflight(cfg)` is called by `validate`, `run`, `train`, `train-teacher` and `report`, once: what it finds is
+the command's `Plan`, handed down so that nothing is found twice. Each failure is a
 KdsearchError (exit 2) naming the key or path and the fix. What needs real
 work to know (decoding every image, loading a hub model) is checked where that
 work happens, still before any output is written.
@@ -10,60 +11,72 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 from .config import CheckpointTeacher, Config, EnsembleTeacher, TorchscriptTeacher, TrackingConfig, TrainTeacher
 from .core.errors import KdsearchError
 from .core.labels import ClassTable
-from .data.sources import (
-    check_sources,
-    check_unlabeled,
-    class_table_hint,
-    empty_class_folders,
-    source_image_count,
-    unlabeled_image_count,
-)
+from .data.sources import SourceListing, list_sources
+from .models.sizes import Deployments, arch_params, select_deployments, student_size
 from .runtime.locks import check_output_folder
 
 HEADROOM = 1.2  # free disk wanted over the estimate of what a run writes
 
 
-class Checked(NamedTuple):
-    fit: list[str]
-    """Students that fit the size limit in at least one searched format."""
-    over: list
-    """(student, format, file bytes) of the pairs over it, for callers that report them."""
+@dataclass(frozen=True)
+class Plan:
+    """What the checks found, made once per command: `validate` prints it, and `run`, `train`, `train-teacher` and
+    `report` hand it down (to the data load, the decode and the size filter) instead of finding it again."""
+
+    sources: SourceListing
+    """The data's files (each folder listed once), their counts and the class table read from their labels."""
+    deployments: Deployments
+    """The (student, format) pairs that fit the size limit, with each pair's file size, measured once."""
     disk: dict[str, int]
     """What the run will write under output.dir, in bytes, by kind (`disk_estimate`)."""
-    classes: ClassTable
-    """The data's classes, read from its labels (no image decoded)."""
-    not_int8: dict[str, str]
-    """Students searched without int8 (a float format is offered too) -> why they cannot be int8."""
+
+    @property
+    def classes(self) -> ClassTable:
+        """The data's classes, read from its labels (no image decoded)."""
+        return self.sources.classes
+
+    @property
+    def fit(self) -> list[str]:
+        """Students that fit the size limit in at least one searched format."""
+        return self.deployments.students
+
+    @property
+    def over(self) -> list[tuple[str, str, int]]:
+        """(student, format, file bytes) of the pairs over it, for callers that report them."""
+        return self.deployments.over
+
+    @property
+    def not_int8(self) -> dict[str, str]:
+        """Students searched without int8 (a float format is offered too) -> why they cannot be int8."""
+        return self.deployments.not_int8
 
 
-def preflight(cfg: Config, search: bool = True) -> Checked:
-    """Every check below; returns what validate reports. `search`: the disk a search needs (False: `train`)."""
-    check_sources(cfg.data)
-    empty_class_folders(cfg.data)  # warns
-    if cfg.data.unlabeled is not None:
-        check_unlabeled(cfg.data.unlabeled)
-    table = class_table_hint(cfg.data)
-    classes = len(table.names)
+def preflight(cfg: Config, search: bool = True, tracked: bool = True) -> Plan:
+    """Every check below, each fact found once; returns the plan. `search`: the disk a search needs (False: `train`,
+    `train-teacher`, `report`); `tracked`: the command logs to MLflow, whose store must answer (`train-teacher`
+    does not)."""
+    sources = list_sources(cfg.data)
+    classes = len(sources.classes.names)
     if classes < 2:
         raise KdsearchError(f"data.root {cfg.data.root}: found {classes} class; a classifier needs at least two "
                             "(one subfolder or label per class)")
     check_teacher_files(cfg, classes)
-    from .models.sizes import select_deployments
-
     deployments = select_deployments(cfg, classes)
-    disk = disk_estimate(cfg, classes, deployments.students, search)
+    disk = disk_estimate(cfg, classes, deployments.students, sources, search)
     check_output_dir(cfg, disk)
-    check_store_reachable(cfg.tracking)
-    return Checked(deployments.students, deployments.over, disk, table, deployments.not_int8)
+    if tracked:
+        check_store_reachable(cfg.tracking)
+    return Plan(sources, deployments, disk)
 
 
-def disk_estimate(cfg: Config, classes: int, students: list[str], search: bool = True) -> dict[str, int]:
+def disk_estimate(cfg: Config, classes: int, students: list[str], sources: SourceListing,
+                  search: bool = True) -> dict[str, int]:
     """Bytes a run writes under output.dir, from the config's real numbers (documented in docs/troubleshooting.md):
 
     - data cache: every image once, uint8 RGB at image_size (labeled and data.unlabeled);
@@ -75,12 +88,10 @@ def disk_estimate(cfg: Config, classes: int, students: list[str], search: bool =
 
     `search=False` (`kdsearch train`): no trial checkpoints; student.pt and its copy in MLflow as the export.
     """
-    from .models.sizes import student_size
-
     t = cfg.teacher
     members = len(t.members) if isinstance(t, EnsembleTeacher) else 1
-    labeled = source_image_count(cfg.data)
-    extra = unlabeled_image_count(cfg.data.unlabeled) if cfg.data.unlabeled else 0
+    labeled = sources.data.images
+    extra = sources.unlabeled.images if sources.unlabeled else 0
     sizes = [student_size(s, classes, cfg.data.image_size).fp32_bytes for s in students] or [0]
     out = {
         "data cache": (labeled + extra) * 3 * cfg.data.image_size ** 2,
@@ -97,8 +108,6 @@ def _train_teacher_bytes(cfg: Config, classes: int) -> int:
     arch that cannot be built there (its check comes later)."""
     if not isinstance(cfg.teacher, TrainTeacher):
         return 0
-    from .models.sizes import arch_params
-
     return 4 * (arch_params(cfg.teacher.arch, classes, cfg.data.image_size) or 0)
 
 

@@ -93,19 +93,15 @@ def _crash(e: BaseException) -> None:
 
     from ..core.versions import versions
 
-
     secrets = sorted((v for k, v in os.environ.items() if len(v) >= 4 and re.search(SECRET_NAMES, k, re.IGNORECASE)),
                      key=len, reverse=True)
-
 
     def redact(text: str) -> str:
         for secret in secrets:
             text = text.replace(secret, "***")
         return text
 
-
     from ..core.io import user_cache_dir
-
 
     folder = user_cache_dir() / "crashes"
     text = redact("".join(traceback.format_exception(e)) + f"\ncommand: {sys.argv}\nversions: {versions()}\n")

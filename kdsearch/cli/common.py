@@ -43,7 +43,6 @@ def load_locked(config: Path, set_: Optional[list[str]], command: str, shared: b
     """The config, with its output.dir locked for this command (shared for commands that only read it)."""
     from ..runtime.locks import output_lock
 
-
     cfg = load_config(config, set_ or [])
     held_locks.enter_context(output_lock(cfg.output_dir, command, shared))
     return cfg

@@ -35,28 +35,25 @@ def validate(
         raise KdsearchError("validate: name at least one config file (or pass --schema)")
     from ..preflight import preflight
 
-
     for path in configs:
         cfg = load_config(path, set_ or [])
         try:
-            fit, over, disk, classes, not_int8 = preflight(cfg)
+            plan = preflight(cfg)
         except KdsearchError as e:
             raise KdsearchError(f"{path}: {e}") from None
+        over, disk = plan.over, plan.disk
         dropped = f"; over the limit: {', '.join(f'{n} {f} {b / 1e6:.1f} MB' for n, f, b in over)}" if over else ""
-        console.print(f"{path}: ok ({len(fit)} student(s) fit {cfg.student.max_size_mb:g} MB{dropped})")
-        for name, reason in not_int8.items():
+        console.print(f"{path}: ok ({len(plan.fit)} student(s) fit {cfg.student.max_size_mb:g} MB{dropped})")
+        for name, reason in plan.not_int8.items():
             console.print(f"  {name}: searched without int8 ({reason})")
-        console.print("  " + classes_line(classes.names))
+        console.print("  " + classes_line(plan.classes.names))
         console.print(f"  disk: a run writes about {sum(disk.values()) / 1e6:,.0f} MB under {cfg.output_dir} ("
                       + ", ".join(f"{k} {v / 1e6:,.1f} MB" for k, v in disk.items() if v) + ")")
         if cfg.data.label_budget is not None:
             console.print(f"  data.label_budget: {cfg.data.label_budget} labeled images per class for the student; "
                           "the rest of the train split are transfer images")
-        if cfg.data.unlabeled is not None:
-            from ..data.sources import unlabeled_image_count
-
-
-            n = unlabeled_image_count(cfg.data.unlabeled)
+        if plan.sources.unlabeled is not None:
+            n = plan.sources.unlabeled.images
             console.print(f"  data.unlabeled: {n if n else 'its'} transfer images from {cfg.data.unlabeled.root}"
                           + ("" if n else " (counted when decoded)"))
 
@@ -64,7 +61,6 @@ def validate(
 def inspect_data_cmd(config: ConfigArg, set_: SetOpt = None) -> None:
     """Class counts, imbalance, image sizes, unreadable files, suggested class weights, a sample grid."""
     from ..data.inspect import inspect_data
-
 
     cfg = load_locked(config, set_, "inspect-data")
     summary, out = inspect_data(cfg)
@@ -100,19 +96,18 @@ def list_models(
     """The student zoo: parameters, the shipped file's size in fp32/fp16/int8, whether each fits the size limit."""
     from ..config.space import FORMATS
     from ..models.quantize import why_not_int8
-    from ..models.sizes import file_bytes, fits, student_size
+    from ..models.sizes import fits, shipped_file_bytes, student_size
     from ..models.students import list_students
 
-
     if config is not None:
-        from ..data.sources import num_classes_hint
-
+        from ..data.sources import class_table_hint
 
         cfg = load_config(config)
         max_size_mb, image_size = cfg.student.max_size_mb, cfg.data.image_size
-        num_classes = num_classes_hint(cfg.data)
+        num_classes = len(class_table_hint(cfg.data).names)
     sizes = {name: student_size(name, num_classes, image_size) for name in list_students()}
-    files = {(name, f): file_bytes(name, num_classes, image_size, f) for name in sizes for f in FORMATS}
+    files = {(name, f): n for name in sizes  # one build per student for its three files
+             for f, n in shipped_file_bytes(name, num_classes, image_size, FORMATS).items()}
     if as_json:
         print(json.dumps([{"student": name, "params": s.params, "fp32_bytes": s.fp32_bytes, "fp16_bytes": s.fp16_bytes,
                            # fits_fp32 / fits_fp16: the keys before int8 existed, kept for scripts that read them

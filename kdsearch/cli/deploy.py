@@ -23,7 +23,6 @@ from .common import (
 def submit_and_report(cfg: Config, file: Optional[Path], wait: bool) -> None:
     from ..deploy.submit import submit
 
-
     sub = submit(cfg, file=file, wait=wait, say=lambda m: err_console.print(m))
     local = f"{sub.local_val_macro_f1:.4f}" if sub.local_val_macro_f1 is not None else "-"
     score = f"{sub.score:.4f}" if sub.score is not None else "-"
@@ -58,7 +57,6 @@ def submissions(
     from ..deploy import submit as submitting
     from ..tracking import submissions as recorded
 
-
     cfg = load_locked(config, set_, "submissions", shared=not sync)
     if sync:
         err_console.print(f"synced {submitting.sync(cfg)} submission(s) not yet scored")
@@ -76,7 +74,6 @@ def submissions(
 def leaderboard(config: ConfigArg, set_: SetOpt = None) -> None:
     """The evaluation server's leaderboard (submit.leaderboard_url)."""
     from ..deploy.submit import leaderboard as fetch
-
 
     cfg = load_config(config, set_ or [])
     rows = fetch(cfg)
@@ -104,7 +101,6 @@ def export_best_cmd(
     from ..config.space import split_pair
     from ..deploy.export import export_best, export_pareto
 
-
     cfg = load_locked(config, set_, "export-best")
     print_export(cfg, export_best(cfg, out=out, partial=partial, trial_id=trial), config)
     if pareto:
@@ -117,7 +113,6 @@ def export_best_cmd(
 def print_front(cfg: Config, front: list[dict]) -> None:
     """The Pareto front of the finished trials: each one's shipped file, scored on the whole val split."""
     from ..search.finished_study import objectives
-
 
     if not front:
         console.print("Pareto front: no trial ran all its epochs")
@@ -136,7 +131,6 @@ def print_front(cfg: Config, front: list[dict]) -> None:
 
 def print_export(cfg: Config, e, config_path: Path | None = None) -> None:
     from ..core.results import metric_value, on_full_split, scored_on
-
 
     metric = cfg.search.metric
     table = Table(title=f"{'best student' if e.out_dir.name == 'best' else 'student'} of {cfg.name}: trial "
@@ -163,7 +157,6 @@ def print_export(cfg: Config, e, config_path: Path | None = None) -> None:
         table.add_row("MLflow model", e.registered)
     console.print(table)
     from ..tracking.ui import links
-
 
     if cfg.tracking.remote:
         found = links(cfg, cfg.tracking.uri)

@@ -29,12 +29,10 @@ def ui(
     """MLflow's UI on the config's store, bound to 127.0.0.1; prints the URL of the latest search's trial comparison."""
     from ..tracking.ui import links, start_server, stop_server
 
-
     cfg = load_config(config, set_ or [])
     remote = cfg.tracking.remote
     if remote:  # a server that is down would keep MLflow's client retrying for minutes
         from ..preflight import check_store_reachable
-
 
         check_store_reachable(cfg.tracking)
     server = None if remote else start_server(cfg, port)
@@ -47,7 +45,6 @@ def ui(
             console.print("no search yet: `kdsearch run CONFIG` fills the comparison")
         if open_:
             import webbrowser
-
 
             webbrowser.open(found.compare or found.experiment)
         if server is not None:
@@ -70,7 +67,6 @@ def report(
     from ..core.devices import resolve_device
     from ..deploy.report import run_report
 
-
     if seeds < 1:
         raise KdsearchError(f"--seeds {seeds}: give 1 or more")
     cfg = load_locked(config, set_, "report")
@@ -83,19 +79,15 @@ def report(
     for col in ("", "val accuracy", "val macro-F1"):
         table.add_column(col, justify="left" if not col else "right")
 
-
     def cell(key: str) -> str:
         std = f" ± {f[key + '_std']:.4f}" if key + "_std" in f else ""
         return f"{f[key]:.4f}{std}"
 
-
     arms = rep["arms"]
-
 
     def trained(kind: str) -> str:
         a = arms[kind]
         return f"{a['epochs']} epochs x {a['images_per_epoch']} images, {a['optimizer_steps']} steps"
-
 
     table.add_row("teacher", cell("teacher_accuracy"), cell("teacher_macro_f1"))
     table.add_row(f"student without KD ({trained('without_kd')})", cell("student_accuracy_without_kd"),
@@ -115,7 +107,6 @@ def report(
         console.print(test)
     if rep["kd_added_in_search"] is not None:
         from ..core.results import kd_added_line
-
 
         console.print("In the search: " + kd_added_line(rep["kd_added_in_search"], cfg.search.metric,
                                                        cfg.search.max_epochs))

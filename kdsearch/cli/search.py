@@ -39,11 +39,9 @@ def run(
     from ..deploy.export import export_best
     from ..search.tuner import run_search
 
-
     cfg = load_locked(config, set_, "run")
     if submit_:
         from ..deploy.submit import connect
-
 
         connect(cfg)  # the submit section and the token, checked before an hour of search
     result = run_search(cfg, resume=resume, address=address, device=device)
@@ -89,7 +87,6 @@ def bench(
     from ..core.devices import resolve_device
     from ..search.bench import run_bench
 
-
     cfg = load_locked(config, set_, "bench")
     figures = run_bench(cfg, str(resolve_device(device)), epochs)
     path = out or cfg.output_dir / "bench" / "bench.json"
@@ -106,12 +103,10 @@ def train(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "auto") ->
     from ..core.devices import resolve_device
     from ..distill.train import run_train
 
-
     cfg = load_locked(config, set_, "train")
     progress = Progress(TextColumn("[bold]epoch"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
                         TextColumn("{task.description}"), console=err_console)
     task = progress.add_task("", total=cfg.search.max_epochs)
-
 
     def on_start(hp, prepared):
         t, b = prepared.teacher_metrics, prepared.baseline_metrics
@@ -123,11 +118,9 @@ def train(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "auto") ->
         err_console.print("hyperparameters: " + ", ".join(f"{k}={fmt_value(v)}" for k, v in hp.as_dict().items()))
         progress.start()
 
-
     def on_epoch(m):
         progress.update(task, advance=1, description=f"train_loss {m['train_loss']:.4f}  val_accuracy "
                         f"{m['val_accuracy']:.4f}  val_macro_f1 {m['val_macro_f1']:.4f}")
-
 
     try:
         result = run_train(cfg, resolve_device(device), on_start=on_start, on_epoch=on_epoch)
@@ -157,15 +150,15 @@ def train_teacher(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "a
     """Train or load the config's teacher, cache it and its outputs under output.dir."""
     from ..core.devices import resolve_device
     from ..data.dataset import load_dataset
+    from ..preflight import preflight
     from ..teachers.step import teach
 
-
     cfg = load_locked(config, set_, "train-teacher")
-    data = load_dataset(cfg)
+    plan = preflight(cfg, search=False, tracked=False)  # the data's files listed once, handed to the decode
+    data = load_dataset(cfg, plan.sources)
     if address is not None or cfg.teacher.resources is not None:
         from ..search.tuner import init_ray
         from ..teachers.worker import teach_on_worker, worker_resources
-
 
         init_ray(address)
         worker = worker_resources(cfg)

@@ -20,7 +20,7 @@ from ..config import Config, DataConfig
 from .decoders import DECODERS, decode_unlabeled
 from ..core.errors import KdsearchError
 from ..core.labels import UNLABELED, ClassTable
-from .sources import empty_class_folders, source_files, unlabeled_files
+from .sources import Listing, SourceListing, list_sources
 
 log = logging.getLogger("kdsearch")
 
@@ -101,11 +101,12 @@ class Dataset:
                 "val": len(self.val.y), "test": 0 if self.test is None else len(self.test.y)}
 
 
-def load_dataset(cfg: Config) -> Dataset:
-    """Decode (or load the decode cache), check, and split the config's data."""
+def load_dataset(cfg: Config, listing: SourceListing | None = None) -> Dataset:
+    """Decode (or load the decode cache), check, and split the config's data. `listing`: its files as the command's
+    plan found them (`sources.list_sources`); listed here when not given."""
     d = cfg.data
-    files = source_files(d)
-    empty_class_folders(d)  # warns
+    listing = listing or list_sources(d)
+    files = listing.data.files
     key = fingerprint({"format": CACHE_FORMAT, "source": d.source, "size": d.image_size, "manifest": d.manifest,
                        "class_names": d.class_names, "remap": d.remap_labels, "label_map": d.label_map,
                        "max_pixels": d.max_image_pixels,
@@ -114,7 +115,7 @@ def load_dataset(cfg: Config) -> Dataset:
     decoded = load_cache(cache)
     to_save = []  # written only once everything decoded and checked: bad input leaves no cache behind
     if decoded is None:
-        decoded = DECODERS[d.source](d)
+        decoded = DECODERS[d.source](d, listing.data)
         _check_decoded(d, decoded)
         to_save.append((decoded, cache))
     for name in decoded["unreadable"]:
@@ -123,7 +124,8 @@ def load_dataset(cfg: Config) -> Dataset:
     if d.label_budget is not None:
         data.labeled = label_budget_mask(data.train.y, d.label_budget, cfg.seed)
     if d.unlabeled is not None:
-        data.unlabeled, data.unlabeled_fingerprint, bad, pending = _load_unlabeled(cfg, data.channels)
+        data.unlabeled, data.unlabeled_fingerprint, bad, pending = _load_unlabeled(cfg, listing.unlabeled,
+                                                                                    data.channels)
         data.unreadable += bad
         to_save += pending
     for obj, path in to_save:
@@ -213,16 +215,16 @@ def _split(dec: dict, d: DataConfig, seed: int, key: str) -> Dataset:
     return data
 
 
-def _load_unlabeled(cfg: Config, channels: int) -> tuple[torch.Tensor, str, list[str], list]:
+def _load_unlabeled(cfg: Config, listing: Listing, channels: int) -> tuple[torch.Tensor, str, list[str], list]:
     """data.unlabeled decoded (cached like the labeled data) in `channels`: (images, fingerprint, unreadable,
     [(decoded, cache path)] still to be written)."""
     u = cfg.data.unlabeled
     key = fingerprint({"format": CACHE_FORMAT, "unlabeled": u.source, "size": cfg.data.image_size,
-                       "manifest": u.manifest, "max_pixels": cfg.data.max_image_pixels, "files": unlabeled_files(u)})
+                       "manifest": u.manifest, "max_pixels": cfg.data.max_image_pixels, "files": listing.files})
     cache = cfg.output_dir / "cache" / f"unlabeled-{key}.pt"
     decoded, pending = load_cache(cache), []
     if decoded is None:
-        decoded = decode_unlabeled(u, cfg.data.image_size, cfg.data.max_image_pixels)
+        decoded = decode_unlabeled(u, listing, cfg.data.image_size, cfg.data.max_image_pixels)
         if len(decoded["x"]) == 0:
             extra = f" ({len(decoded['unreadable'])} unreadable)" if decoded["unreadable"] else ""
             raise KdsearchError(f"data.unlabeled.root {u.root}: no readable images found{extra}; check the folder "

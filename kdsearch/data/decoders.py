@@ -20,12 +20,21 @@ from ..config import DataConfig, UnlabeledConfig
 from ..core.errors import KdsearchError
 from ..core.labels import UNLABELED, class_table
 from ..core.registry import Registry
-from .sources import cifar_files, class_of, csv_rows, idx_files, image_folder_files, npz_path, read_idx, require_root, require_unlabeled_root, unlabeled_csv_paths, unlabeled_folder_files, unlabeled_idx_files
+from .sources import (
+    Listing,
+    cifar_files,
+    idx_files,
+    npz_path,
+    read_idx,
+    require_root,
+    require_unlabeled_root,
+    unlabeled_idx_files,
+)
 
 log = logging.getLogger("kdsearch")
 
-DECODERS: Registry[Callable[[DataConfig], dict]] = Registry("data.source")
-"""data.source -> decoder(data config) -> {"train_x", "train_y" (and val_/test_ where the source has them),
+DECODERS: Registry[Callable[[DataConfig, Listing], dict]] = Registry("data.source")
+"""data.source -> decoder(data config, its listing: `sources.Listing`, made once per command) -> {"train_x", "train_y" (and val_/test_ where the source has them),
 "class_names", "label_ids", "unreadable", "orig_sizes"}."""
 
 
@@ -107,19 +116,17 @@ def _decode_labeled(paths: list[Path], labels: list, d: DataConfig, base: Path, 
 
 
 @DECODERS.register("image_folder")
-def _decode_image_folder(d: DataConfig) -> dict:
+def _decode_image_folder(d: DataConfig, listing: Listing) -> dict:
     root = require_root(d)
-    files = image_folder_files(root)
     # folder names are names, even "1", "2"
-    out = _decode_labeled(files, [class_of(root, p) for p in files], d, root, f"data.root {root}", text=True)
+    out = _decode_labeled(listing.paths, listing.labels, d, root, f"data.root {root}", text=True)
     return {**out, "label_ids": None}
 
 
 @DECODERS.register("csv")
-def _decode_csv(d: DataConfig) -> dict:
-    root, rows = csv_rows(d)
-    return _decode_labeled([root / p for p, _ in rows], [label for _, label in rows], d, root,
-                           f"data.manifest {d.manifest}", text=False)
+def _decode_csv(d: DataConfig, listing: Listing) -> dict:
+    return _decode_labeled(listing.paths, listing.labels, d, require_root(d), f"data.manifest {d.manifest}",
+                           text=False)
 
 
 def _resize_tensor(x: np.ndarray, size: int) -> torch.Tensor:
@@ -163,7 +170,7 @@ def _from_arrays(d: DataConfig, splits: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 @DECODERS.register("digits")
-def _decode_digits(d: DataConfig) -> dict:
+def _decode_digits(d: DataConfig, listing: Listing) -> dict:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -172,7 +179,7 @@ def _decode_digits(d: DataConfig) -> dict:
 
 
 @DECODERS.register("npz")
-def _decode_npz(d: DataConfig) -> dict:
+def _decode_npz(d: DataConfig, listing: Listing) -> dict:
     path = npz_path(Path(d.root))
     try:
         z = np.load(path, allow_pickle=False)
@@ -187,7 +194,7 @@ def _decode_npz(d: DataConfig) -> dict:
 
 
 @DECODERS.register("idx")
-def _decode_idx(d: DataConfig) -> dict:
+def _decode_idx(d: DataConfig, listing: Listing) -> dict:
     files = idx_files(Path(d.root))
     return _from_arrays(d, {s: (read_idx(images), read_idx(labels)) for s, (images, labels) in files.items()},
                         f"data.root {d.root}")
@@ -215,7 +222,7 @@ def _unpickle(path: Path) -> dict:
 
 
 @DECODERS.register("cifar10")
-def _decode_cifar10(d: DataConfig) -> dict:
+def _decode_cifar10(d: DataConfig, listing: Listing) -> dict:
     files = cifar_files(Path(d.root))
     splits: dict[str, list] = {"train": [], "test": []}
     names = None
@@ -230,12 +237,10 @@ def _decode_cifar10(d: DataConfig) -> dict:
     return _from_arrays(d, arrays, f"data.root {d.root}", names)
 
 
-def decode_unlabeled(u: UnlabeledConfig, size: int, max_pixels: int | None) -> dict:
+def decode_unlabeled(u: UnlabeledConfig, listing: Listing, size: int, max_pixels: int | None) -> dict:
     root = require_unlabeled_root(u)
     if u.source in ("image_folder", "csv"):
-        paths = (unlabeled_folder_files(root) if u.source == "image_folder"
-                 else [root / p for p in unlabeled_csv_paths(u)])
-        out = _decode_files(paths, [UNLABELED] * len(paths), size, root, max_pixels)
+        out = _decode_files(listing.paths, [UNLABELED] * len(listing.paths), size, root, max_pixels)
         return {"x": out["train_x"], "unreadable": out["unreadable"]}
     if u.source == "npz":
         path = npz_path(root, "data.unlabeled.root")

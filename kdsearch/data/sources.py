@@ -10,6 +10,7 @@ import gzip
 import logging
 import os
 import struct
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
@@ -48,13 +49,6 @@ def require_root(d: DataConfig) -> Path:
     return root
 
 
-def image_folder_files(root: Path) -> list[Path]:
-    """Every image under each class folder, subfolders included (their class is the top folder, as torchvision's
-    ImageFolder reads them). Hidden files and folders are left out; symlinked subfolders are not followed, so a
-    link loop cannot recurse."""
-    return sorted(p for folder in class_folders(root) for p in _images_under(folder))
-
-
 def _images_under(folder: Path) -> list[Path]:
     """Image files under `folder`, at any depth, hidden files and folders left out; symlinked subfolders are not
     followed, so a link loop cannot recurse."""
@@ -76,20 +70,21 @@ def class_of(root: Path, path: Path) -> str:
     return path.relative_to(root).parts[0]
 
 
-def empty_class_folders(d: DataConfig) -> list[str]:
-    """image_folder: class folders holding no image, which are left out of the classes (and said so, since a
-    teacher or a label_map that counts them no longer matches); [] for other sources."""
-    if d.source != "image_folder" or d.root is None or not Path(d.root).is_dir():
-        return []
-    root = Path(d.root)
-    empty = [f.name for f in class_folders(root) if not _images_under(f)]
+def _image_folder(root: Path) -> tuple[list[Path], list[str], list[str]]:
+    """One walk of an image folder: every image under each class folder, subfolders included (their class is the
+    top folder, as torchvision's ImageFolder reads them), sorted by path; each image's class; and the class
+    folders holding no image, which are left out of the classes (and said so, since a teacher or a label_map that
+    counts them no longer matches)."""
+    found = {folder.name: _images_under(folder) for folder in class_folders(root)}
+    empty = [name for name, files in found.items() if not files]
     if empty:
         _warn_once(f"data.root {root}: class folder(s) with no images, left out of the classes: {', '.join(empty)}")
-    return empty
+    pairs = sorted((p, name) for name, files in found.items() for p in files)
+    return [p for p, _ in pairs], [name for _, name in pairs], empty
 
 
 @functools.cache
-def _warn_once(message: str) -> None:  # validate's preflight and the data load both look; the user reads it once
+def _warn_once(message: str) -> None:  # a command that lists twice (validate of two configs) says it once
     log.warning(message)
 
 
@@ -205,54 +200,77 @@ def cifar_files(root: Path) -> list[Path]:
     return present + ([meta] if meta.is_file() else [])
 
 
-def source_files(d: DataConfig) -> list:
-    """What the decode depends on, cheaply: (path, size, mtime) of each input file."""
+@dataclass(frozen=True)
+class Listing:
+    """One source as found on disk, without decoding: made once per command (the plan, `preflight.Plan`) and handed
+    to the decode, so that a folder is walked once."""
+
+    files: list = field(repr=False)
+    """(path, size, mtime) of each input file (digits: the scikit-learn version): what the decode depends on, and
+    its cache key."""
+    images: int
+    """Images the source holds, counted without decoding (0 where only the decode can tell: an unlabeled .npz or
+    IDX file)."""
+    paths: list[Path] = field(default_factory=list, repr=False)
+    """image_folder and csv: each image file, in the decode's order."""
+    labels: list[str] = field(default_factory=list, repr=False)
+    """image_folder: each image's class folder; csv: its manifest label (data.label_map applied)."""
+    empty_classes: list[str] = field(default_factory=list)
+    """image_folder: class folders holding no image (left out of the classes)."""
+
+
+@dataclass(frozen=True)
+class SourceListing:
+    """The config's data as found on disk: the labeled source, data.unlabeled's, and the class table read from the
+    labels alone."""
+
+    data: Listing
+    unlabeled: Listing | None
+    classes: ClassTable
+
+
+def list_sources(d: DataConfig) -> SourceListing:
+    """Find the data's files (one listing of each folder), count them, and read the class table from their labels:
+    every layout error is found here, before anything is decoded or written."""
+    listing = list_source(d)
+    unlabeled = list_unlabeled(d.unlabeled) if d.unlabeled is not None else None
+    return SourceListing(listing, unlabeled, class_table_hint(d, listing))
+
+
+def list_source(d: DataConfig) -> Listing:
+    """data.source's files, counted, and (image_folder, csv) each image's path and label."""
     if d.source == "digits":
-        return [f"sklearn-{version('scikit-learn')}"]  # the package's metadata: no need to import it
+        return Listing([f"sklearn-{version('scikit-learn')}"], DIGITS_IMAGES)  # package metadata: no import
     root = require_root(d)
     if d.source == "image_folder":
-        return [_stat(p) for p in image_folder_files(root)]
+        paths, labels, empty = _image_folder(root)
+        return Listing([_stat(p) for p in paths], len(paths), paths, labels, empty)
     if d.source == "csv":
         _, rows = csv_rows(d)
-        return [_stat(manifest_path(d))] + [_stat(root / p) for p, _ in rows]
+        paths = [root / p for p, _ in rows]
+        return Listing([_stat(manifest_path(d))] + [_stat(p) for p in paths], len(rows), paths,
+                       [label for _, label in rows])
     if d.source == "npz":
-        return [_stat(npz_path(root))]
+        path = npz_path(root)
+        with np.load(path, allow_pickle=False) as z:
+            count = sum(len(z[k]) for k in z.files if k.endswith("_labels"))
+        return Listing([_stat(path)], count)
     if d.source == "idx":
-        return [_stat(p) for pair in idx_files(root).values() for p in pair]
-    return [_stat(p) for p in cifar_files(root)]
+        found = idx_files(root)
+        return Listing([_stat(p) for pair in found.values() for p in pair],
+                       sum(_idx_count(images) for images, _ in found.values()))
+    files = cifar_files(root)
+    return Listing([_stat(p) for p in files], CIFAR_BATCH * sum(p.name != "batches.meta" for p in files))
 
 
-def check_sources(d: DataConfig) -> None:
-    """The data's files exist and are where the config says, without decoding anything."""
-    source_files(d)
-
-
-def source_image_count(d: DataConfig) -> int:
-    """Images the source holds, counted without decoding them (headers, file lists, manifests)."""
-    if d.source == "image_folder":
-        return len(image_folder_files(Path(d.root)))
-    if d.source == "csv":
-        return len(csv_rows(d)[1])
-    if d.source == "npz":
-        with np.load(npz_path(Path(d.root)), allow_pickle=False) as z:
-            return sum(len(z[k]) for k in z.files if k.endswith("_labels"))
-    if d.source == "idx":
-        return sum(_idx_count(images) for images, _ in idx_files(Path(d.root)).values())
-    if d.source == "cifar10":
-        return CIFAR_BATCH * sum(p.name != "batches.meta" for p in cifar_files(Path(d.root)))
-    return DIGITS_IMAGES
-
-
-def class_table_hint(d: DataConfig) -> ClassTable:
+def class_table_hint(d: DataConfig, listing: Listing | None = None) -> ClassTable:
     """The data's class table (labels.class_table's rule) from its labels alone: no image is decoded. What
-    `validate` shows, and its class count for the size checks."""
-    if d.source == "image_folder":
-        root = Path(d.root)
-        return class_table({class_of(root, p) for p in image_folder_files(root)}, d.class_names, d.remap_labels,
-                           f"data.root {root}", text=True)
-    if d.source == "csv":
-        return class_table({label for _, label in csv_rows(d)[1]}, d.class_names, d.remap_labels,
-                           f"data.manifest {d.manifest}")
+    `validate` shows, and its class count for the size checks. `listing`: the source's, when already made."""
+    if d.source in ("image_folder", "csv"):
+        labels = set((listing or list_source(d)).labels)
+        if d.source == "image_folder":
+            return class_table(labels, d.class_names, d.remap_labels, f"data.root {d.root}", text=True)
+        return class_table(labels, d.class_names, d.remap_labels, f"data.manifest {d.manifest}")
     if d.source == "npz":
         path = npz_path(Path(d.root))
         with np.load(path, allow_pickle=False) as z:
@@ -262,11 +280,6 @@ def class_table_hint(d: DataConfig) -> ClassTable:
         ids = {int(v) for _, labels in idx_files(Path(d.root)).values() for v in np.unique(read_idx(labels))}
         return class_table(ids, d.class_names, d.remap_labels, f"data.root {d.root}")
     return class_table(set(range(10)), d.class_names, d.remap_labels, d.source)  # digits, cifar10: ids 0..9
-
-
-def num_classes_hint(d: DataConfig) -> int:
-    """Class count without decoding images (for size checks in `validate`)."""
-    return len(class_table_hint(d).names)
 
 
 def require_unlabeled_root(u: UnlabeledConfig) -> Path:
@@ -308,27 +321,14 @@ def unlabeled_idx_files(root: Path) -> list[Path]:
     return files
 
 
-def unlabeled_files(u: UnlabeledConfig) -> list:
+def list_unlabeled(u: UnlabeledConfig) -> Listing:
+    """data.unlabeled's files, and (folders, csv) each image's path and their count."""
     root = require_unlabeled_root(u)
-    if u.source == "image_folder":
-        return [_stat(p) for p in unlabeled_folder_files(root)]
-    if u.source == "csv":
-        return [_stat(manifest_path(u, "data.unlabeled"))] + [_stat(root / p) for p in unlabeled_csv_paths(u)]
+    if u.source in ("image_folder", "csv"):
+        paths = unlabeled_folder_files(root) if u.source == "image_folder" else \
+            [root / p for p in unlabeled_csv_paths(u)]
+        head = [_stat(manifest_path(u, "data.unlabeled"))] if u.source == "csv" else []
+        return Listing(head + [_stat(p) for p in paths], len(paths), paths)
     if u.source == "npz":
-        return [_stat(npz_path(root, "data.unlabeled.root"))]
-    return [_stat(p) for p in unlabeled_idx_files(root)]
-
-
-def check_unlabeled(u: UnlabeledConfig) -> None:
-    """data.unlabeled's files exist, without decoding anything."""
-    unlabeled_files(u)
-
-
-def unlabeled_image_count(u: UnlabeledConfig) -> int:
-    """Images data.unlabeled holds, counted without decoding where that is cheap (folders, csv), else 0."""
-    if u.source == "image_folder":
-        return len(unlabeled_folder_files(require_unlabeled_root(u)))
-    if u.source == "csv":
-        return len(unlabeled_csv_paths(u))
-    unlabeled_files(u)  # the files exist
-    return 0
+        return Listing([_stat(npz_path(root, "data.unlabeled.root"))], 0)
+    return Listing([_stat(p) for p in unlabeled_idx_files(root)], 0)

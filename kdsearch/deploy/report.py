@@ -26,6 +26,7 @@ from ..data.dataset import Dataset, Split
 from ..distill.distiller import Hparams, Prepared, default_hparams, prepare, train_student, training_indices
 from ..engine.loop import Metrics, evaluate, predict_logits
 from ..models.students import student_spec
+from ..preflight import Plan, preflight
 from ..search.analysis import search_analysis
 
 log = logging.getLogger("kdsearch")
@@ -88,10 +89,13 @@ def _summary(runs: list[Metrics], prefix: str, suffix: str) -> dict[str, float]:
     return out
 
 
-def run_report(cfg: Config, seeds: int = 1, device: str | torch.device = "cpu") -> dict[str, Any]:
+def run_report(cfg: Config, seeds: int = 1, device: str | torch.device = "cpu",
+               plan: Plan | None = None) -> dict[str, Any]:
+    """Teacher vs student without KD vs student with KD, trained at the search's best hyperparameters. `plan`: the
+    command's preflight (made here when not given)."""
     from ..tracking import log_report
 
-    prepared = prepare(cfg, device)
+    prepared = prepare(cfg, device, plan=plan or preflight(cfg, search=False))
     prepared.teacher.to(device)
     data = prepared.data
     trials = search_trials(cfg)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -29,8 +29,9 @@ from ..losses import FeatureHintLoss, class_weights, create_loss
 from ..models.deployed import as_format, cpu_name, latency_ms, script_bytes, weights
 from ..models.deployed import load as load_shipped
 from ..models.quantize import int8_from_qat, qat_model
-from ..models.sizes import file_bytes, select_deployments
+from ..models.sizes import Deployments, file_bytes, select_deployments
 from ..models.students import FeatureStudent, create_student, student_spec
+from ..preflight import Plan
 from ..teachers import Teachers
 from ..teachers.cache import TeacherTargets
 from ..teachers.step import teach
@@ -96,13 +97,20 @@ class Prepared:
     teacher: Teachers
     targets: TeacherTargets | None
     """Cached teacher outputs; None when teacher.cache is false (the teacher runs live)."""
-    students: list[str]
-    """Candidates that fit the size limit in at least one searched format."""
     teacher_metrics: dict[str, float]
     baseline_metrics: dict[str, float]
     """The majority-class baseline on val: what a teacher must beat to be worth copying."""
-    pairs: list[tuple[str, str]] = field(default_factory=list)
-    """(student, format) pairs whose shipped file fits the size limit (sizes.Deployments)."""
+    deployments: Deployments
+    """The (student, format) pairs whose shipped file fits the size limit, with their file sizes (the plan's)."""
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        return self.deployments.pairs
+
+    @property
+    def students(self) -> list[str]:
+        """Candidates that fit the size limit in at least one searched format."""
+        return self.deployments.students
 
 
 def default_hparams(cfg: Config, pairs: list[tuple[str, str]]) -> Hparams:
@@ -115,11 +123,16 @@ def default_hparams(cfg: Config, pairs: list[tuple[str, str]]) -> Hparams:
     return Hparams.from_mapping({**values, "precision": fmt})
 
 
-def prepare(cfg: Config, device: torch.device | str, teach_fn: Callable | None = None) -> Prepared:
+def prepare(cfg: Config, device: torch.device | str, teach_fn: Callable | None = None,
+            plan: Plan | None = None) -> Prepared:
     """Data, the students that fit, the teacher and its outputs. `teach_fn(cfg, data, device)` does the teacher's
-    part: `teachers.step.teach` by default, or `teachers.worker`'s Ray task."""
-    data = load_dataset(cfg)
-    deployments = select_deployments(cfg, data.num_classes)
+    part: `teachers.step.teach` by default, or `teachers.worker`'s Ray task. `plan`: the command's preflight, whose
+    listing and sizes are used as they are (found here when not given)."""
+    data = load_dataset(cfg, plan.sources if plan else None)
+    if plan is not None and len(plan.classes.names) == data.num_classes:
+        deployments = plan.deployments
+    else:  # no plan, or a class the labels name had no readable image: the last layer's size differs
+        deployments = select_deployments(cfg, data.num_classes)
     for name, fmt, n in deployments.over:
         log.warning("student %s is %.1f MB in %s, over student.max_size_mb %g: never trained", name, n / 1e6, fmt,
                     cfg.student.max_size_mb)
@@ -127,8 +140,8 @@ def prepare(cfg: Config, device: torch.device | str, teach_fn: Callable | None =
         log.warning("student %s is searched without int8: %s", name, reason)
     taught = (teach_fn or teach)(cfg, data, device)
     baseline = taught.baseline
-    return Prepared(data, taught.teacher, taught.targets, deployments.students, taught.scores,
-                    {"val_accuracy": baseline.accuracy, "val_macro_f1": baseline.macro_f1}, deployments.pairs)
+    return Prepared(data, taught.teacher, taught.targets, taught.scores,
+                    {"val_accuracy": baseline.accuracy, "val_macro_f1": baseline.macro_f1}, deployments)
 
 
 class Distiller:
@@ -143,7 +156,9 @@ class Distiller:
         self.data, self.teacher = data, prepared.teacher
         self.spec = student_spec(cfg)
         self.format = shipped_format(cfg, hp)
-        self.file_bytes = file_bytes(hp.student, data.num_classes, cfg.data.image_size, self.format)
+        known = prepared.deployments.file_bytes.get((hp.student, self.format))  # the plan's: no build in a trial
+        self.file_bytes = known if known is not None else \
+            file_bytes(hp.student, data.num_classes, cfg.data.image_size, self.format)
         """The shipped file's size as measured on an untrained build; a deployed trial reports its own file's."""
         self.shipped: bytes | None = None
         """The shipped TorchScript file, once `deploy` made it (the last epoch)..."""

@@ -20,7 +20,7 @@ from ..core.io import atomic_dir, json_safe
 from ..models import deployed
 from ..models.deployed import WEIGHTS_FILE, cast_state_dict
 from ..models.sizes import student_size
-from ..preflight import preflight
+from ..preflight import Plan, preflight
 from ..tracking import check_store, log_train_run
 from .distiller import Hparams, Prepared, default_hparams, prepare, train_student
 
@@ -36,10 +36,11 @@ class TrainResult:
 
 
 def run_train(cfg: Config, device: torch.device, on_start: Callable[[Hparams, Prepared], None] | None = None,
-              on_epoch: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+              on_epoch: Callable[[dict[str, Any]], None] | None = None, plan: Plan | None = None) -> TrainResult:
     start = time.perf_counter()
-    preflight(cfg, search=False)  # config, data, teacher files, size limit, output.dir, MLflow: before any write
-    prepared = prepare(cfg, device)
+    # config, data, teacher files, size limit, output.dir, MLflow: before any write (the command's plan)
+    plan = plan or preflight(cfg, search=False)
+    prepared = prepare(cfg, device, plan=plan)
     check_store(cfg)
     hp = default_hparams(cfg, prepared.pairs)
     if on_start:

@@ -25,10 +25,12 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import asdict, dataclass, field
 from functools import cache, lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -103,30 +105,55 @@ def student_size(name: str, num_classes: int, image_size: int) -> StudentSize:
         model = create_student(name, num_classes, image_size)
     size = _measure(model, name)
     if key:
-        _write_cache(key, size)
+        _write_cache({key: asdict(size)})
     return size
 
 
-@lru_cache(maxsize=None)
-def file_bytes(name: str, num_classes: int, image_size: int, fmt: str) -> int | None:
-    """Bytes of the student's shipped TorchScript file in `fmt` (deployed.as_format + script_bytes), measured once on
-    an untrained build; None when the student cannot be `fmt` (int8 without a quantizable twin)."""
-    if fmt == "int8" and why_not_int8(name) is not None:
-        return None
+MEASURED_EVENT = "kdsearch.sizes.measure"
+"""The audit event (`sys.audit`) raised each time a student is built to weigh its files: (name, formats). Audit
+hooks see it in every process, which is how tests/test_plan.py counts the measurements a command makes."""
+
+_known: dict[tuple[str, int, int, str], int | None] = {}  # this process's measurements and cache reads
+
+
+def shipped_file_bytes(name: str, num_classes: int, image_size: int, formats: Iterable[str]) -> dict[str, int | None]:
+    """Bytes of the student's shipped TorchScript file in each of `formats` (deployed.as_format + script_bytes);
+    None where the student cannot be that format (int8 without a quantizable twin). The formats not known yet (in
+    this process, or in the disk cache) are measured together on one untrained build: a student is built at most
+    once per process, whatever the formats asked."""
     key = _cache_key(name, num_classes, image_size)
-    key = key and f"{key}; {fmt} file"
-    entry = _read_cache().get(key) if key else None
-    if isinstance(entry, dict) and entry.get("name") == name and type(entry.get("file_bytes")) is int \
-            and entry["file_bytes"] > 0:
-        return entry["file_bytes"]
-    torch.manual_seed(0)
-    model = create_student(name, num_classes, image_size).eval()
-    px = _probe_size(name, num_classes, image_size)
-    calibration = [torch.rand(2, 3, px, px)]
-    n = len(script_bytes(as_format(model, name, fmt, num_classes, calibration), px))
-    if key:
-        _write_cache(key, {"name": name, "file_bytes": n})
-    return n
+    cached = _read_cache() if key else {}
+    out, missing = {}, []
+    for fmt in dict.fromkeys(formats):
+        memo = (name, num_classes, image_size, fmt)
+        entry = cached.get(f"{key}; {fmt} file") if key else None
+        if memo in _known:
+            out[fmt] = _known[memo]
+        elif fmt == "int8" and why_not_int8(name) is not None:
+            out[fmt] = _known[memo] = None
+        elif isinstance(entry, dict) and entry.get("name") == name and type(entry.get("file_bytes")) is int \
+                and entry["file_bytes"] > 0:
+            out[fmt] = _known[memo] = entry["file_bytes"]
+        else:
+            missing.append(fmt)
+    if missing:
+        sys.audit(MEASURED_EVENT, name, tuple(missing))
+        torch.manual_seed(0)
+        model = create_student(name, num_classes, image_size).eval()
+        px = _probe_size(name, num_classes, image_size)
+        calibration = [torch.rand(2, 3, px, px)]
+        measured = {fmt: len(script_bytes(as_format(model, name, fmt, num_classes, calibration), px))
+                    for fmt in missing}
+        for fmt, n in measured.items():
+            out[fmt] = _known[(name, num_classes, image_size, fmt)] = n
+        if key:
+            _write_cache({f"{key}; {fmt} file": {"name": name, "file_bytes": n} for fmt, n in measured.items()})
+    return out
+
+
+def file_bytes(name: str, num_classes: int, image_size: int, fmt: str) -> int | None:
+    """`shipped_file_bytes` for one format."""
+    return shipped_file_bytes(name, num_classes, image_size, (fmt,))[fmt]
 
 
 PROBE_PX = 32
@@ -177,6 +204,9 @@ class Deployments:
     """(student, format, file bytes) of the pairs over the limit: never trained."""
     not_int8: dict[str, str]
     """Students offered without int8 (the space also offers a float format) -> why they cannot be int8."""
+    file_bytes: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(student, format) -> its shipped file's bytes, measured once here for every pair above: what a trial
+    reports as its size until its own file exists, and what MLflow tags each trial's run with."""
 
     @property
     def students(self) -> list[str]:
@@ -210,22 +240,22 @@ def select_deployments(cfg, num_classes: int) -> Deployments:
         raise KdsearchError(f"{key} int8: {', '.join(not_int8)} cannot be int8 ({said}); remove "
                             f"{'it' if len(not_int8) == 1 else 'them'} from the students, or offer a float format "
                             "too (search.space.precision: {choice: [fp32, int8]})")
-    pairs, over = [], []
+    pairs, over, measured = [], [], {}
     for name in names:
-        for fmt in formats:
-            if fmt == "int8" and name in not_int8:
-                continue
+        offered = [f for f in formats if not (f == "int8" and name in not_int8)]
+        for fmt, n in shipped_file_bytes(name, num_classes, cfg.data.image_size, offered).items():
+            measured[(name, fmt)] = n
             if fits(name, num_classes, cfg.data.image_size, fmt, s.max_size_mb):
                 pairs.append((name, fmt))
             else:
-                over.append((name, fmt, file_bytes(name, num_classes, cfg.data.image_size, fmt)))
+                over.append((name, fmt, n))
     if not pairs:
         sizes = ", ".join(f"{n} {f} {b / 1e6:.1f} MB" for n, f, b in over)
         hint = "int8" if "int8" not in formats else "a smaller one"
         raise KdsearchError(f"student.max_size_mb {s.max_size_mb:g}: no candidate fits ({sizes}); raise the limit, "
                             f"offer {hint} (student.precision, or search.space.precision: {{choice: [...]}}), or "
                             "add smaller student.candidates")
-    return Deployments(pairs, over, not_int8)
+    return Deployments(pairs, over, not_int8, measured)
 
 
 # --------------------------------------------------------------------------- the size cache
@@ -273,12 +303,11 @@ def _from_cache(entry, name: str) -> StudentSize | None:
     return StudentSize(name=name, **{k: entry[k] for k in numbers})
 
 
-def _write_cache(key: str, entry: StudentSize | dict) -> None:
-    """Merge one entry in, atomically (a concurrent writer may drop an entry: it is measured again next time).
+def _write_cache(entries: dict[str, dict]) -> None:
+    """Merge entries in, atomically (a concurrent writer may drop an entry: it is measured again next time).
     A cache that cannot be written is not an error: sizes are then measured each time."""
     path = cache_path()
-    data = _read_cache()
-    data[key] = asdict(entry) if isinstance(entry, StudentSize) else entry
+    data = {**_read_cache(), **entries}
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

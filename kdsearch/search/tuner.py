@@ -33,8 +33,7 @@ from ..core.errors import KdsearchError
 from ..core.results import ENDINGS, best, ended, kd_added, on_full_split
 from ..distill.distiller import Distiller, Hparams, Prepared, prepare
 from ..models import deployed
-from ..models.sizes import file_bytes
-from ..preflight import preflight
+from ..preflight import Plan, preflight
 from ..runtime import interrupts, quiet
 from ..runtime.experiment import RESCORED_FILE, TRIAL_STATE_FILE, experiment_dir, read_search_state, write_search_state
 from ..teachers.worker import on_worker, worker_resources
@@ -111,18 +110,21 @@ def check_address(address: str | None) -> None:
                             "--address (and RAY_ADDRESS) to run locally") from None
 
 
-def run_search(cfg: Config, resume: bool = False, address: str | None = None, device: str = "auto") -> SearchResult:
-    """Run (or continue) the search and return its summary; raises KdsearchError on user errors."""
+def run_search(cfg: Config, resume: bool = False, address: str | None = None, device: str = "auto",
+               plan: Plan | None = None) -> SearchResult:
+    """Run (or continue) the search and return its summary; raises KdsearchError on user errors. `plan`: the
+    command's preflight, made here when not given."""
     path = experiment_dir(cfg)
     resume = check_resume(cfg, path, resume)
-    preflight(cfg)  # config, data paths, teacher files, size limit, output.dir, MLflow: before anything is written
+    # config, data paths, teacher files, size limit, output.dir, MLflow: before anything is written
+    plan = plan or preflight(cfg)
     start = time.perf_counter()
     init_ray(address)  # before the teacher: its work may run as a Ray task on a GPU node (teacher_worker.py)
     early = (f"search {cfg.name!r} interrupted before its first trial; nothing exported. `kdsearch run CONFIG "
              "--resume` starts it, reusing what is cached (data, teacher)")
     interrupts.on_sigterm(early)
     try:
-        prepared, shipped = prepare_driver(cfg, device)
+        prepared, shipped = prepare_driver(cfg, device, plan)
         tracker, state = start_tracking(cfg, prepared, resume)
         tuner = make_tuner(cfg, path, shipped, tracker, resume)
     except interrupts.Interrupted as e:
@@ -221,11 +223,11 @@ def check_resume(cfg: Config, path: Path, resume: bool) -> bool:
     return resume and restorable
 
 
-def prepare_driver(cfg: Config, device: str) -> tuple[Prepared, Prepared]:
+def prepare_driver(cfg: Config, device: str, plan: Plan) -> tuple[Prepared, Prepared]:
     """The once-per-search work (data, students that fit, teacher and its outputs): what the driver keeps, and
     what trials get through the object store. With cached outputs trials get no teacher model at all (a MedSigLIP
     is gigabytes); a live teacher goes on the CPU and each trial moves it to its own device."""
-    prepared = prepare(cfg, resolve_device(device), teach_fn=on_worker(worker_resources(cfg)))
+    prepared = prepare(cfg, resolve_device(device), teach_fn=on_worker(worker_resources(cfg)), plan=plan)
     check_store(cfg)
     shipped = replace(prepared, teacher=prepared.teacher.without_models()) if prepared.targets is not None else prepared
     prepared.teacher.to("cpu")
@@ -239,8 +241,7 @@ def start_tracking(cfg: Config, prepared: Prepared, resume: bool) -> tuple[Searc
     """The MLflow parent run (the same one on --resume) and the search state saved beside Ray's."""
     state = read_search_state(cfg) if resume else {}
     state.setdefault("search_id", uuid.uuid4().hex)
-    sizes = {f"{s}/{f}": file_bytes(s, prepared.data.num_classes, cfg.data.image_size, f) / 1e6
-             for s, f in prepared.pairs}
+    sizes = {f"{s}/{f}": prepared.deployments.file_bytes[s, f] / 1e6 for s, f in prepared.pairs}
     tracker = SearchCallback(cfg, state["search_id"], sizes, prepared.data.class_names)
     state["parent_run_id"] = tracker.start()
     state["teacher"] = {**prepared.teacher.identity, **prepared.teacher_metrics}
