@@ -42,12 +42,23 @@ def _graph() -> dict[str, set[str]]:
     return {m: {t for t in _imports(m, p) if t in mods and t != m} for m, p in mods.items()}
 
 
-def test_no_import_cycles():
-    graph, state, cycles = _graph(), {}, []
+ROOMS = ["core", "models", "losses", "config", "runtime", "tracking", "data", "engine", "teachers", "preflight",
+         "distill", "search", "deploy", "cli"]
+"""The rooms bottom to top (docs/architecture.md): each imports only rooms below it."""
+ALIASES = {"kdsearch.students"}  # kept for one release (docs/architecture.md); they point down into a room
+
+
+def _room(module: str) -> str:
+    """A module's room: its folder under kdsearch/, or a top-level module's own name."""
+    return module.split(".")[1] if "." in module else "kdsearch"
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    state, cycles = {}, []
 
     def visit(m, path):
         state[m] = "open"
-        for t in sorted(graph[m]):
+        for t in sorted(graph.get(m, ())):
             if state.get(t) == "open":
                 cycles.append(path[path.index(t):] + [t])
             elif t not in state:
@@ -57,16 +68,60 @@ def test_no_import_cycles():
     for m in sorted(graph):
         if m not in state:
             visit(m, [m])
-    assert not cycles, cycles
+    return cycles
 
 
-@pytest.mark.parametrize("third_party,allowed", [
-    ("mlflow", {"kdsearch.tracking", "kdsearch.tracking.search"}),  # only tracking talks to MLflow
-    ("transformers", {"kdsearch.teachers.huggingface"}),
+def test_no_import_cycles():
+    assert not _cycles(_graph())
+
+
+def test_no_cycles_between_rooms():
+    rooms: dict[str, set[str]] = {}
+    for m, targets in _graph().items():
+        if m not in ALIASES:
+            rooms.setdefault(_room(m), set()).update(_room(t) for t in targets if _room(t) != _room(m))
+    assert not _cycles(rooms)
+
+
+def test_every_module_is_in_a_room():
+    loose = {m for m in _modules() if _room(m) not in ROOMS} - ALIASES - {"kdsearch", "kdsearch.__main__"}
+    assert not loose, f"put {sorted(loose)} in a room (docs/architecture.md), or list the new room in ROOMS"
+
+
+def test_each_room_imports_only_rooms_below_it():
+    up = sorted(f"{m} -> {t}" for m, targets in _graph().items() if m not in ALIASES and _room(m) in ROOMS
+                for t in targets if _room(t) in ROOMS and ROOMS.index(_room(t)) > ROOMS.index(_room(m)))
+    assert not up, up
+
+
+def test_core_imports_nothing_of_kdsearch_outside_core():
+    out = {f"{m} -> {t}" for m, targets in _graph().items() if _room(m) == "core"
+           for t in targets if _room(t) != "core" and t != "kdsearch"}
+    assert not out, out
+
+
+def test_data_knows_nothing_of_the_stages_after_it():
+    later = {"teachers", "distill", "search", "deploy"}
+    found = {f"{m} -> {t}" for m, targets in _graph().items() if _room(m) == "data" for t in targets
+             if _room(t) in later}
+    assert not found, found
+
+
+def _users(package: str) -> set[str]:
+    return {m for m, p in _modules().items()
+            if any(t == package or t.startswith(package + ".") for t in _imports(m, p))}
+
+
+@pytest.mark.parametrize("package,rooms,modules", [
+    ("ray.tune", {"search"}, set()),  # only search/ imports Ray Tune
+    ("ray", {"search"}, {"kdsearch.teachers.worker"}),  # Ray itself: search/, and the teacher's Ray task
+    ("mlflow", {"tracking"}, set()),  # only tracking/ talks to MLflow
+    ("optuna", {"search"}, {"kdsearch.runtime.quiet"}),  # and quiet, for Optuna's logging switch
+    ("transformers", set(), {"kdsearch.teachers.huggingface"}),
 ])
-def test_only_its_owner_imports(third_party, allowed):
-    users = {m for m, p in _modules().items() if any(t.split(".")[0] == third_party for t in _imports(m, p))}
-    assert users <= allowed, users - allowed
+def test_only_its_owner_imports(package, rooms, modules):
+    stray = {m for m in _users(package) if _room(m) not in rooms and m not in modules}
+    assert not stray, stray
 
 
 def test_only_the_trainable_talks_to_tunes_session():
@@ -76,11 +131,35 @@ def test_only_the_trainable_talks_to_tunes_session():
 
 
 def test_the_engine_knows_no_ray_mlflow_or_pipeline():
-    """engine, losses, transforms and batches are plain PyTorch: usable in any training loop."""
-    for name in ("kdsearch.engine.loop", "kdsearch.losses", "kdsearch.data.transforms", "kdsearch.engine.batches"):
+    """engine/, losses/ and the transforms are plain PyTorch: usable in any training loop."""
+    plain = [m for m in _modules() if _room(m) in ("engine", "losses")] + ["kdsearch.data.transforms"]
+    for name in plain:
         imported = _imports(name, _modules()[name])
         assert not {t.split(".")[0] for t in imported} & {"ray", "mlflow", "optuna"}, name
-        assert not any(t.startswith(("kdsearch.search.tuner", "kdsearch.tracking", "kdsearch.distill.distiller")) for t in imported)
+        assert not {_room(t) for t in imported if t.startswith("kdsearch.")} & {"distill", "search", "tracking"}, name
+
+
+def test_the_rules_catch_an_upward_import(tmp_path):
+    """The checks above read the real source; this one shows they see a lazy import pointing up."""
+    module = tmp_path / "probe.py"
+    module.write_text("def f():\n    from ..search import tuner\n")
+    assert "kdsearch.search.tuner" in _imports("kdsearch.data.probe", module)
+
+
+def test_the_old_student_path_is_the_same_module_with_a_warning():
+    import importlib
+    import sys
+    import warnings
+
+    import kdsearch.models.students as students
+
+    sys.modules.pop("kdsearch.students", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = importlib.import_module("kdsearch.students")
+    assert old is students
+    assert any(issubclass(w.category, DeprecationWarning) and "kdsearch.models.students" in str(w.message)
+               for w in caught)
 
 
 @pytest.mark.e2e

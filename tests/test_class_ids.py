@@ -14,8 +14,8 @@ from kdsearch.config import Config
 from kdsearch.core.errors import KdsearchError
 from kdsearch.data.dataset import load_dataset
 from kdsearch.data.transforms import to_input
-from kdsearch.teachers.step import teach
 from kdsearch.models.students import create_student, final_linear, student_spec
+from kdsearch.teachers.step import teach
 
 from conftest import tiny_config
 

@@ -94,7 +94,7 @@ def test_decode_cache_is_reused(tmp_path, monkeypatch):
 
     import kdsearch.data.dataset as data_mod
 
-    def no_decoding(d):
+    def no_decoding(d, listing):
         raise AssertionError("decoded again despite the cache")
 
     monkeypatch.setitem(data_mod.DECODERS._entries, "image_folder", no_decoding)  # the registered decoder

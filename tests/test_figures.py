@@ -19,8 +19,8 @@ from kdsearch.config import Config
 from kdsearch.core.errors import KdsearchError
 from kdsearch.data.dataset import load_dataset
 from kdsearch.data.decoders import _decode_files
-from kdsearch.teachers.step import check_class_order, majority_baseline
 from kdsearch.losses import class_weights
+from kdsearch.teachers.step import check_class_order, majority_baseline
 
 from conftest import tiny_config, write_config
 

@@ -69,7 +69,7 @@ def run(
     if result.best is None:
         raise KdsearchError(f"{result.experiment_path}: no trial finished, nothing to export; "
                             "continue with `kdsearch run CONFIG --resume`")
-    exported = export_best(cfg)
+    exported = export_best(cfg, data=result.data)
     print_export(cfg, exported, config)
     if submit_:
         submit_and_report(cfg, None, wait=True)

@@ -1,6 +1,6 @@
 """The config: the contract's YAML read, overridden (environment, `--set`) and validated once, here.
 
-The models live in config_sections.py (the sections) and search_space.py (the space language); this module
+The models live in sections.py (the sections) and space.py (the space language); this module
 re-exports them. Below it, code receives typed objects, never dicts. Each field's
 docstring is its meaning and the reason for its default; they also become the
 descriptions in the JSON Schema (`kdsearch validate --schema`).

@@ -1,7 +1,7 @@
 """Mini-batch feeders for the engine: (model input, labels, teacher outputs or None).
 
 Two ways to get teacher logits: cached (the student trains on the exact views
-the teacher saw once, see teacher_cache.py) or live (the teacher runs on each
+the teacher saw once, see teachers/cache.py) or live (the teacher runs on each
 augmented batch). Both are seeded per epoch.
 """
 

@@ -94,6 +94,12 @@ def _measure(model: nn.Module, name: str) -> StudentSize:
                        fp32_bytes=state_dict_bytes(model, "fp32"), fp16_bytes=state_dict_bytes(model, "fp16"))
 
 
+MEASURED_EVENT = "kdsearch.sizes.measure"
+"""The audit event (`sys.audit`) raised each time a student is built to weigh its files: (name, formats). Audit
+hooks see it in every process, which is how tests/test_plan.py counts the measurements a command makes."""
+COUNTED_EVENT = "kdsearch.sizes.count"
+"""The same when a student's weights are counted on the meta device (`student_size`): (name,)."""
+
 @lru_cache(maxsize=None)
 def student_size(name: str, num_classes: int, image_size: int) -> StudentSize:
     """Parameters and exported sizes of a student, known from the architecture before any training."""
@@ -101,6 +107,7 @@ def student_size(name: str, num_classes: int, image_size: int) -> StudentSize:
     cached = _from_cache(_read_cache().get(key), name) if key else None
     if cached is not None:
         return cached
+    sys.audit(COUNTED_EVENT, name)
     with torch.device("meta"):
         model = create_student(name, num_classes, image_size)
     size = _measure(model, name)
@@ -108,10 +115,6 @@ def student_size(name: str, num_classes: int, image_size: int) -> StudentSize:
         _write_cache({key: asdict(size)})
     return size
 
-
-MEASURED_EVENT = "kdsearch.sizes.measure"
-"""The audit event (`sys.audit`) raised each time a student is built to weigh its files: (name, formats). Audit
-hooks see it in every process, which is how tests/test_plan.py counts the measurements a command makes."""
 
 _known: dict[tuple[str, int, int, str], int | None] = {}  # this process's measurements and cache reads
 
@@ -230,7 +233,7 @@ def select_deployments(cfg, num_classes: int) -> Deployments:
     chosen = cfg.search.space.student
     if chosen is None:
         names = list(s.candidates)
-    else:  # a search_space.Dist over students, or one fixed student
+    else:  # a config.space.Dist over students, or one fixed student
         names = list(chosen.values_to_check() if hasattr(chosen, "values_to_check") else [chosen])
     formats = searched_formats(cfg)
     not_int8 = {n: r for n in names if "int8" in formats and (r := why_not_int8(n)) is not None}

@@ -31,6 +31,7 @@ from ..config.space import split_pair
 from ..core.devices import resolve_device
 from ..core.errors import KdsearchError
 from ..core.results import ENDINGS, best, ended, kd_added, on_full_split
+from ..data.dataset import Dataset
 from ..distill.distiller import Distiller, Hparams, Prepared, prepare
 from ..models import deployed
 from ..preflight import Plan, preflight
@@ -78,6 +79,8 @@ class SearchResult:
     """The Pareto front of the finished trials (finished_study): trial_id, student, format, the objectives."""
     importances: list[str] = field(default_factory=list)
     """What mattered, as lines (finished_study.importance_lines)."""
+    data: Dataset | None = field(default=None, repr=False)
+    """The search's data as the driver decoded it once: `export_best` takes it rather than loading it again."""
 
 
 def init_ray(address: str | None) -> None:
@@ -119,7 +122,7 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     # config, data paths, teacher files, size limit, output.dir, MLflow: before anything is written
     plan = plan or preflight(cfg)
     start = time.perf_counter()
-    init_ray(address)  # before the teacher: its work may run as a Ray task on a GPU node (teacher_worker.py)
+    init_ray(address)  # before the teacher: its work may run as a Ray task on a GPU node (teachers/worker.py)
     early = (f"search {cfg.name!r} interrupted before its first trial; nothing exported. `kdsearch run CONFIG "
              "--resume` starts it, reusing what is cached (data, teacher)")
     interrupts.on_sigterm(early)
@@ -176,7 +179,7 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     return SearchResult(path, summary["trials"], best, wall, fit_seconds, summary["trial_seconds"],
                         summary["trial_epochs"], teacher_passes, teacher_seconds, state["parent_run_id"],
                         prepared.students, prepared.data.counts(), prepared.data.class_names, added, front,
-                        importances)
+                        importances, prepared.data)
 
 
 def tradeoffs(cfg: Config, trials, tracker: SearchTracker) -> tuple[list[dict[str, Any]], list[str]]:
@@ -251,7 +254,7 @@ def start_tracking(cfg: Config, prepared: Prepared, resume: bool) -> tuple[Searc
 
 
 def tpe_sampler(cfg: Config, start_points: int) -> optuna.samplers.TPESampler:
-    """Optuna's TPE with kdsearch's settings (config_sections.TpeSettings); `start_points`: the enqueued points."""
+    """Optuna's TPE with kdsearch's settings (config.sections.TpeSettings); `start_points`: the enqueued points."""
     tpe = cfg.search.tpe
     startup = tpe.startup_trials or max(4, start_points + cfg.search.max_concurrent)
     return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup, multivariate=tpe.multivariate,

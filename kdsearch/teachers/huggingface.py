@@ -2,7 +2,7 @@
 
 Every mode ends in one `nn.Linear` head, so the teacher's features (the head's
 input) are there for feature distillation and a linear probe is a head fitted
-after the features are known (teacher_cache.py calls `fit_head`).
+after the features are known (teachers/cache.py calls `fit_head`).
 
 Authentication is huggingface_hub's own: `HF_TOKEN` from the environment or
 the login cache. kdsearch never reads, prints or stores the token.
