@@ -2,8 +2,9 @@
 other phase stops where it is. Either way the command exits 130 or 143 and nothing is presented as finished.
 
 Ray Tune stops a search gracefully on SIGINT or SIGUSR1, with a handler it installs while `Tuner.fit` runs. The
-CLI routes Ctrl-C there, stops at once on SIGTERM (see `_act`), and remembers which signal came, so the caller can
-tell an interrupted search from a finished one.
+CLI routes Ctrl-C there, stops at once on SIGTERM (see `_act`), and each search remembers which signal stopped it
+(`SearchStop`), so its caller can tell an interrupted search from a finished one. That record is the search's own:
+a library caller that runs two searches in one process sees a signal only in the search it stopped.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Iterator
 
 log = logging.getLogger("kdsearch")
@@ -37,9 +39,21 @@ class Interrupted(BaseException):
         return 128 + self.signum
 
 
-_received: list[int] = []
+@dataclass
+class SearchStop:
+    """One search's signals: those received while its `Tuner.fit` ran (`search()`)."""
+
+    signals: list[int] = field(default_factory=list)
+
+    @property
+    def signum(self) -> int | None:
+        """The signal that stopped this search, or None when nothing did."""
+        return self.signals[0] if self.signals else None
+
+
+_received: list[int] = []  # every signal since `install` (a deferred step acts on those that came inside it)
 _installed = False
-_in_search = False
+_searches: list[SearchStop] = []  # the searches running now, innermost last
 _deferred = 0
 
 
@@ -95,20 +109,16 @@ def reinstall() -> None:
         install()
 
 
-def received() -> int | None:
-    """The first signal received since `install`, or None."""
-    return _received[0] if _received else None
-
-
 @contextlib.contextmanager
-def search() -> Iterator[None]:
-    """While `Tuner.fit` runs: the first signal asks Ray Tune to stop and save its state; a second stops at once."""
-    global _in_search
-    _in_search = True
+def search() -> Iterator[SearchStop]:
+    """While `Tuner.fit` runs: the search's first signal asks Ray Tune to stop and save its state; a second stops at
+    once. Yields the search's own `SearchStop`."""
+    stop = SearchStop()
+    _searches.append(stop)
     try:
-        yield
+        yield stop
     finally:
-        _in_search = False
+        _searches.remove(stop)
 
 
 @contextlib.contextmanager
@@ -118,18 +128,21 @@ def deferred() -> Iterator[None]:
     global _deferred
     _deferred += 1
     seen = len(_received)
+    earlier = len(_searches[-1].signals) if _searches else seen  # what "first" means: per search while one runs
     try:
         yield
     finally:
         _deferred -= 1
     if _deferred == 0 and len(_received) > seen:
-        _act(_received[seen], None, first=seen == 0)
+        _act(_received[seen], None, first=earlier == 0)
 
 
 def _handle(signum: int, frame) -> None:
     _received.append(signum)
+    if _searches:
+        _searches[-1].signals.append(signum)
     if not _deferred:
-        _act(signum, frame, first=len(_received) == 1)
+        _act(signum, frame, first=len(_searches[-1].signals if _searches else _received) == 1)
 
 
 def _act(signum: int, frame, first: bool) -> None:
@@ -137,7 +150,7 @@ def _act(signum: int, frame, first: bool) -> None:
     # SIGTERM usually comes to the whole process group (SLURM, systemd, a container stop): Ray's own processes
     # get it too and are gone, so Tune could not save anything more; stop at once and resume from what Tune and
     # the trials' checkpoints saved last. Ray's processes ignore SIGINT, so Ctrl-C gets Tune's graceful stop.
-    if first and _in_search and signum == signal.SIGINT and callable(tune_stop):
+    if first and _searches and signum == signal.SIGINT and callable(tune_stop):
         log.warning("%s: stopping the search; Ray Tune saves its state (send it again to stop at once)",
                     signal.Signals(signum).name)
         tune_stop(signal.SIGUSR1, frame)

@@ -140,7 +140,7 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
 
     interrupts.on_sigterm(stopped(signal.SIGTERM))
     try:
-        with interrupts.search():
+        with interrupts.search() as stop:
             tuner.fit()
     except interrupts.Interrupted as e:
         raise interrupts.Interrupted(e.signum, stopped(e.signum)) from None
@@ -157,7 +157,7 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
         tracker.log_whole_split(best["trial_id"], best["metrics"])
     # Tune returns normally from a stop it was asked for: a signal, or trials left unfinished, mean interrupted
     unfinished = sum(t.status not in ("TERMINATED", "ERROR") for t in trials)
-    stopped_by = interrupts.received() or (signal.SIGINT if unfinished else None)
+    stopped_by = stop.signum or (signal.SIGINT if unfinished else None)
     front, importances = ([], []) if stopped_by else tradeoffs(cfg, trials, tracker)  # a finished search's result
     tracker.finish({"wall_seconds": wall, "teacher_forward_passes": teacher_passes, "teacher_seconds": teacher_seconds,
                     **{f"teacher_{k}": v for k, v in prepared.teacher_metrics.items()},
