@@ -1,17 +1,11 @@
 """One plan per command (preflight.Plan): the data's folders are listed once, and each student is built at most
 once to weigh its files, whatever the command and in every process it starts (Ray's trial workers included).
 
-Counted on the installed `kdsearch` command through Python's audit hooks (`sys.addaudithook`): `os.scandir` and
-`os.listdir` are audit events of the interpreter itself, and kdsearch raises `sizes.MEASURED_EVENT` /
-`sizes.COUNTED_EVENT` each time it builds a student to weigh it. A `sitecustomize.py` on PYTHONPATH installs the
-hook in the command's process and in every Python process it starts.
+Counted on the installed `kdsearch` command through Python's audit hooks (tests/audit.py).
 """
 
 from __future__ import annotations
 
-import collections
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -21,24 +15,8 @@ from PIL import Image
 from kdsearch.data.sources import list_sources
 from kdsearch.models import sizes
 
+import audit
 from conftest import KDSEARCH, tiny_config, write_config
-
-HOOK = '''
-import os, sys
-_log, _roots = os.environ["KDSEARCH_AUDIT_LOG"], os.environ["KDSEARCH_AUDIT_ROOTS"].split(os.pathsep)
-
-def _hook(event, args):
-    if event in ("os.scandir", "os.listdir") and isinstance(args[0], (str, bytes, os.PathLike)):
-        path = os.path.abspath(os.fsdecode(args[0]))
-        if any(path == r or path.startswith(r + os.sep) for r in _roots):
-            with open(_log, "a") as f:
-                f.write(f"list\\t{path}\\n")
-    elif event in (%r, %r):
-        with open(_log, "a") as f:
-            f.write(f"{event}\\t{args[0]}\\n")
-
-sys.addaudithook(_hook)
-''' % (sizes.MEASURED_EVENT, sizes.COUNTED_EVENT)
 
 STUDENTS = ["shufflenet_v2_x0_5", "resnet8"]
 
@@ -74,40 +52,20 @@ def skin(tmp_path_factory):
     return tmp, write_config(tmp, cfg), [root, extra]
 
 
-def _counted(tmp: Path, roots: list[Path], args: list[str], name: str) -> tuple[collections.Counter, dict]:
-    """Run `kdsearch ARGS` with the hook and a fresh size cache (every student is measured cold); returns the
-    listings per folder and the measurement events per (event, student)."""
-    hook_dir, log = tmp / f"hook-{name}", tmp / f"audit-{name}.log"
-    hook_dir.mkdir()
-    (hook_dir / "sitecustomize.py").write_text(HOOK)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook_dir), os.environ.get("PYTHONPATH", "")]),
-           "KDSEARCH_AUDIT_LOG": str(log), "KDSEARCH_AUDIT_ROOTS": os.pathsep.join(str(r) for r in roots),
-           "XDG_CACHE_HOME": str(tmp / f"cache-{name}"), "COLUMNS": "200"}
-    proc = subprocess.run([KDSEARCH, *args], cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [line.split("\t") for line in log.read_text().splitlines()] if log.exists() else []
-    listed = collections.Counter(Path(p) for kind, p in lines if kind == "list")
-    measured = collections.Counter((kind, p) for kind, p in lines if kind != "list")
-    return listed, measured
-
-
-def _folders(roots: list[Path]) -> set[Path]:
-    return {p for r in roots for p in [r, *r.rglob("*")] if p.is_dir()}
-
-
 @pytest.mark.e2e  # the installed command, Ray for `run`
 @pytest.mark.parametrize("command", ["validate", "train", "train-teacher", "run", "report"])
 def test_each_folder_is_listed_once_and_each_student_built_once(skin, command):
     tmp, config, roots = skin
     args = [command, str(config)] + (["--device", "cpu"] if command != "validate" else [])
-    listed, measured = _counted(tmp, roots, args, command)
-    folders = _folders(roots)
+    listed, measured, _, proc = audit.counted([KDSEARCH, *args], tmp, roots, command)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folders = audit.folders(roots)
     assert set(listed) == folders, (set(listed) ^ folders)  # every folder looked at: the plan is the listing
     assert all(n == 1 for n in listed.values()), {str(p): n for p, n in listed.items() if n > 1}
-    built = {student: measured[sizes.MEASURED_EVENT, student] for student in STUDENTS}
-    counted = {student: measured[sizes.COUNTED_EVENT, student] for student in STUDENTS}
+    built = {student: measured[audit.MEASURED_EVENT, student] for student in STUDENTS}
+    weighed = {student: measured[audit.COUNTED_EVENT, student] for student in STUDENTS}
     assert built == {s: 1 for s in STUDENTS}, built  # a cold cache: both formats weighed on one build each
-    assert all(n <= 1 for n in counted.values()), counted
+    assert all(n <= 1 for n in weighed.values()), weighed
 
 
 def test_the_listing_is_what_the_decode_reads(skin):
@@ -124,3 +82,7 @@ def test_the_listing_is_what_the_decode_reads(skin):
     assert found.unlabeled is not None and found.unlabeled.images == 16
     data = load_dataset(cfg, found)
     assert len(data.train.y) + len(data.val.y) == 52 and len(data.unlabeled) == 16
+
+
+def test_the_audit_events_are_the_ones_kdsearch_raises():
+    assert (audit.MEASURED_EVENT, audit.COUNTED_EVENT) == (sizes.MEASURED_EVENT, sizes.COUNTED_EVENT)
