@@ -14,26 +14,14 @@ from ..config import Config, load_config
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
                   help="Hyperparameter search for knowledge distillation (Ray Tune + Optuna + ASHA, MLflow).")
-
-
 console = Console(soft_wrap=True)
-
-
 err_console = Console(stderr=True)
 
-
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config, e.g. search_spaces/digits.yaml")]
-
-
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE override, dotted into the YAML "
                                                      "(--set search.num_samples=4); repeatable")]
-
-
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
-
-
 AddressOpt = Annotated[Optional[str], typer.Option(help="Ray cluster address (or RAY_ADDRESS); default: local")]
-
 
 held_locks = contextlib.ExitStack()
 """Locks a command holds until it ends (main() closes it on every exit path)."""

@@ -34,8 +34,8 @@ from .sources import (
 log = logging.getLogger("kdsearch")
 
 DECODERS: Registry[Callable[[DataConfig, Listing], dict]] = Registry("data.source")
-"""data.source -> decoder(data config, its listing: `sources.Listing`, made once per command) -> {"train_x", "train_y" (and val_/test_ where the source has them),
-"class_names", "label_ids", "unreadable", "orig_sizes"}."""
+"""data.source -> decoder(data config, its listing: `sources.Listing`, made once per command) -> {"train_x",
+"train_y" (and val_/test_ where the source has them), "class_names", "label_ids", "unreadable", "orig_sizes"}."""
 
 
 def _decode_files(paths: list[Path], labels: list[int], size: int, base: Path, max_pixels: int | None) -> dict:

@@ -125,16 +125,20 @@ def shipped_file_bytes(name: str, num_classes: int, image_size: int, formats: It
     this process, or in the disk cache) are measured together on one untrained build: a student is built at most
     once per process, whatever the formats asked."""
     key = _cache_key(name, num_classes, image_size)
-    cached = _read_cache() if key else {}
+    cached: dict | None = None  # the disk cache, read once and only when this process does not know a format
     out, missing = {}, []
     for fmt in dict.fromkeys(formats):
         memo = (name, num_classes, image_size, fmt)
-        entry = cached.get(f"{key}; {fmt} file") if key else None
         if memo in _known:
             out[fmt] = _known[memo]
-        elif fmt == "int8" and why_not_int8(name) is not None:
+            continue
+        if fmt == "int8" and why_not_int8(name) is not None:
             out[fmt] = _known[memo] = None
-        elif isinstance(entry, dict) and entry.get("name") == name and type(entry.get("file_bytes")) is int \
+            continue
+        if cached is None:
+            cached = _read_cache() if key else {}
+        entry = cached.get(f"{key}; {fmt} file")
+        if isinstance(entry, dict) and entry.get("name") == name and type(entry.get("file_bytes")) is int \
                 and entry["file_bytes"] > 0:
             out[fmt] = _known[memo] = entry["file_bytes"]
         else:
