@@ -1,12 +1,6 @@
 """Moved: the student zoo is `kdsearch.models.students`. This alias keeps a plugin that imports `kdsearch.students`
-(to register its own student) working until kdsearch 0.2, with a DeprecationWarning; it is the same module object,
-so a student registered through it is in the one registry."""
+(to register its own student) working for one release, with a DeprecationWarning."""
 
-import sys
-import warnings
+from .core.moved import alias
 
-from .models import students
-
-warnings.warn("kdsearch.students moved to kdsearch.models.students; the old path works until kdsearch 0.2",
-              DeprecationWarning, stacklevel=2)
-sys.modules[__name__] = students
+alias(__name__, "kdsearch.models.students")
