@@ -16,7 +16,6 @@ from pathlib import Path
 
 from .config import CheckpointTeacher, Config, EnsembleTeacher, TorchscriptTeacher, TrackingConfig, TrainTeacher
 from .core.errors import KdsearchError
-from .core.labels import ClassTable
 from .data.sources import SourceListing, list_sources
 from .models.sizes import Deployments, arch_params, select_deployments, student_size
 from .runtime.locks import check_output_folder
@@ -36,26 +35,6 @@ class Plan:
     disk: dict[str, int]
     """What the run will write under output.dir, in bytes, by kind (`disk_estimate`)."""
 
-    @property
-    def classes(self) -> ClassTable:
-        """The data's classes, read from its labels (no image decoded)."""
-        return self.sources.classes
-
-    @property
-    def fit(self) -> list[str]:
-        """Students that fit the size limit in at least one searched format."""
-        return self.deployments.students
-
-    @property
-    def over(self) -> list[tuple[str, str, int]]:
-        """(student, format, file bytes) of the pairs over it, for callers that report them."""
-        return self.deployments.over
-
-    @property
-    def not_int8(self) -> dict[str, str]:
-        """Students searched without int8 (a float format is offered too) -> why they cannot be int8."""
-        return self.deployments.not_int8
-
 
 def preflight(cfg: Config, search: bool = True, tracked: bool = True) -> Plan:
     """Every check below, each fact found once; returns the plan. `search`: the disk a search needs (False: `train`,
@@ -68,15 +47,14 @@ def preflight(cfg: Config, search: bool = True, tracked: bool = True) -> Plan:
                             "(one subfolder or label per class)")
     check_teacher_files(cfg, classes)
     deployments = select_deployments(cfg, classes)
-    disk = disk_estimate(cfg, classes, deployments.students, sources, search)
+    disk = disk_estimate(cfg, sources, deployments.students, search)
     check_output_dir(cfg, disk)
     if tracked:
         check_store_reachable(cfg.tracking)
     return Plan(sources, deployments, disk)
 
 
-def disk_estimate(cfg: Config, classes: int, students: list[str], sources: SourceListing,
-                  search: bool = True) -> dict[str, int]:
+def disk_estimate(cfg: Config, sources: SourceListing, students: list[str], search: bool = True) -> dict[str, int]:
     """Bytes a run writes under output.dir, from the config's real numbers (documented in docs/troubleshooting.md):
 
     - data cache: every image once, uint8 RGB at image_size (labeled and data.unlabeled);
@@ -88,7 +66,7 @@ def disk_estimate(cfg: Config, classes: int, students: list[str], sources: Sourc
 
     `search=False` (`kdsearch train`): no trial checkpoints; student.pt and its copy in MLflow as the export.
     """
-    t = cfg.teacher
+    t, classes = cfg.teacher, len(sources.classes.names)
     members = len(t.members) if isinstance(t, EnsembleTeacher) else 1
     labeled = sources.data.images
     extra = sources.unlabeled.images if sources.unlabeled else 0

@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-MEASURED_EVENT, COUNTED_EVENT = "kdsearch.sizes.measure", "kdsearch.sizes.count"  # models/sizes.py's names
+from kdsearch.models.sizes import COUNTED_EVENT, MEASURED_EVENT
 
 HOOK = '''
 import os, sys

@@ -26,7 +26,7 @@ def trial(i, f1, size, latency, epochs=3, full=True, **extra):
 
 
 def rebuilt(items, cfg):
-    return rebuild(items, lambda t: t["id"], lambda t: t["config"], lambda t: t["last"], cfg, "fp32")
+    return rebuild(items, cfg, lambda t: t["id"], lambda t: t["config"], lambda t: t["last"])
 
 
 def non_dominated(items, cfg):

@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from kdsearch.data.sources import list_sources
-from kdsearch.models import sizes
 
 import audit
 from conftest import KDSEARCH, tiny_config, write_config
@@ -83,6 +82,3 @@ def test_the_listing_is_what_the_decode_reads(skin):
     data = load_dataset(cfg, found)
     assert len(data.train.y) + len(data.val.y) == 52 and len(data.unlabeled) == 16
 
-
-def test_the_audit_events_are_the_ones_kdsearch_raises():
-    assert (audit.MEASURED_EVENT, audit.COUNTED_EVENT) == (sizes.MEASURED_EVENT, sizes.COUNTED_EVENT)

@@ -41,12 +41,13 @@ def validate(
             plan = preflight(cfg)
         except KdsearchError as e:
             raise KdsearchError(f"{path}: {e}") from None
-        over, disk = plan.over, plan.disk
+        found, disk = plan.deployments, plan.disk
+        over = found.over
         dropped = f"; over the limit: {', '.join(f'{n} {f} {b / 1e6:.1f} MB' for n, f, b in over)}" if over else ""
-        console.print(f"{path}: ok ({len(plan.fit)} student(s) fit {cfg.student.max_size_mb:g} MB{dropped})")
-        for name, reason in plan.not_int8.items():
+        console.print(f"{path}: ok ({len(found.students)} student(s) fit {cfg.student.max_size_mb:g} MB{dropped})")
+        for name, reason in found.not_int8.items():
             console.print(f"  {name}: searched without int8 ({reason})")
-        console.print("  " + classes_line(plan.classes.names))
+        console.print("  " + classes_line(plan.sources.classes.names))
         console.print(f"  disk: a run writes about {sum(disk.values()) / 1e6:,.0f} MB under {cfg.output_dir} ("
                       + ", ".join(f"{k} {v / 1e6:,.1f} MB" for k, v in disk.items() if v) + ")")
         if cfg.data.label_budget is not None:

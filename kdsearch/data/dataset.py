@@ -101,11 +101,11 @@ class Dataset:
                 "val": len(self.val.y), "test": 0 if self.test is None else len(self.test.y)}
 
 
-def load_dataset(cfg: Config, listing: SourceListing | None = None) -> Dataset:
-    """Decode (or load the decode cache), check, and split the config's data. `listing`: its files as the command's
+def load_dataset(cfg: Config, sources: SourceListing | None = None) -> Dataset:
+    """Decode (or load the decode cache), check, and split the config's data. `sources`: its files as the command's
     plan found them (`sources.list_sources`); listed here when not given."""
     d = cfg.data
-    listing = listing or list_sources(d)
+    listing = sources or list_sources(d)
     files = listing.data.files
     key = fingerprint({"format": CACHE_FORMAT, "source": d.source, "size": d.image_size, "manifest": d.manifest,
                        "class_names": d.class_names, "remap": d.remap_labels, "label_map": d.label_map,

@@ -65,11 +65,6 @@ def class_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def class_of(root: Path, path: Path) -> str:
-    """An image folder's class for a file: the top folder under root it is in."""
-    return path.relative_to(root).parts[0]
-
-
 def _image_folder(root: Path) -> tuple[list[Path], list[str], list[str]]:
     """One walk of an image folder: every image under each class folder, subfolders included (their class is the
     top folder, as torchvision's ImageFolder reads them), sorted by path; each image's class; and the class

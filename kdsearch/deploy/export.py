@@ -105,8 +105,7 @@ def pareto_trials(cfg: Config, partial: bool = False) -> list[BestTrial]:
     from ..search.finished_study import rebuild
 
     finished = _finished_trials(cfg, partial)
-    study = rebuild(finished, lambda t: t.trial_id, lambda t: t.config, lambda t: t.last_result, cfg,
-                    cfg.student.precision)
+    study = rebuild(finished, cfg)
     by_id = {t.trial_id: t for t in finished}
     front = [_as_best(by_id[i]) for i in study.front]
     if not front:

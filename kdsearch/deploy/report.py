@@ -56,8 +56,8 @@ def what_mattered(cfg: Config, trials: list[dict[str, Any]]) -> dict[str, Any]:
     """The search's Pareto front and hyperparameter importances, from its finished trials (finished_study)."""
     from ..search.finished_study import rebuild
 
-    study = rebuild([t for t in trials if not t["errored"]], lambda t: t["trial_id"], lambda t: t["config"],
-                    lambda t: t["last"], cfg, cfg.student.precision)
+    study = rebuild([t for t in trials if not t["errored"]], cfg, lambda t: t["trial_id"], lambda t: t["config"],
+                    lambda t: t["last"])
     return {"pareto_front": study.front, "importances": study.importances(),
             "importance_lines": study.importance_lines()}
 

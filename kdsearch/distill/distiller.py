@@ -129,7 +129,7 @@ def prepare(cfg: Config, device: torch.device | str, teach_fn: Callable | None =
     part: `teachers.step.teach` by default, or `teachers.worker`'s Ray task. `plan`: the command's preflight, whose
     listing and sizes are used as they are (found here when not given)."""
     data = load_dataset(cfg, plan.sources if plan else None)
-    if plan is not None and len(plan.classes.names) == data.num_classes:
+    if plan is not None and len(plan.sources.classes.names) == data.num_classes:
         deployments = plan.deployments
     else:  # no plan, or a class the labels name had no readable image: the last layer's size differs
         deployments = select_deployments(cfg, data.num_classes)

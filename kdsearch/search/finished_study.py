@@ -113,16 +113,17 @@ class FinishedStudy:
         return lines
 
 
-def rebuild(items: Iterable[T], trial_id: Callable[[T], str], config: Callable[[T], dict[str, Any]],
-            result: Callable[[T], dict[str, Any]], cfg, fmt: str) -> FinishedStudy:
-    """The finished trials among `items` as a study with one direction per objective. `fmt`: the format of trials
-    whose config has none (student.precision)."""
+def rebuild(items: Iterable[T], cfg, trial_id: Callable[[T], str] = lambda t: t.trial_id,
+            config: Callable[[T], dict[str, Any]] = lambda t: t.config,
+            result: Callable[[T], dict[str, Any]] = lambda t: t.last_result) -> FinishedStudy:
+    """The finished trials among `items` as a study with one direction per objective. The accessors read Ray Tune's
+    trials by default; a trial whose config has no format ships in student.precision."""
     names = objectives(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["maximize" if OBJECTIVE_MODES[n] == "max" else "minimize"
                                             for n in names])
     done = [i for i in items if finished(result(i), names, cfg.search.max_epochs)]
-    points = [{"precision": fmt, **split_pair(config(i))} for i in done]
+    points = [{"precision": cfg.student.precision, **split_pair(config(i))} for i in done]
     distributions = _distributions(cfg.search.space, points)
     shared = pair_medians(done, points, result)
     ids = {}

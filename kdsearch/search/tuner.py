@@ -191,8 +191,7 @@ def tradeoffs(cfg: Config, trials, tracker: SearchTracker) -> tuple[list[dict[st
     from .finished_study import objectives, rebuild
 
     done = [t for t in trials if t.status == "TERMINATED" and t.last_result]
-    study = rebuild(done, lambda t: t.trial_id, lambda t: t.config, lambda t: t.last_result, cfg,
-                    cfg.student.precision)
+    study = rebuild(done, cfg)
     names = objectives(cfg)
     by_id = {t.trial_id: t for t in done}
 
