@@ -84,7 +84,9 @@ def test_the_printed_front_is_the_non_dominated_finished_trials(searched):
     table = table[:table.index("└")]
     printed = set(re.findall(r"│ ([0-9a-f]{8}) ", table))
     assert printed == expected and expected
-    assert re.search(r"importance for val_macro_f1 \(ped_anova, 10 finished trials\): ", out)
+    assert re.search(r"importance for val_macro_f1 \(ped_anova, top quantile 0.30 = the best 3 of 10 finished "
+                     r"trials\): ", out)
+    assert "importance for size_mb: not fitted, it is fixed by the (student, format) pair" in out
 
 
 def test_export_pareto_writes_each_member_and_an_int8_file_scores_what_its_trial_reported(searched):

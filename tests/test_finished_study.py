@@ -22,7 +22,7 @@ def trial(i, f1, size, latency, epochs=3, full=True, **extra):
     config = {"lr": 1e-3, "alpha": 0.5, "batch_size": 32, "student_format": "resnet8/int8"}
     return {"id": f"t{i}", "config": {**config, **extra.pop("config", {})},
             "last": {"training_iteration": epochs, "val_full": full, "val_macro_f1": f1, "size_mb": size,
-                     "latency_ms": latency, **extra}}
+                     "latency_ms": latency, "scored": "int8 file" if full else "float", **extra}}
 
 
 def rebuilt(items, cfg):
@@ -86,8 +86,9 @@ def test_importances_come_from_finished_trials_and_name_what_moved_the_score(tmp
     assert few.importance_lines() == [f"importances: {IMPORTANCE_MIN_TRIALS - 1} finished trials; they need "
                                       f"{IMPORTANCE_MIN_TRIALS} (1 more)"]
     study = rebuilt(items, cfg)
-    assert study.importances()["size_mb"] == {}  # every trial the same size: nothing to attribute, and it says so
-    assert "importance for size_mb: every finished trial has the same size_mb" in study.importance_lines()
+    assert study.importances()["size_mb"] == {}  # a property of the (student, format) pair: not fitted, and said
+    assert ("importance for size_mb: not fitted, it is fixed by the (student, format) pair (see the Pareto front)"
+            in study.importance_lines())
     found = study.importances()["val_macro_f1"]
     for evaluator in ("ped_anova", "fanova"):
         values = found[evaluator]

@@ -17,7 +17,7 @@ from kdsearch.search.searcher import HonestOptunaSearch
 
 def result(epoch: int, value: float, full: bool) -> dict:
     return {"training_iteration": epoch, "val_macro_f1": value, "val_full": full, "train_loss": 0.5,
-            "val_loss": 0.5 if math.isfinite(value) else value}
+            "val_loss": 0.5 if math.isfinite(value) else value, "scored": "fp32 file" if full else "float"}
 
 
 def tell(search, trial_id: str, epochs: list[tuple[float, bool]], error: bool = False) -> None:
@@ -61,31 +61,6 @@ def test_rays_own_optuna_search_would_have_taken_subset_scores_as_values():
     assert d.state == TrialState.COMPLETE and d.value == pytest.approx(0.9)
 
 
-def test_kd_added_compares_the_best_kd_trial_with_the_no_kd_control_on_whole_split_scores():
-    from kdsearch.core.results import kd_added, kd_added_line
-
-    def added(rows, metric="val_macro_f1", mode="max"):
-        return kd_added(rows, lambda r: r["id"], lambda r: r["r"], lambda r: r["alpha"], metric, mode)
-
-    rows = [{"id": "kd", "alpha": 0.9, "r": {"val_macro_f1": 0.80, "val_full": True}},
-            {"id": "low", "alpha": 0.25, "r": {"val_macro_f1": 0.86, "val_full": True}},
-            {"id": "control", "alpha": 0.0, "r": {"val_macro_f1": 0.83, "val_full": True}},
-            {"id": "cut", "alpha": 0.5, "r": {"val_macro_f1": 0.99, "val_full": False}}]  # a subset score: ignored
-    a = added(rows)
-    assert (a["kd_trial"], a["control_trial"], a["gain"]) == ("low", "control", pytest.approx(0.03))
-    loss = [{**r, "r": {"val_loss": 1 - r["r"]["val_macro_f1"], "val_full": r["r"]["val_full"]}} for r in rows]
-    a = added(loss, "val_loss", "min")
-    assert (a["kd_trial"], a["control_trial"], a["gain"]) == ("low", "control", pytest.approx(0.03))  # lower: a gain
-    assert added(rows[:2]) is None  # no control
-    # a control ASHA stopped at a rung: its subset score is said as such, never turned into a gain
-    stopped = rows[:2] + [{"id": "control", "alpha": 0.0,
-                           "r": {"val_macro_f1": 0.95, "val_full": False, "training_iteration": 2}}]
-    a = added(stopped)
-    assert a["gain"] is None and a["control"] == pytest.approx(0.95) and a["control_epochs"] == 2
-    line = kd_added_line(a, "val_macro_f1", 6)
-    assert "KD added" not in line and "stopped after 2 of 6 epochs" in line and "rung subset" in line
-    assert kd_added_line(added(rows), "val_macro_f1", 6).startswith("KD added +0.0300 val_macro_f1")
-
 @pytest.mark.parametrize("settings, modelled_from", [
     ({}, 5),  # auto: 3 start points + one round of 2 parallel trials
     ({"startup_trials": 10}, 10),  # Optuna's own default, kept when asked for
@@ -113,3 +88,34 @@ def test_tpe_models_the_results_once_the_start_points_and_one_parallel_round_hav
     modelled = [t.number for t in search._ot_study.get_trials(deepcopy=False)
                 if any(k.startswith(_RELATIVE_PARAMS_KEY) for k in t.system_attrs)]
     assert modelled == ([] if modelled_from is None else list(range(modelled_from, 12)))
+
+
+def test_asha_keeps_the_no_kd_control_and_its_matched_kd_point_to_the_end():
+    """The pair whose difference is "KD added" runs all its epochs (kdsearch.search.asha); ASHA's rung rule still
+    stops every other trial below its cutoff, and still counts the pair's scores in each rung."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    from kdsearch.search.asha import PairedASHA
+    from kdsearch.search.tune_space import kd_pair
+
+    points = [{"alpha": 0.9, "lr": 3e-3}, {"alpha": 0.0, "lr": 3e-3}, {"alpha": 0.25, "lr": 3e-3}]
+    assert kd_pair(points) == points[:2]
+    configs = {"kd": points[0], "control": points[1], "low": points[2], "other": {"alpha": 0.5, "lr": 1e-3}}
+    values = {"kd": 0.9, "control": 0.1, "low": 0.1, "other": 0.1}
+
+    def actions(scheduler):
+        trials = {k: SimpleNamespace(trial_id=k, config={**c, "temperature": 4.0}) for k, c in configs.items()}
+        for t in trials.values():
+            scheduler.on_trial_add(None, t)
+        return {k: scheduler.on_trial_result(None, t, {"training_iteration": 1, "val_macro_f1": values[k]})
+                for k, t in trials.items()}
+
+    kw = dict(time_attr="training_iteration", metric="val_macro_f1", mode="max", max_t=3, grace_period=1,
+              reduction_factor=4)
+    plain = actions(ASHAScheduler(**kw))
+    assert plain["control"] == plain["low"] == plain["other"] == TrialScheduler.STOP  # what ASHA alone would do
+    paired = actions(PairedASHA(keep=kd_pair(points), **kw))
+    assert paired == {"kd": TrialScheduler.CONTINUE, "control": TrialScheduler.CONTINUE, "low": TrialScheduler.STOP,
+                      "other": TrialScheduler.STOP}

@@ -69,19 +69,6 @@ def test_sixteen_views_at_224px_cost_no_more_memory_than_one(tmp_path):
         assert sixteen[k] < 1.05 * one["pool"] + 65536, (k, sizes)
 
 
-def test_best_prefers_whole_split_scores_over_higher_subset_ones():
-    from kdsearch.core.results import best
-
-    trials = [{"id": "a", "val_macro_f1": 0.95, "val_full": False, "training_iteration": 1},  # ASHA stopped it
-              {"id": "b", "val_macro_f1": 0.80, "val_full": True, "training_iteration": 3},
-              {"id": "c", "val_macro_f1": 0.85, "training_iteration": 3},  # a search from before rung subsets
-              {"id": "d", "val_loss": 0.1}]
-    assert best(trials, lambda t: t, "val_macro_f1", "max")["id"] == "c"
-    assert best(trials[:1], lambda t: t, "val_macro_f1", "max")["id"] == "a"  # no whole-split score at all
-    assert best(trials, lambda t: t, "val_loss", "min")["id"] == "d" and best([], lambda t: t, "val_loss",
-                                                                              "min") is None
-
-
 def test_ranked_puts_the_best_first_and_unrankable_results_last():
     """The order `kdsearch ui`'s comparison link and the learning-curve plot use: best first on the metric, ties in
     their order, and results without a finite metric (none, NaN, diverged) after every ranked one."""

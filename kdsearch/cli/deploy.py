@@ -130,7 +130,8 @@ def print_front(cfg: Config, front: list[dict]) -> None:
 
 
 def print_export(cfg: Config, e, config_path: Path | None = None) -> None:
-    from ..core.results import metric_value, on_full_split, scored_on
+    from ..core.figures import Figure
+    from ..core.results import metric_value
 
     metric = cfg.search.metric
     table = Table(title=f"{'best student' if e.out_dir.name == 'best' else 'student'} of {cfg.name}: trial "
@@ -141,15 +142,11 @@ def print_export(cfg: Config, e, config_path: Path | None = None) -> None:
         table.add_row(k, fmt_value(v))
     table.add_row(metric, f"{metric_value(e.metrics, metric):.4f} (the exported file on the whole val split, "
                   f"{e.val_images} images)")
-    m = e.trial.metrics
-    if m.get("rescored"):  # chosen on a rung-subset score, its shipped file re-scored on the whole split after
-        table.add_row(f"trial's last {metric}", f"{m[f'subset_{metric}']:.4f} (rung subset: "
-                      f"{int(m['subset_val_images'])} of {e.val_images} val images, what it was chosen on: no trial "
-                      f"ran all its epochs); its shipped file on the whole val split after the search: "
-                      f"{m[metric]:.4f}")
-    else:
-        table.add_row(f"trial's last {metric}", f"{m[metric]:.4f} ({scored_on(m, e.val_images)}"
-                      + (", what it was chosen on: no trial ran all its epochs)" if not on_full_split(m) else ")"))
+    m, f = e.trial.metrics, e.trial.figure
+    table.add_row(f"trial's last {metric}", f.text()
+                  + (f"; chosen on {Figure.from_dict(m['chosen_on']).text()}: no trial ran all its epochs"
+                     if m.get("chosen_on") else ""))
+    table.add_row("trial", "finished" if f.finished else f"NOT finished: {f.where()}")
     table.add_row("student.torchscript.pt", f"{e.files['student.torchscript.pt'] / 1e6:.2f} MB ({e.format}, limit "
                   f"{cfg.student.max_size_mb:g} MB); student.pt {e.files['student.pt'] / 1e6:.2f} MB")
     table.add_row("exported to", str(e.out_dir))

@@ -73,15 +73,15 @@ def report(
     rep = run_report(cfg, seeds=seeds, device=resolve_device(device))
     family = "vit" if "vit" in rep else "cnn"
     f = rep[family]
-    table = Table(title=f"{cfg.name}: {rep['best_config']['student']} (loss {rep['loss']}) from "
-                        f"{rep['best_config_from']}, "
-                        f"{len(rep['seeds'])} seed(s)")
-    for col in ("", "val accuracy", "val macro-F1"):
-        table.add_column(col, justify="left" if not col else "right")
+    fmt = rep["format"]
+    table = Table(title=f"{cfg.name}: {rep['best_config']['student']} {fmt} (loss {rep['loss']}) from "
+                        f"{rep['best_config_from']}, {len(rep['seeds'])} seed(s); students scored as their {fmt} "
+                        "files" + ("" if fmt == "fp32" else ", the float model in brackets"))
 
     def cell(key: str) -> str:
         std = f" ± {f[key + '_std']:.4f}" if key + "_std" in f else ""
-        return f"{f[key]:.4f}{std}"
+        beside = f" ({f[key + '_float']:.4f} float)" if key + "_float" in f else ""
+        return f"{f[key]:.4f}{std}{beside}"
 
     arms = rep["arms"]
 
@@ -89,27 +89,21 @@ def report(
         a = arms[kind]
         return f"{a['epochs']} epochs x {a['images_per_epoch']} images, {a['optimizer_steps']} steps"
 
-    table.add_row("teacher", cell("teacher_accuracy"), cell("teacher_macro_f1"))
-    table.add_row(f"student without KD ({trained('without_kd')})", cell("student_accuracy_without_kd"),
-                  cell("student_macro_f1_without_kd"))
-    table.add_row(f"student with KD ({rep['loss']}; {trained('with_kd')})", cell("student_accuracy_with_kd"),
-                  cell("student_macro_f1_with_kd"))
-    console.print(table)
-    if "teacher_accuracy_test" in f:
-        test = Table(title="test split")
-        for col in ("", "test accuracy", "test macro-F1"):
-            test.add_column(col, justify="left" if not col else "right")
-        test.add_row("teacher", cell("teacher_accuracy_test"), cell("teacher_macro_f1_test"))
-        test.add_row("student without KD", cell("student_accuracy_without_kd_test"),
-                     cell("student_macro_f1_without_kd_test"))
-        test.add_row(f"student with KD ({rep['loss']})", cell("student_accuracy_with_kd_test"),
-                     cell("student_macro_f1_with_kd_test"))
-        console.print(test)
+    for split, sfx in (("val", ""), ("test", "_test")):
+        if f"teacher_accuracy{sfx}" not in f:
+            continue
+        t = table if split == "val" else Table(title=f"test split; students as their {fmt} files")
+        for col in ("", f"{split} accuracy", f"{split} macro-F1"):
+            t.add_column(col, justify="left" if not col else "right")
+        t.add_row("teacher", cell(f"teacher_accuracy{sfx}"), cell(f"teacher_macro_f1{sfx}"))
+        t.add_row(f"student without KD ({trained('without_kd')})", cell(f"student_accuracy_without_kd{sfx}"),
+                  cell(f"student_macro_f1_without_kd{sfx}"))
+        t.add_row(f"student with KD ({rep['loss']}; {trained('with_kd')})", cell(f"student_accuracy_with_kd{sfx}"),
+                  cell(f"student_macro_f1_with_kd{sfx}"))
+        t.add_row(f"KD gain ({fmt} files)", cell(f"kd_gain_accuracy{sfx}"), cell(f"kd_gain_macro_f1{sfx}"))
+        console.print(t)
     if rep["kd_added_in_search"] is not None:
-        from ..core.results import kd_added_line
-
-        console.print("In the search: " + kd_added_line(rep["kd_added_in_search"], cfg.search.metric,
-                                                       cfg.search.max_epochs))
+        console.print("In the search: " + rep["kd_added_in_search"]["line"])
     for line in rep["importance_lines"]:
         console.print(line)
     console.print(f"report: {cfg.output_dir / 'report' / 'report.json'}; plots: {', '.join(rep['plots'])}; "

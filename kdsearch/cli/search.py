@@ -35,7 +35,6 @@ def run(
                                           "evaluation server and wait for its score")] = False,
 ) -> None:
     """The search: Ray Tune + Optuna (TPE) + ASHA over the config's space; logs to MLflow; exports the best."""
-    from ..core import results
     from ..deploy.export import export_best
     from ..search.tuner import run_search
 
@@ -55,14 +54,9 @@ def run(
                   f"{result.teacher_forward_passes} ({result.teacher_seconds:.1f} s)")
     console.print(f"Ray Tune's results and checkpoints: {result.experiment_path}")
     if result.best is not None:
-        m, metric = result.best["metrics"], cfg.search.metric
-        console.print(f"best trial {result.best['trial_id']}: {metric} {m[metric]:.4f} on the whole val split "
-                      f"({result.images['val']} images)"
-                      + (f"; chosen on {m[f'subset_{metric}']:.4f} on {int(m['subset_val_images'])} of "
-                         f"{result.images['val']} val images (the rung subset: no trial ran all its epochs)"
-                         if m.get("rescored") else ""))
+        console.print(best_line(result.best))
     if result.kd_added is not None:
-        console.print(results.kd_added_line(result.kd_added, cfg.search.metric, cfg.search.max_epochs))
+        console.print(result.kd_added.line())
     print_front(cfg, result.front)
     for line in result.importances:
         console.print(line)
@@ -73,6 +67,17 @@ def run(
     print_export(cfg, exported, config)
     if submit_:
         submit_and_report(cfg, None, wait=True)
+
+
+def best_line(best: dict) -> str:
+    """The summary's line on the search's pick: its figure, and what it was picked on when no trial finished."""
+    line = f"best trial {best['trial_id']}: {best['figure'].text()}"
+    chosen = best["metrics"].get("chosen_on") if best["metrics"].get("rescored") else None
+    if chosen:
+        from ..core.figures import Figure
+
+        line += f"; no trial ran all its epochs: chosen on {Figure.from_dict(chosen).text()}, re-scored as it ships"
+    return line
 
 
 def bench(

@@ -19,7 +19,7 @@ from pydantic import (
 
 from ..core.results import METRIC_MODES
 from ..models.input_spec import InputSpec
-from .space import ConfigModel, Scalar, Space, check_student_name
+from .space import ConfigModel, Dist, Scalar, Space, check_student_name
 
 
 class DataConfig(ConfigModel):
@@ -456,6 +456,18 @@ class Config(ConfigModel):
             if len(tw) != len(self.teacher.members):
                 raise ValueError(f"search.space.teacher_weights has {len(tw)} entries for "
                                  f"{len(self.teacher.members)} teacher.members; give one per member")
+        return self
+
+    @model_validator(mode="after")
+    def _qat_needs_int8(self) -> "Config":
+        space = self.search.space
+        qat = space.int8_qat_epochs
+        formats = space.precision.choice if isinstance(space.precision, Dist) else [space.precision or
+                                                                                    self.student.precision]
+        if (isinstance(qat, Dist) or qat) and "int8" not in (formats or []):
+            raise ValueError(f"search.space.int8_qat_epochs is {qat if not isinstance(qat, Dist) else 'searched'} "
+                             f"but no trial ships int8 (formats: {', '.join(map(str, formats))}): it would change "
+                             "nothing; drop it, or offer int8 (student.precision: int8 or search.space.precision)")
         return self
 
     @property

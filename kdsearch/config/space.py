@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from ..core.points import PAIR_KEY, split_pair  # noqa: F401  (read here by config's users)
+
 Scalar = Union[bool, int, float, str]
 
 
@@ -124,18 +126,6 @@ _SPACE_BOUNDS = {
 FORMATS = ("fp32", "fp16", "int8")
 """The formats a student ships in (its TorchScript file and weights): float32, float16, or int8 (static quantization,
 kdsearch.quantize)."""
-
-PAIR_KEY = "student_format"
-"""When search.space.precision is searched, trials get one key for the (student, format) pair, "resnet34/int8",
-drawn from the pairs that fit the size limit: a pair over the limit is never sampled, so never trained."""
-
-
-def split_pair(values: dict[str, Any]) -> dict[str, Any]:
-    """A trial's flat config with its PAIR_KEY (if any) as `student` and `precision`: the one reading of that key."""
-    if PAIR_KEY not in values:
-        return dict(values)
-    student, fmt = str(values[PAIR_KEY]).rsplit("/", 1)
-    return {**{k: v for k, v in values.items() if k != PAIR_KEY}, "student": student, "precision": fmt}
 
 FEATURE_LOSSES = ("mse", "cosine")
 

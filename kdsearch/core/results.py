@@ -1,10 +1,8 @@
 """What a search's trials say: how each ended and which is best. One rule, read by run, export and report.
 
 A trial's epochs before its last are scored on the rung subset of val (`search.rung_val_size`) and say so with
-`val_full: False`; the best trial is chosen among those whose last score is on the whole val split (every
-completed trial), and only falls back to subset scores when no trial completed (a time budget cut them all).
-A figure shown or logged as the search's result is always a whole-split one: the run re-scores a trial chosen on a
-subset score on the whole split first (`tuner.run_search`), and every line that shows a subset figure says so.
+`val_full: False` (a val split no larger than the subset is scored whole at every epoch: whole is not finished).
+Which figures may be compared, and the search's best, are core.figures' rules.
 """
 
 from __future__ import annotations
@@ -25,7 +23,8 @@ EPOCH_SCALARS = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "epoc
 SHIPPED_SCALARS = ("latency_ms", "val_loss_float", "val_accuracy_float", "val_macro_f1_float", "deploy_seconds")
 """The last epoch's extra figures (distill.Distiller.deploy): its val_* are the shipped file's, scored on the CPU;
 val_*_float the float model's; latency_ms the file's median CPU latency at batch 1 on one thread."""
-REPORTED = ("epoch", *EPOCH_SCALARS, *SHIPPED_SCALARS, "val_per_class_f1", "val_full", "val_images", "format",
+REPORTED = ("epoch", *EPOCH_SCALARS, *SHIPPED_SCALARS, "val_per_class_f1", "val_full", "val_images",
+            "val_split_images", "format",
             "scored", "cpu", "diverged")
 LOGGED = (*EPOCH_SCALARS, *SHIPPED_SCALARS, *(f"rung_{k}" for k in EPOCH_SCALARS if k.startswith("val_")),
           "teacher_forward_passes")
@@ -63,11 +62,11 @@ def ended(result: dict[str, Any], max_epochs: int, cut: bool = False) -> str:
     return "budget_cut" if cut else "stopped_early"
 
 
-def scored_on(result: dict[str, Any], val_images: int) -> str:
-    """What a result's figure was measured on, for the line that shows it."""
-    if on_full_split(result):
-        return f"whole val split, {val_images} images"
-    return f"rung subset: {int(result.get('val_images', 0))} of {val_images} val images"
+def finished(result: dict[str, Any], max_epochs: int) -> bool:
+    """A trial's last result is a finished trial's: all epochs ran and the last one scored the shipped file on the
+    whole val split (core.figures.Figure.finished says the same of a figure)."""
+    return (int(result.get("training_iteration", 0)) >= max_epochs and on_full_split(result)
+            and str(result.get("scored", "")).endswith(" file") and not diverged(result))
 
 
 def _scored(result: dict[str, Any] | None, metric: str) -> bool:
@@ -88,38 +87,3 @@ def ranked(items: Iterable[T], result: Callable[[T], dict[str, Any]], metric: st
 
     good = sorted((i for i in items if _scored(result(i), metric)), key=key)
     return good + [i for i in items if not _scored(result(i), metric)]
-
-
-def best(items: Iterable[T], result: Callable[[T], dict[str, Any]], metric: str, mode: str) -> T | None:
-    """The item whose last result is best on `metric`, preferring whole-split scores; None when none has it.
-    A diverged result, or a metric that is NaN or infinite, never wins."""
-    scored = [i for i in ranked(items, result, metric, mode) if _scored(result(i), metric)]
-    pool = [i for i in scored if on_full_split(result(i))] or scored
-    return pool[0] if pool else None
-
-
-def kd_added(items: Iterable[T], trial_id: Callable[[T], str], result: Callable[[T], dict[str, Any]],
-             alpha: Callable[[T], float], metric: str, mode: str) -> dict[str, Any] | None:
-    """What distillation added inside one search: the best KD trial (alpha > 0, on a whole-split score) against the
-    best no-KD control (alpha 0), `gain` in `mode`'s direction; None without both. A control stopped early (by ASHA
-    at a rung, or by the time budget) comes back with its rung-subset score and `gain` None: a subset score after fewer
-    epochs is not comparable with a finished trial's."""
-    items = list(items)
-    kd = best([i for i in items if on_full_split(result(i)) and alpha(i) > 0], result, metric, mode)
-    control = best([i for i in items if alpha(i) == 0], result, metric, mode)
-    if kd is None or control is None:
-        return None
-    k, c = float(result(kd)[metric]), float(result(control)[metric])
-    gain = (k - c if mode == "max" else c - k) if on_full_split(result(control)) else None
-    return {"kd_trial": trial_id(kd), "kd": k, "control_trial": trial_id(control), "control": c, "gain": gain,
-            "control_epochs": int(result(control).get("training_iteration", 0))}
-
-
-def kd_added_line(added: dict[str, Any], metric: str, max_epochs: int) -> str:
-    """The summary's sentence on what KD added (kd_added's dict)."""
-    kd = f"best KD trial {added['kd_trial']} {added['kd']:.4f} on the whole val split"
-    if added["gain"] is None:
-        return (f"No-KD control (alpha 0) {added['control_trial']}: stopped after {added['control_epochs']} of "
-                f"{max_epochs} epochs at {metric} {added['control']:.4f} on the rung subset (no gain claimed); {kd}")
-    return (f"KD added {added['gain']:+.4f} {metric} in this search: {kd}, no-KD control (alpha 0) "
-            f"{added['control_trial']} {added['control']:.4f}")

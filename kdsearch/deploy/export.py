@@ -17,8 +17,9 @@ from typing import Any
 import torch
 
 from ..config import Config
-from ..core import results
+from ..core import figures, results
 from ..core.errors import KdsearchError
+from ..core.figures import Figure
 from ..core.io import atomic_dir
 from ..core.versions import versions
 from ..data.dataset import Dataset, load_dataset, val_subset
@@ -28,7 +29,7 @@ from ..models import deployed
 from ..models.deployed import cast_state_dict
 from ..models.students import student_spec
 from ..runtime.experiment import RESCORED_FILE, TRIAL_STATE_FILE, experiment_dir, read_search_state
-from ..search.analysis import search_analysis
+from ..search.analysis import file_sizes, search_analysis, trial_figure
 
 log = logging.getLogger("kdsearch")
 
@@ -45,6 +46,8 @@ class BestTrial:
     config: dict[str, Any]
     metrics: dict[str, Any]
     checkpoint_dir: Path
+    figure: Figure
+    """Its last figure with where it comes from: finished, or stopped after k of N epochs."""
 
 
 @dataclass
@@ -79,25 +82,38 @@ def _finished_trials(cfg: Config, partial: bool):
     return finished
 
 
-def _as_best(t) -> BestTrial:
+def _as_best(cfg: Config, t, cut: set[str] = frozenset()) -> BestTrial:
     """A Tune trial as exported: its last result, or the whole-split figures the search re-scored it with."""
     folder = Path(t.checkpoint.path)
     rescored = json.loads((folder / RESCORED_FILE).read_text()) if (folder / RESCORED_FILE).is_file() else {}
-    return BestTrial(t.trial_id, dict(t.config), {**t.last_result, **rescored}, folder)
+    metrics = {**t.last_result, **rescored}
+    return BestTrial(t.trial_id, dict(t.config), metrics, folder,
+                     trial_figure(cfg, t, cut=t.trial_id in cut, result=metrics))
 
 
 def best_trial(cfg: Config, partial: bool = False, trial_id: str | None = None) -> BestTrial:
-    """The best finished trial of the config's search (results.best: by its last whole-split score), or the finished
-    trial `trial_id`. A search that was stopped before it finished exports only with `partial`."""
-    finished = _finished_trials(cfg, partial)
+    """The search's pick (core.figures.chosen: the best finished trial; when none finished, the best of those that
+    ran the most epochs, as the search re-scored it), or the trial `trial_id`. A search stopped before it finished,
+    or a trial ASHA or the time budget stopped, exports only with `partial`."""
+    ended = _finished_trials(cfg, partial)
+    cut = set(read_search_state(cfg).get("budget_cut", []))
     if trial_id is not None:
-        found = [t for t in finished if t.trial_id == trial_id]
+        found = [t for t in ended if t.trial_id == trial_id]
         if not found:
-            raise KdsearchError(f"--trial {trial_id}: no finished trial with that id in {experiment_dir(cfg)}; "
-                                f"finished: {', '.join(t.trial_id for t in finished)}")
-        return _as_best(found[0])
-    best = results.best(finished, lambda t: t.last_result, cfg.search.metric, cfg.search.resolved_mode)
-    return _as_best(best)
+            raise KdsearchError(f"--trial {trial_id}: no trial with that id and a result in {experiment_dir(cfg)}; "
+                                f"those with one: {', '.join(t.trial_id for t in ended)}")
+        trial = _as_best(cfg, found[0], cut)
+        if not trial.figure.finished and not trial.metrics.get("rescored") and not partial:
+            raise KdsearchError(f"--trial {trial_id}: the trial did not finish ({trial.figure.where()}); its figure "
+                                "is not a finished student's. Export it anyway with --partial (its model card and "
+                                "MLflow version say so), or pick a finished trial")
+        return trial
+    shown = [trial_figure(cfg, t, cut=t.trial_id in cut) for t in ended]
+    top = figures.chosen(shown, cfg.search.resolved_mode, file_sizes(ended))
+    if top is None:
+        raise KdsearchError(f"{experiment_dir(cfg)}: no trial has a score to export; let `kdsearch run CONFIG "
+                            "--resume` finish one")
+    return _as_best(cfg, next(t for t in ended if t.trial_id == top.trial), cut)
 
 
 def pareto_trials(cfg: Config, partial: bool = False) -> list[BestTrial]:
@@ -107,7 +123,7 @@ def pareto_trials(cfg: Config, partial: bool = False) -> list[BestTrial]:
     finished = _finished_trials(cfg, partial)
     study = rebuild(finished, cfg)
     by_id = {t.trial_id: t for t in finished}
-    front = [_as_best(by_id[i]) for i in study.front]
+    front = [_as_best(cfg, by_id[i]) for i in study.front]
     if not front:
         raise KdsearchError(f"{experiment_dir(cfg)}: no trial ran all its epochs, so the search has no Pareto front; "
                             "let `kdsearch run CONFIG --resume` finish some, or export the best with export-best")
@@ -150,10 +166,7 @@ def export_trial(cfg: Config, trial: BestTrial, out: Path, data: Dataset | None 
         write_files(cfg, hp.student, fmt, model, trial.checkpoint_dir, tmp)
         scripted = deployed.load(tmp / deployed.FILE)
         m = check_against_trial(cfg, scripted, trial, data, out, fmt)
-        if fmt == "int8":
-            log.info("student.onnx: not written for int8 (ONNX export of eager int8 models is not supported)")
-        else:
-            _export_onnx(model, example, tmp / "student.onnx")
+        onnx = _export_onnx(model, example, tmp / "student.onnx", fmt, cfg.student.max_size_mb)
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
         (tmp / "labels.json").write_text(json.dumps(data.class_table.as_json(), indent=2))
         files["labels.json"] = (tmp / "labels.json").stat().st_size
@@ -162,7 +175,8 @@ def export_trial(cfg: Config, trial: BestTrial, out: Path, data: Dataset | None 
                    "latency_setting": f"batch 1, 1 thread, median of {deployed.LATENCY_RUNS} runs after "
                                       f"{deployed.LATENCY_WARMUP} warm-up",
                    "torch": torch.__version__, "loads_with": "torch.jit.load (torch only), on a CPU",
-                   "trial_latency_ms": trial.metrics.get("latency_ms"), "trial_cpu": trial.metrics.get("cpu")}
+                   "trial_latency_ms": trial.metrics.get("latency_ms"), "trial_cpu": trial.metrics.get("cpu"),
+                   "onnx": onnx}
         card = model_card(cfg, hp, trial, data, m, files, search_state, shipped)
         (tmp / "model_card.json").write_text(json.dumps(card, indent=2))
         files["model_card.json"] = (tmp / "model_card.json").stat().st_size
@@ -170,8 +184,17 @@ def export_trial(cfg: Config, trial: BestTrial, out: Path, data: Dataset | None 
     if register:
         from ..tracking import register_student
 
-        registered = register_student(cfg, scripted, example, out, search_state.get("parent_run_id"))
+        registered = register_student(cfg, scripted, example, out, search_state.get("parent_run_id"),
+                                      trial_tags(trial))
     return ExportResult(Path(out), trial, m, files, registered, len(data.val.y), fmt)
+
+
+def trial_tags(trial: BestTrial) -> dict[str, str]:
+    """The registered version's provenance: which trial, whether it finished, and where its figure comes from."""
+    f = trial.figure
+    return {"kdsearch.trial_id": trial.trial_id, "kdsearch.trial_finished": str(f.finished).lower(),
+            "kdsearch.trial_epochs": f"{f.epochs}/{f.max_epochs}", "kdsearch.trial_ended": f.ending,
+            "kdsearch.trial_figure": f.text()}
 
 
 def write_files(cfg: Config, student: str, fmt: str, model: torch.nn.Module, checkpoint: Path, folder: Path) -> None:
@@ -230,10 +253,13 @@ def model_card(cfg: Config, hp: Hparams, trial: BestTrial, data: Dataset, m: Met
                     f"trial_{metric}": float(trial.metrics[metric]),
                     "trial_val_macro_f1_float": trial.metrics.get("val_macro_f1_float"),  # before conversion
                     "trial_val_images": int(trial.metrics.get("val_images") or len(data.val.y)),
+                    # where the trial's figure comes from: model, images, epochs done of max, how it ended
+                    "trial_figure": trial.figure.as_dict(),
+                    **({"trial_chosen_on": trial.metrics["chosen_on"]} if trial.metrics.get("chosen_on") else {}),
                     # chosen on a rung-subset score (no trial ran all its epochs), then re-scored whole by the search
                     **({"trial_rung_subset": {metric: trial.metrics[f"subset_{metric}"],
                                               "val_images": int(trial.metrics["subset_val_images"])}}
-                       if trial.metrics.get("rescored") else {})},
+                       if f"subset_{metric}" in trial.metrics else {})},
         "files": dict(files),
         "size_limit_mb": cfg.student.max_size_mb,
         "precision": shipped["format"],
@@ -248,21 +274,41 @@ def model_card(cfg: Config, hp: Hparams, trial: BestTrial, data: Dataset, m: Met
                  "images": data.counts()},  # labeled / transfer / val / test: what the student learned from
         "trial_id": trial.trial_id,
         "search_finished": search_state.get("finished", True),  # false: exported from a stopped search (--partial)
+        "trial_finished": trial.figure.finished,  # false: the trial stopped before its last epoch
+        "trial_epochs": {"done": trial.figure.epochs, "of": trial.figure.max_epochs, "ended": trial.figure.ending},
         "seed": cfg.seed,
         "versions": versions(),
         "config": cfg.model_dump(mode="json", by_alias=True),
     }
 
 
-def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, fmt: str, limit_mb: float) -> str:
+    """student.onnx in the shipped format (fp16: float16 weights and arithmetic; int8: none, said why), refused over
+    the size limit like the other files; returns what was done, for the model card."""
+    if fmt == "int8":
+        why = "not written: ONNX export of eager int8 (torch.ao) models is not supported"
+        log.info("student.onnx: %s", why)
+        return why
     try:
         import onnx  # noqa: F401
     except ImportError:
         log.info("onnx not installed: skipping student.onnx (pip install 'kdsearch[onnx]')")
-        return
+        return "not written: onnx is not installed (pip install 'kdsearch[onnx]')"
+    import copy
+
+    if fmt == "fp16":
+        model, example = copy.deepcopy(model).half(), example.half()
     try:
         torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["logits"],
                           dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
     except Exception as e:  # an architecture the exporter cannot handle still gets its other files
         log.warning("ONNX export failed (%s: %s); student.onnx not written", type(e).__name__, str(e)[:200])
         path.unlink(missing_ok=True)
+        return f"not written: the exporter failed ({type(e).__name__})"
+    size = path.stat().st_size
+    if size > limit_mb * 1_000_000:
+        path.unlink()
+        why = f"not written: {size / 1e6:.1f} MB in {fmt}, over student.max_size_mb {limit_mb:g}"
+        log.warning("student.onnx %s", why)
+        return why
+    return f"written in {fmt} ({size / 1e6:.2f} MB)"

@@ -20,14 +20,24 @@ from typing import Any
 import torch
 
 from ..config import Config
-from ..core import results
+from ..core import figures, results
 from ..core.io import atomic_dir, json_safe
 from ..data.dataset import Dataset, Split
-from ..distill.distiller import Hparams, Prepared, default_hparams, prepare, train_student, training_indices
+from ..distill.distiller import (
+    Hparams,
+    Prepared,
+    default_hparams,
+    prepare,
+    shipped_format,
+    train_student,
+    training_indices,
+)
 from ..engine.loop import Metrics, evaluate, predict_logits
+from ..models.deployed import load as load_shipped
 from ..models.students import student_spec
 from ..preflight import Plan, preflight
-from ..search.analysis import search_analysis
+from ..runtime.experiment import read_search_state
+from ..search.analysis import search_analysis, trial_figure
 
 log = logging.getLogger("kdsearch")
 
@@ -35,11 +45,12 @@ TOP_TRIALS = 5  # learning curves drawn
 
 
 def search_trials(cfg: Config) -> list[dict[str, Any]]:
-    """Every trial of the config's search: id, config, last result, per-epoch history, whether ASHA stopped it.
-    Empty when there is no search yet."""
+    """Every trial of the config's search: id, config, last result, per-epoch history, whether ASHA stopped it, and
+    its last figure (core.figures.Figure). Empty when there is no search yet."""
     analysis = search_analysis(cfg)
     if analysis is None:
         return []
+    cut = set(read_search_state(cfg).get("budget_cut", []))
     frames = analysis.trial_dataframes
     out = []
     for t in analysis.trials:
@@ -48,7 +59,8 @@ def search_trials(cfg: Config) -> list[dict[str, Any]]:
             continue
         out.append({"trial_id": t.trial_id, "config": dict(t.config), "last": last, "history": frames[t.trial_id],
                     "status": t.status, "errored": t.status == "ERROR",
-                    "stopped_early": results.ended(last, cfg.search.max_epochs) == "stopped_early"})
+                    "stopped_early": results.ended(last, cfg.search.max_epochs) == "stopped_early",
+                    "figure": trial_figure(cfg, t, cut=t.trial_id in cut)})
     return out
 
 
@@ -64,11 +76,11 @@ def what_mattered(cfg: Config, trials: list[dict[str, Any]]) -> dict[str, Any]:
 
 def best_hparams(cfg: Config, trials: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> tuple[Hparams, str]:
     """The best finished trial's hyperparameters, or the config's fixed point when there is no search."""
-    done = [t for t in trials if not t["errored"]]
-    if not done:
+    done = {t["trial_id"]: t for t in trials if not t["errored"]}
+    top = figures.chosen([t["figure"] for t in done.values()], cfg.search.resolved_mode)
+    if top is None:
         return default_hparams(cfg, pairs), "config defaults (no search found)"
-    best = results.best(done, lambda t: t["last"], cfg.search.metric, cfg.search.resolved_mode)
-    return Hparams.from_mapping(best["config"]), f"search trial {best['trial_id']}"
+    return Hparams.from_mapping(done[top.trial]["config"]), f"search trial {top.trial} ({top.text()})"
 
 
 def _teacher_metrics(prepared: Prepared, split: str, x: torch.Tensor, y: torch.Tensor,
@@ -102,12 +114,16 @@ def run_report(cfg: Config, seeds: int = 1, device: str | torch.device = "cpu",
     hp, source = best_hparams(cfg, trials, prepared.pairs)
     splits = {"val": data.val, **({"test": data.test} if data.test is not None else {})}
     seed_list = [cfg.seed + i for i in range(seeds)]
+    fmt = shipped_format(cfg, hp)
     runs, first_student = train_arms(cfg, prepared, hp, splits, seed_list, device)
-    figures, teacher_val_pred = kd_figures(prepared, splits, runs, device)
+    shown, teacher_val_pred = kd_figures(prepared, splits, runs, fmt, device)
+    added = figures.kd_added([t["figure"] for t in trials if not t["errored"]], cfg.search.resolved_mode)
     family = "vit" if hp.student.startswith("vit") else "cnn"
     report = {
         "config": cfg.name,
-        family: figures,
+        family: shown,
+        "format": fmt,  # student_* and kd_gain_* are the arms' files in this format; *_float the float models
+        "scored": f"{fmt} file on the CPU" + ("" if fmt == "fp32" else "; *_float: the float model"),
         "best_config": hp.as_dict(),
         "best_config_from": source,
         "loss": hp.loss,  # the distillation term of the best trial (the "with KD" arm)
@@ -117,26 +133,25 @@ def run_report(cfg: Config, seeds: int = 1, device: str | torch.device = "cpu",
         "splits": list(splits),
         "teacher": prepared.teacher.identity,
         "trials": len(trials),
-        # inside the search: the best KD trial against the no-KD control among its first trials (search.start_points)
         **what_mattered(cfg, trials),
-        "kd_added_in_search": results.kd_added([t for t in trials if not t["errored"]], lambda t: t["trial_id"],
-                                               lambda t: t["last"], lambda t: float(t["config"].get("alpha", 1.0)),
-                                               cfg.search.metric, cfg.search.resolved_mode),
+        # inside the search: the no-KD control against its matched KD start point (core.figures.kd_added)
+        "kd_added_in_search": None if added is None else {**added.as_dict(), "line": added.line()},
     }
     out = cfg.output_dir / "report"
     with atomic_dir(out) as tmp:
         student_pred = predict_logits(first_student, data.val.x, student_spec(cfg), cfg.data.image_size,
                                       device).argmax(1)
-        written = draw_plots(cfg, tmp, trials, data, hp.student, runs["val"]["with_kd"][0], seed_list[0],
+        written = draw_plots(cfg, tmp, trials, data, hp.student, runs["val"]["with_kd"]["shipped"][0], seed_list[0],
                              teacher_val_pred, student_pred, report["pareto_front"])
         report["plots"] = {k: str(out / p.name) for k, p in written.items()}
         (tmp / "report.json").write_text(json.dumps(json_safe(report), indent=2, allow_nan=False))
-        report["mlflow_run_id"] = log_report(cfg, tmp, figures)
+        report["mlflow_run_id"] = log_report(cfg, tmp, shown)
     return report
 
 
-Runs = dict[str, dict[str, list[Metrics]]]
-"""split -> "with_kd" / "without_kd" -> one Metrics per seed."""
+Runs = dict[str, dict[str, dict[str, list[Metrics]]]]
+"""split -> "with_kd" / "without_kd" -> "shipped" (the arm's file in the trial's format) / "float" (the float model)
+-> one Metrics per seed."""
 
 
 def arm_budgets(cfg: Config, data: Dataset, hp: Hparams) -> dict[str, dict[str, int]]:
@@ -161,12 +176,13 @@ def arm_budgets(cfg: Config, data: Dataset, hp: Hparams) -> dict[str, dict[str, 
 def train_arms(cfg: Config, prepared: Prepared, hp: Hparams, splits: dict[str, Split], seed_list: list[int],
                device) -> tuple[Runs, torch.nn.Module]:
     """The best configuration trained with KD and without (alpha = 0, feature_weight = 0) for each seed, for the
-    same number of optimizer steps (`arm_budgets`), scored on each split; also returns the first seed's student
-    with KD (for the sample predictions)."""
+    same number of optimizer steps (`arm_budgets`), each made into its shipped file in the trial's format (as a
+    search's last epoch does) and scored on each split as that file on the CPU and as the float model; also returns
+    the first seed's student with KD (for the sample predictions)."""
     data, spec, size = prepared.data, student_spec(cfg), cfg.data.image_size
     without = hp.replace(alpha=0.0, feature_weight=0.0)
     budgets = arm_budgets(cfg, data, hp)
-    runs: Runs = {s: {"with_kd": [], "without_kd": []} for s in splits}
+    runs: Runs = {s: {k: {"shipped": [], "float": []} for k in ("with_kd", "without_kd")} for s in splits}
     first_student = None
     for seed in seed_list:
         for kind, h in (("with_kd", hp), ("without_kd", without)):
@@ -174,31 +190,39 @@ def train_arms(cfg: Config, prepared: Prepared, hp: Hparams, splits: dict[str, S
             # its own epoch count is its schedule's length too (the cosine learning rate spans the arm's steps)
             arm_cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"max_epochs": epochs})})
             log.info("report: training %s with seed %d (%s, %d epochs)", h.student, seed, kind, epochs)
-            d, _ = train_student(arm_cfg, h, prepared, device, seed=seed)
+            d, _ = train_student(arm_cfg, h, prepared, device, seed=seed)  # its last epoch makes the file (deploy)
+            shipped = load_shipped(d.shipped) if d.shipped is not None else None  # None: it diverged
             for split, s in splits.items():
-                runs[split][kind].append(evaluate(d.model, s.x, s.y, spec, size, data.num_classes, device))
+                float_m = evaluate(d.model, s.x, s.y, spec, size, data.num_classes, device)
+                runs[split][kind]["float"].append(float_m)
+                runs[split][kind]["shipped"].append(float_m if shipped is None else
+                                                    evaluate(shipped, s.x, s.y, spec, size, data.num_classes, "cpu"))
             if first_student is None and kind == "with_kd":
                 first_student = d.model
     return runs, first_student
 
 
-def kd_figures(prepared: Prepared, splits: dict[str, Split], runs: Runs, device) -> tuple[dict[str, float],
-                                                                                       torch.Tensor | None]:
+def kd_figures(prepared: Prepared, splits: dict[str, Split], runs: Runs, fmt: str,
+               device) -> tuple[dict[str, float], torch.Tensor | None]:
     """Teacher, student without KD, student with KD and the KD gain per split (no suffix: val, the split the search
-    optimised; _test: the held-out test split); also the teacher's val predictions."""
-    figures: dict[str, float] = {}
+    optimised; _test: the held-out test split), the students as their files in `fmt`, and beside them (_float) the
+    float models' figures and gain when the format is not fp32; also the teacher's val predictions."""
+    out: dict[str, float] = {}
     teacher_val_pred = None
     for split, s in splits.items():
         tm, pred = _teacher_metrics(prepared, split, s.x, s.y, device)
         teacher_val_pred = pred if split == "val" else teacher_val_pred
         sfx = "" if split == "val" else "_test"
-        figures.update({f"teacher_accuracy{sfx}": tm.accuracy, f"teacher_macro_f1{sfx}": tm.macro_f1})
-        figures.update(_summary(runs[split]["without_kd"], "student", "_without_kd" + sfx))
-        figures.update(_summary(runs[split]["with_kd"], "student", "_with_kd" + sfx))
-        for name in ("accuracy", "macro_f1"):
-            figures[f"kd_gain_{name}{sfx}"] = (figures[f"student_{name}_with_kd{sfx}"]
-                                               - figures[f"student_{name}_without_kd{sfx}"])
-    return figures, teacher_val_pred
+        out.update({f"teacher_accuracy{sfx}": tm.accuracy, f"teacher_macro_f1{sfx}": tm.macro_f1})
+        for model, tail in (("shipped", ""), ("float", "_float")):
+            if model == "float" and fmt == "fp32":
+                continue  # the fp32 file scores as the float model
+            out.update(_summary(runs[split]["without_kd"][model], "student", f"_without_kd{sfx}{tail}"))
+            out.update(_summary(runs[split]["with_kd"][model], "student", f"_with_kd{sfx}{tail}"))
+            for name in ("accuracy", "macro_f1"):
+                out[f"kd_gain_{name}{sfx}{tail}"] = (out[f"student_{name}_with_kd{sfx}{tail}"]
+                                                     - out[f"student_{name}_without_kd{sfx}{tail}"])
+    return out, teacher_val_pred
 
 
 def draw_plots(cfg: Config, folder: Path, trials: list[dict[str, Any]], data: Dataset, student: str, m: Metrics,

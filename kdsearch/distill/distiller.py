@@ -198,10 +198,11 @@ class Distiller:
             pool_x = data.pool().x  # live teacher: the pixels themselves (cached runs have them as views)
             self.x = (pool_x if train_idx is None else pool_x[train_idx]).to(self.device)
             self.teacher.to(self.device)  # the live teacher runs next to the student
-        # BatchNorm is recalibrated before each evaluation on a fixed, class-stratified sample of the student's
-        # training images (transfer images as one more stratum): the same images for every trial of a search.
+        # BatchNorm is recalibrated before each evaluation, and int8 calibrated, on a fixed, class-stratified
+        # sample of the student's training images (transfer images as one more stratum), unaugmented, as val and
+        # deployment see them: the same images for every trial of a search.
         bn_idx = stratified_sample(pool_y, BN_SAMPLES, cfg.seed)
-        bn = prepared.targets.views.pixels(0, bn_idx) if self.cached else pool_x[bn_idx]
+        bn = prepared.targets.views.x[bn_idx] if self.cached else pool_x[bn_idx]
         self._bn_images = bn.to(self.device)  # uint8: a quarter of the float inputs' memory (300 MB at 224 px)
         self.rung_val = val_subset(data, cfg.search.rung_val_size, cfg.seed)
         self.epoch = 0
@@ -248,6 +249,7 @@ class Distiller:
             "val_confusion": m.confusion,
             "val_full": len(y) == len(val.y),
             "val_images": len(y),
+            "val_split_images": len(val.y),
             "epoch_seconds": stats.seconds,
             "eval_seconds": time.perf_counter() - start,  # includes BatchNorm recalibration
             "size_mb": self.file_bytes / 1e6,
@@ -276,7 +278,8 @@ class Distiller:
         m = evaluate(scripted, val.x, val.y, self.spec, size, k, "cpu")
         out = {"val_loss": m.loss, "val_accuracy": m.accuracy, "val_macro_f1": m.macro_f1,
                "val_per_class_f1": m.per_class_f1, "val_confusion": m.confusion, "val_full": True,
-               "val_images": len(val.y), "size_mb": len(self.shipped) / 1e6, "scored": f"{self.format} file",
+               "val_images": len(val.y), "val_split_images": len(val.y), "size_mb": len(self.shipped) / 1e6,
+               "scored": f"{self.format} file",
                "latency_ms": latency_ms(scripted, size), "cpu": cpu_name()}
         if float_metrics is None:
             float_metrics = evaluate(self.model, val.x, val.y, self.spec, size, k, self.device)

@@ -6,6 +6,7 @@ Ray Tune stays in `search/`: the deploy step asks here and gets Tune's `Experime
 from __future__ import annotations
 
 from ..config import Config
+from ..core.figures import Figure
 from ..runtime.experiment import experiment_dir
 
 
@@ -18,3 +19,17 @@ def search_analysis(cfg: Config):
     if not tune.Tuner.can_restore(str(path)):
         return None
     return tune.ExperimentAnalysis(str(path), default_metric=cfg.search.metric, default_mode=cfg.search.resolved_mode)
+
+
+def trial_figure(cfg: Config, trial, cut: bool = False, result: dict | None = None) -> Figure:
+    """A Tune trial's last result (or `result`) as a Figure of the search's metric; `cut`: the time budget stopped
+    it."""
+    return Figure.of_result(result if result is not None else (trial.last_result or {}), cfg.search.metric,
+                            cfg.search.max_epochs, trial=trial.trial_id, config=dict(trial.config),
+                            precision=cfg.student.precision, cut=cut)
+
+
+def file_sizes(trials) -> dict[str, float]:
+    """trial id -> its shipped file's MB (a tie on the metric goes to the smaller file)."""
+    return {t.trial_id: float(t.last_result["size_mb"]) for t in trials
+            if isinstance((t.last_result or {}).get("size_mb"), (int, float))}

@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterable, TypeVar
 import optuna
 
 from ..config.space import Dist, Space, split_pair
-from ..core.results import OBJECTIVE_MODES, diverged, on_full_split
+from ..core import results
+from ..core.results import OBJECTIVE_MODES
 
 T = TypeVar("T")
 
@@ -29,9 +30,13 @@ PED_ANOVA_TOP_TRIALS = 3
 trials, and of 10 would keep one. The quantile is raised so the best part holds at least this many trials."""
 
 
+def _quantile(n: int) -> float:
+    """PED-ANOVA's top quantile for n finished trials: Optuna's 0.1, raised so the top holds PED_ANOVA_TOP_TRIALS."""
+    return max(0.1, PED_ANOVA_TOP_TRIALS / n)
+
+
 def _evaluators(n: int) -> dict[str, Any]:
-    return {"ped_anova": optuna.importance.PedAnovaImportanceEvaluator(
-                target_quantile=max(0.1, PED_ANOVA_TOP_TRIALS / n)),
+    return {"ped_anova": optuna.importance.PedAnovaImportanceEvaluator(target_quantile=_quantile(n)),
             "fanova": optuna.importance.FanovaImportanceEvaluator(seed=0)}
 
 
@@ -42,9 +47,8 @@ def objectives(cfg) -> list[str]:
 
 def finished(result: dict[str, Any], names: list[str], max_epochs: int) -> bool:
     """The result is a finished trial's last: all epochs, whole val split, not diverged, every objective finite."""
-    return (bool(result) and int(result.get("training_iteration", 0)) >= max_epochs and on_full_split(result)
-            and not diverged(result) and all(isinstance(result.get(n), (int, float)) and math.isfinite(result[n])
-                                             for n in names))
+    return bool(result) and results.finished(result, max_epochs) and all(
+        isinstance(result.get(n), (int, float)) and math.isfinite(result[n]) for n in names)
 
 
 @dataclass
@@ -67,36 +71,46 @@ class FinishedStudy:
 
     def importances(self) -> dict[str, dict[str, dict[str, float]]] | None:
         """objective -> evaluator (ped_anova, fanova) -> parameter -> importance (summing to 1), for the searched
-        parameters that took more than one value ({} for an objective every trial scored the same); None with fewer
-        than IMPORTANCE_MIN_TRIALS trials."""
+        parameters that took more than one value; an evaluator whose raw importances are all 0 (nothing to
+        separate: the top quantile ties the rest) is left out rather than normalised to equal shares, and an
+        objective fixed by the (student, format) pair (PAIR_FIGURES) is not fitted ({}). None with fewer than
+        IMPORTANCE_MIN_TRIALS trials."""
         if len(self.study.trials) < IMPORTANCE_MIN_TRIALS:
             return None
         if "found" not in self._importances:
             self._importances["found"] = self._evaluate()
-        return self._importances["found"]
+        return {o: {e: v for e, v in by.items() if v} for o, by in self._importances["found"].items()}
 
     def _evaluate(self) -> dict[str, dict[str, dict[str, float]]]:
+        """objective -> evaluator -> parameter -> normalised importance; {} for an evaluator with nothing to
+        separate; no entry for an objective that is fixed or the same for every trial."""
         varied = [p for p in self.study.trials[0].distributions
                   if len({t.params[p] for t in self.study.trials}) > 1]
         if not varied:
             return {}
         out: dict[str, dict[str, dict[str, float]]] = {}
         for i, name in enumerate(self.objectives):
-            out[name] = {}
-            if len({t.values[i] for t in self.study.trials}) == 1:
-                continue  # every trial scored the same: nothing to attribute
+            if name in PAIR_FIGURES or len({t.values[i] for t in self.study.trials}) == 1:
+                out[name] = {}
+                continue  # a property of the (student, format) pair, or every trial scored the same
             # PED-ANOVA explains reaching *low* target values: a maximised objective is negated
             sign = -1.0 if OBJECTIVE_MODES[name] == "max" else 1.0
+            out[name] = {}
             for evaluator, make in _evaluators(len(self.study.trials)).items():
-                with warnings.catch_warnings():  # PED-ANOVA's notes on small studies: IMPORTANCE_MIN_TRIALS says it
+                with warnings.catch_warnings():  # their notes on small studies: the lines say the trial count
                     warnings.simplefilter("ignore", UserWarning)
-                    values = optuna.importance.get_param_importances(
-                        self.study, evaluator=make, params=varied, target=lambda t, i=i: sign * t.values[i])
-                out[name][evaluator] = {k: float(v) for k, v in values.items()}
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # normalize=False
+                    raw = optuna.importance.get_param_importances(
+                        self.study, evaluator=make, params=varied, target=lambda t, i=i: sign * t.values[i],
+                        normalize=False)
+                total = sum(raw.values())
+                out[name][evaluator] = {k: float(v) / total for k, v in sorted(raw.items(), key=lambda kv: -kv[1])
+                                        } if total > 0 else {}
         return out
 
     def importance_lines(self) -> list[str]:
-        """What mattered, one line per objective and evaluator; or one line saying how many more trials it needs."""
+        """What mattered, one line per objective and evaluator, each saying the trial count (and PED-ANOVA's top
+        quantile); or why there is nothing to show."""
         found = self.importances()
         n = len(self.study.trials)
         if found is None:
@@ -104,12 +118,25 @@ class FinishedStudy:
                     f"({IMPORTANCE_MIN_TRIALS - n} more)"]
         if not found:
             return ["importances: no searched hyperparameter took more than one value"]
+        q = _quantile(n)
+        setting = {"ped_anova": f"ped_anova, top quantile {q:.2f} = the best {math.ceil(q * n)} of {n} finished "
+                                "trials",
+                   "fanova": f"fanova, {n} finished trials"}
         lines = []
-        for objective, by in found.items():
-            if not by:
+        for objective, raw in self._importances["found"].items():
+            if objective in PAIR_FIGURES:
+                lines.append(f"importance for {objective}: not fitted, it is fixed by the (student, format) pair "
+                             "(see the Pareto front)")
+                continue
+            if not raw:
                 lines.append(f"importance for {objective}: every finished trial has the same {objective}")
-            lines += [f"importance for {objective} ({evaluator}, {n} finished trials): "
-                      + ", ".join(f"{p} {v:.2f}" for p, v in values.items()) for evaluator, values in by.items()]
+            for evaluator, values in raw.items():
+                if not values:
+                    lines.append(f"importance for {objective} ({setting[evaluator]}): nothing to separate (every "
+                                 "raw importance is 0: the top quantile ties the rest); none shown")
+                else:
+                    lines.append(f"importance for {objective} ({setting[evaluator]}): "
+                                 + ", ".join(f"{p} {v:.2f}" for p, v in values.items()))
         return lines
 
 

@@ -10,7 +10,8 @@ from rich.live import Live
 from rich.table import Table
 
 from ..config.space import split_pair
-from ..core import results
+from ..core import figures, results
+from ..core.figures import Figure
 
 
 class SearchProgress(tune.Callback):
@@ -59,16 +60,17 @@ class SearchProgress(tune.Callback):
         if self._live is not None:
             self._live.stop()
 
-    def best(self) -> tuple[str, dict] | None:
-        """The best trial so far, by the rule the search's result uses (whole-split scores first)."""
-        return results.best(self.rows.items(), lambda kv: kv[1].get("result", {}), self.metric, self.mode)
+    def best(self) -> Figure | None:
+        """The best finished trial so far (core.figures.best: all epochs, the shipped file, the whole split)."""
+        return figures.best([Figure.of_result(r["result"], self.metric, self.max_epochs, trial=trial_id,
+                                              config=r["config"]) for trial_id, r in self.rows.items()
+                             if r.get("result")], self.mode)
 
     def render(self) -> Table:
         best = self.best()
         elapsed = time.monotonic() - getattr(self, "_start", time.monotonic())
-        caption = (f"best so far: {best[0]} {self.metric}={best[1]['value']:.4f} "
-                   f"({'whole val split' if results.on_full_split(best[1]['result']) else 'rung subset of val'}); "
-                   f"{elapsed:.0f} s into the search" if best else "no results yet")
+        caption = (f"best so far: {best.trial} {best.text()}" if best else "no trial has finished yet") + \
+            f"; {elapsed:.0f} s into the search"
         table = Table(title="kdsearch: trials", caption=caption)
         for col in ("trial", "student", "loss", "alpha", "T", "lr", "epoch", self.metric, "status"):
             table.add_column(col, justify="left" if col in ("trial", "student", "loss", "status") else "right")

@@ -17,7 +17,7 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
-from ..core.results import OBJECTIVE_MODES, diverged, on_full_split
+from ..core.results import OBJECTIVE_MODES, diverged, finished
 
 
 class HonestOptunaSearch(OptunaSearch):
@@ -38,7 +38,6 @@ class HonestOptunaSearch(OptunaSearch):
             return super().on_trial_complete(trial_id, result, error)
         if result and diverged(result):
             error, result = True, None  # a NaN loss is a failed configuration, not a score
-        finished = bool(result) and int(result.get("training_iteration", 0)) >= self._max_epochs \
-            and on_full_split(result)
+        done = bool(result) and finished(result, self._max_epochs)
         # OptunaSearch tells a trial without a value as PRUNED (FAIL when it errored)
-        super().on_trial_complete(trial_id, result if finished else None, error)
+        super().on_trial_complete(trial_id, result if done else None, error)

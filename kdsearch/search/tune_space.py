@@ -86,3 +86,11 @@ def _nearest(d: Dist, value: Any) -> Any:
     lo, hi = d.args
     out = min(max(value, lo), hi)
     return int(round(out)) if d.kind == "int" else float(out)
+
+
+def kd_pair(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The no-KD control among the start points and the KD point it copies (`start_points` makes the control from
+    the first point, changing alpha and feature hints alone): the pair whose difference the search reports as
+    "KD added". [] without a control."""
+    control = next((p for p in points if p.get("alpha") == 0), None)
+    return [] if control is None or not points or points[0] is control else [points[0], control]

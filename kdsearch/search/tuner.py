@@ -22,15 +22,16 @@ import optuna
 import ray
 import torch
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.sample import Domain
 
 from ..config import Config
 from ..config.space import split_pair
+from ..core import figures
 from ..core.devices import resolve_device
 from ..core.errors import KdsearchError
-from ..core.results import ENDINGS, best, ended, kd_added, on_full_split
+from ..core.figures import KdAdded
+from ..core.results import ENDINGS, ended
 from ..data.dataset import Dataset
 from ..distill.distiller import Distiller, Hparams, Prepared, prepare
 from ..models import deployed
@@ -40,12 +41,14 @@ from ..runtime.experiment import RESCORED_FILE, TRIAL_STATE_FILE, experiment_dir
 from ..teachers.worker import on_worker, worker_resources
 from ..tracking import check_store
 from ..tracking.search import SearchTracker
+from .analysis import file_sizes, trial_figure
+from .asha import PairedASHA
 from .callback import SearchCallback
 from .gpu_memory import preflight_gpu, release_cuda
 from .progress import SearchProgress
 from .searcher import HonestOptunaSearch
 from .trainable import distill_trainable
-from .tune_space import start_points, tune_space
+from .tune_space import kd_pair, start_points, tune_space
 
 log = logging.getLogger("kdsearch")
 
@@ -55,8 +58,9 @@ class SearchResult:
     trials: dict[str, int]
     """completed / stopped_early / budget_cut / diverged / errored counts."""
     best: dict[str, Any] | None
-    """trial_id, config, metrics of the best finished trial; its metrics are whole-split figures (`rescored` and
-    subset_val_* when it was chosen on a rung-subset score)."""
+    """trial_id, config, metrics and `figure` (core.figures.Figure) of the search's pick: the best finished trial, or
+    when none finished the best of those that ran the most epochs, re-scored as its shipped file on the whole val
+    split (`rescored`, with `chosen_on`: the figure it was picked on)."""
     wall_seconds: float
     fit_seconds: float
     """Wall time of Tuner.fit alone (the trials), without the driver's preparation and export."""
@@ -72,9 +76,8 @@ class SearchResult:
     images: dict[str, int]
     """labeled / transfer / val / test image counts."""
     class_names: list[str]
-    kd_added: dict[str, Any] | None = None
-    """The best KD trial (alpha > 0) against the best no-KD control (alpha 0), whole-split scores: kd_trial, kd,
-    control_trial, control, gain; None unless the search finished both."""
+    kd_added: KdAdded | None = None
+    """The no-KD control against its matched KD trial (core.figures.kd_added); None without a control."""
     front: list[dict[str, Any]] = field(default_factory=list)
     """The Pareto front of the finished trials (finished_study): trial_id, student, format, the objectives."""
     importances: list[str] = field(default_factory=list)
@@ -147,12 +150,13 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     fit_seconds = time.perf_counter() - fit_start
     wall = time.perf_counter() - start
     trials = tune.ExperimentAnalysis(str(path)).trials  # with their status: what ended and what was stopped
-    summary = summarize(trials, cfg, tracker.budget_cut())
+    cut = tracker.budget_cut()
+    summary = summarize(trials, cfg, cut)
     teacher_passes, teacher_seconds = teacher_totals(prepared, trials)
     best = summary.pop("best")
     added = summary.pop("kd_added")
     metric = cfg.search.metric
-    if best is not None and not on_full_split(best["metrics"]):  # no trial ran all its epochs: chosen on a subset
+    if best is not None and not best["figure"].finished:  # no trial ran all its epochs: re-scored as it would ship
         best = rescored(cfg, best, prepared)
         tracker.log_whole_split(best["trial_id"], best["metrics"])
     # Tune returns normally from a stop it was asked for: a signal, or trials left unfinished, mean interrupted
@@ -162,15 +166,10 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     tracker.finish({"wall_seconds": wall, "teacher_forward_passes": teacher_passes, "teacher_seconds": teacher_seconds,
                     **{f"teacher_{k}": v for k, v in prepared.teacher_metrics.items()},
                     **{f"trials_{k}": v for k, v in summary["trials"].items()},
-                    **({f"best_{metric}": best["metrics"][metric]} if best else {}),  # whole split, always
-                    # the subset score the best was chosen on, when no trial ran all its epochs (named as such)
-                    **({f"best_{metric}_rung_subset": best["metrics"][f"subset_{metric}"]}
-                       if best and best["metrics"].get("rescored") else {}),
-                    # the best KD trial against the best no-KD control (alpha 0), both whole-split
-                    **({f"kd_added_{metric}": added["gain"], f"no_kd_control_{metric}": added["control"]}
-                       if added and added["gain"] is not None else {})},
-                   status="KILLED" if stopped_by else "FINISHED")
-    write_search_state(cfg, {**state, "finished": stopped_by is None, "trials": summary["trials"]})
+                    **final_figures(metric, best, added)}, status="KILLED" if stopped_by else "FINISHED",
+                   tags=figure_tags(best, added))
+    write_search_state(cfg, {**state, "finished": stopped_by is None, "trials": summary["trials"],
+                             "budget_cut": sorted(cut)})
     if stopped_by:
         done = sum(summary["trials"].values())
         raise interrupts.Interrupted(stopped_by, f"search {cfg.name!r} interrupted with {done} of "
@@ -288,9 +287,10 @@ def make_tuner(cfg: Config, path: Path, shipped: Prepared, tracker: SearchTracke
         tune_config=tune.TuneConfig(
             metric=metric, mode=mode,
             search_alg=search_alg,
-            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=cfg.search.max_epochs,
-                                    grace_period=cfg.search.grace_period,
-                                    reduction_factor=cfg.search.reduction_factor),
+            # the no-KD control and its matched KD start point run to the end: their difference is "KD added"
+            scheduler=PairedASHA(keep=kd_pair(points or []) if search_alg is not None else [],
+                                 time_attr="training_iteration", max_t=cfg.search.max_epochs,
+                                 grace_period=cfg.search.grace_period, reduction_factor=cfg.search.reduction_factor),
             num_samples=cfg.search.num_samples,
             max_concurrent_trials=cfg.search.max_concurrent,
             time_budget_s=cfg.search.time_budget_s,
@@ -333,22 +333,49 @@ def summarize(trials, cfg: Config, cut: set[str] = frozenset()) -> dict[str, Any
         elif t.status == "TERMINATED" and cfg.search.metric in m:
             counts[ended(m, cfg.search.max_epochs, cut=t.trial_id in cut)] += 1
             finished.append(t)
-    metric, mode = cfg.search.metric, cfg.search.resolved_mode
-    top = best(finished, lambda t: t.last_result, metric, mode)
-    summary = None if top is None else {"trial_id": top.trial_id, "config": dict(top.config),
-                                        "metrics": dict(top.last_result),
-                                        "checkpoint": top.checkpoint.path if top.checkpoint else None}
-    added = kd_added(finished, lambda t: t.trial_id, lambda t: t.last_result,
-                     lambda t: float(t.config.get("alpha", 1.0)), metric, mode)
-    return {"trials": counts, "best": summary, "kd_added": added, "trial_seconds": trial_seconds,
-            "trial_epochs": trial_epochs}
+    mode = cfg.search.resolved_mode
+    shown = [trial_figure(cfg, t, cut=t.trial_id in cut) for t in finished]
+    top = figures.chosen(shown, mode, file_sizes(finished))
+    by_id = {t.trial_id: t for t in finished}
+    pick = None if top is None else by_id[top.trial]
+    summary = None if top is None else {"trial_id": top.trial, "config": dict(pick.config),
+                                        "metrics": dict(pick.last_result), "figure": top,
+                                        "checkpoint": pick.checkpoint.path if pick.checkpoint else None}
+    return {"trials": counts, "best": summary, "kd_added": figures.kd_added(shown, mode),
+            "trial_seconds": trial_seconds, "trial_epochs": trial_epochs}
+
+
+def final_figures(metric: str, best: dict[str, Any] | None, added: KdAdded | None) -> dict[str, float]:
+    """The parent run's result metrics: the pick's shipped-file whole-split figure (and, when it was re-scored, the
+    figure it was picked on); KD added only from a matched finished pair."""
+    out: dict[str, float] = {}
+    if best is not None:
+        out[f"best_{metric}"] = float(best["metrics"][metric])
+        if best["metrics"].get("rescored"):
+            out[f"best_{metric}_chosen_on"] = float(best["metrics"]["chosen_on"]["value"])
+            if f"subset_{metric}" in best["metrics"]:
+                out[f"best_{metric}_rung_subset"] = float(best["metrics"][f"subset_{metric}"])
+    if added is not None and added.gain is not None:
+        out[f"kd_added_{metric}"], out[f"no_kd_control_{metric}"] = added.gain, added.control.value
+    return out
+
+
+def figure_tags(best: dict[str, Any] | None, added: KdAdded | None) -> dict[str, str]:
+    """Where the parent run's result metrics come from, in words (MLflow tags)."""
+    tags = {}
+    if best is not None:
+        tags["kdsearch.best"] = f"trial {best['trial_id']}: {best['figure'].text()}"
+    if added is not None:
+        tags["kdsearch.kd_added"] = added.line()
+    return tags
 
 
 def rescored(cfg: Config, top: dict[str, Any], prepared: Prepared) -> dict[str, Any]:
-    """The best trial chosen on a rung-subset score (no trial ran all its epochs), made into its shipped file from
-    its last checkpoint and scored on the whole val split, as a finished trial's last epoch is (Distiller.deploy):
-    the files go into its checkpoint (export copies them), its `metrics` then hold whole-split figures and the
-    subset ones as subset_val_*, so nothing shown or logged as the search's result is a subset figure."""
+    """The search's pick when no trial ran all its epochs (chosen on a float score after k of N epochs, on the
+    rung subset or the whole split), made into its shipped file from its last checkpoint and scored on the whole val
+    split, as a finished trial's last epoch is (Distiller.deploy): the files go into its checkpoint (export copies
+    them); its `metrics` then hold the shipped file's whole-split figures, `chosen_on` the figure it was picked on
+    (and subset_val_* when that was a subset score), and `figure` says it stopped after k of N epochs."""
     hp = Hparams.from_mapping(top["config"])
     folder = Path(top["checkpoint"])
     distiller = Distiller(cfg, hp, prepared, "cpu")
@@ -359,8 +386,13 @@ def rescored(cfg: Config, top: dict[str, Any], prepared: Prepared) -> dict[str, 
     before = top["metrics"]
     subset = {f"subset_{k}": before[k] for k in ("val_loss", "val_accuracy", "val_macro_f1", "val_images")
               if k in before}
-    metrics = {**before, **subset, **whole, "rescored": True}
+    if before.get("val_full", True):
+        subset = {}  # picked on a whole-split float score: no subset figure to keep
+    chosen_on = top["figure"].as_dict()
+    metrics = {**before, **subset, **whole, "rescored": True, "chosen_on": chosen_on}
     (folder / RESCORED_FILE).write_text(json.dumps({k: v for k, v in metrics.items() if k in whole or k in subset
-                                                    or k == "rescored"}
+                                                    or k in ("rescored", "chosen_on")}
                                                    | {"val_confusion": None}))  # no subset confusion left over
-    return {**top, "metrics": metrics}
+    figure = replace(top["figure"], value=float(metrics[cfg.search.metric]), images=int(whole["val_images"]),
+                     split_images=int(whole["val_split_images"]), model=str(whole["scored"]))
+    return {**top, "metrics": metrics, "figure": figure}

@@ -29,6 +29,7 @@ def _build_trained(t: TrainTeacher, cfg: Config, data: Dataset, device) -> Teach
     fp = fingerprint({"teacher": settings, "spec": spec.model_dump(mode="json"), "data": data.fingerprint,
                       "augment": cfg.data.augment, "seed": cfg.seed, "early_stop_val": cfg.search.rung_val_size})
     path = cfg.output_dir / "teacher" / f"trained-{t.arch.replace(':', '_')}-{fp}.pt"
+    torch.manual_seed(cfg.seed)  # the initial weights are the seed's: two runs of one config train one teacher
     model = model_from_arch(t.arch, data.num_classes, spec.size).to(device)
     identity = {"source": "train", "arch": t.arch, "file": str(path), "fingerprint": fp}
     saved = load_cache(path)

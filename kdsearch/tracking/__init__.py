@@ -168,9 +168,11 @@ def _fluent_uri(uri: str) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = env
 
 
-def register_student(cfg: Config, model, example, export_dir: Path, parent_run_id: str | None) -> str:
-    """Log the exported student (and its folder) to MLflow and register it as `<name>-student`; returns
-    'name/version'."""
+def register_student(cfg: Config, model, example, export_dir: Path, parent_run_id: str | None,
+                     tags: dict[str, str] | None = None) -> str:
+    """Log the exported student (and its folder) to MLflow and register it as `<name>-student`, the version tagged
+    with its trial's provenance (`tags`; a trial that did not finish says so in the version's description too);
+    returns 'name/version'."""
     import mlflow
     import torch
     from mlflow.exceptions import MlflowException
@@ -196,7 +198,12 @@ def register_student(cfg: Config, model, example, export_dir: Path, parent_run_i
         except MlflowException as e:
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        version = client.create_model_version(name, source=info.model_uri, run_id=run_id, model_id=info.model_id)
+        tags = tags or {}
+        stopped = tags.get("kdsearch.trial_finished") == "false"
+        version = client.create_model_version(
+            name, source=info.model_uri, run_id=run_id, model_id=info.model_id, tags=tags,
+            description=(f"NOT a finished trial: {tags.get('kdsearch.trial_figure')}" if stopped
+                         else tags.get("kdsearch.trial_figure")))
     return f"{name}/{version.version}"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..config.space import split_pair
-from ..core.results import LOGGED, diverged, ended, on_full_split
+from ..core.results import LOGGED, ended, finished
 from . import SEARCH_TAG, TRIAL_TAG, _client, class_keys_mapping, epoch_metrics
 
 
@@ -112,13 +112,13 @@ class SearchTracker:
         self._best_so_far(trial.last_result or {})
 
     def _best_so_far(self, result: dict) -> None:
-        """The search's best whole-split score so far as `best_so_far_<metric>`, step = seconds since the search
+        """The search's best finished score so far as `best_so_far_<metric>`, step = seconds since the search
         began (the parent run's start): MLflow draws it as the search's progress against wall time."""
         from mlflow.entities import Metric
 
         metric, mode = self.cfg.search.metric, self.cfg.search.resolved_mode
-        if not (on_full_split(result) and metric in result) or diverged(result):
-            return
+        if metric not in result or not finished(result, self.cfg.search.max_epochs):
+            return  # a finished trial's shipped file on the whole split, or nothing
         value, previous = float(result[metric]), self._best_value
         if previous is not None and (value <= previous if mode == "max" else value >= previous):
             return
@@ -185,10 +185,11 @@ class SearchTracker:
         if values:
             self._client.log_batch(self.parent_run_id, metrics=values)
 
-    def finish(self, summary: dict[str, float], status: str = "FINISHED") -> None:
-        """Search-level metrics on the parent run, then close it."""
-        from mlflow.entities import Metric
+    def finish(self, summary: dict[str, float], status: str = "FINISHED", tags: dict[str, str] | None = None) -> None:
+        """Search-level metrics on the parent run (and `tags`: where its result figures come from), then close it."""
+        from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
-        self._client.log_batch(self.parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()])
+        self._client.log_batch(self.parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in summary.items()],
+                               tags=[RunTag(k, v[:5000]) for k, v in (tags or {}).items()])
         self._client.set_terminated(self.parent_run_id, status)
