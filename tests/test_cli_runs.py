@@ -102,13 +102,15 @@ def test_the_first_trials_bracket_the_teacher_and_the_summary_says_what_kd_added
     trials = tune.ExperimentAnalysis(str(tmp_path / "out" / "ray" / "hedge")).trials
     alphas = sorted(round(t.config["alpha"], 4) for t in trials)
     assert alphas == [0.0, 0.25, 0.9] and len({t.config["lr"] for t in trials}) == 1
-    said = re.search(r"KD added ([+-][\d.]+) val_macro_f1 in this search: best KD trial (\w+) ([\d.]+) on the "
-                     r"whole val split, no-KD control \(alpha 0\) (\w+) ([\d.]+)", run.stdout)
+    said = re.search(r"KD added ([+-][\d.]+) val_macro_f1 in this search, shufflenet_v2_x0_5 fp32 at lr [\d.e-]+: KD "
+                     r"trial (\w+) \(alpha 0.9\) val_macro_f1 ([\d.]+) \(fp32 file, whole val split, \d+ images, 1 of "
+                     r"1 epochs\) against no-KD control \(alpha 0\) (\w+) val_macro_f1 ([\d.]+) \(fp32 file",
+                     run.stdout)
     assert said, run.stdout
     scores = {t.trial_id: t.last_result["val_macro_f1"] for t in trials}
     control = next(t.trial_id for t in trials if t.config["alpha"] == 0)
     assert said.group(4) == control and float(said.group(5)) == pytest.approx(scores[control], abs=1e-4)
-    kd = max((t for t in trials if t.config["alpha"] > 0), key=lambda t: scores[t.trial_id])
+    kd = next(t for t in trials if t.config["alpha"] == 0.9)  # the control's match: it differs in alpha alone
     assert said.group(2) == kd.trial_id
     assert float(said.group(1)) == pytest.approx(scores[kd.trial_id] - scores[control], abs=2e-4)
     client = MlflowClient(raw["tracking"]["uri"])

@@ -293,6 +293,7 @@ def test_a_time_budget_that_cuts_every_trial_reports_whole_split_figures(tmp_pat
     subset (12 of 90 val images). The search's result, the export and MLflow still show whole-split figures, say
     what the subset figure was, and tag the cut trials budget_cut, not 'stopped early by ASHA' or 'running'."""
     import json
+    import os
     import re
     import subprocess
 
@@ -309,26 +310,45 @@ def test_a_time_budget_that_cuts_every_trial_reports_whole_split_figures(tmp_pat
                          timeout=600, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "0 completed, 0 stopped early by ASHA, 2 cut by search.time_budget_s" in run.stdout
-    best = re.search(r"best trial (\w+): val_macro_f1 ([\d.]+) on the whole val split \(90 images\); chosen on "
-                     r"([\d.]+) on 12 of 90 val images", run.stdout)
+    best = re.search(r"best trial (\w+): val_macro_f1 ([\d.]+) \(fp32 file, whole val split, 90 images, cut by the "
+                     r"time budget after (\d+) of 500 epochs\); no trial ran all its epochs: chosen on val_macro_f1 "
+                     r"([\d.]+) \(float model, rung subset: 12 of 90 val images, cut by the time budget", run.stdout)
     assert best, run.stdout
     table = " ".join(re.sub("[│┃]", " ", run.stdout).split())  # the export table, its wrapped cells joined
-    assert "trial's last val_macro_f1 " in table and "(rung subset: 12 of 90 val images, what it was chosen on" in table
+    assert "trial's last val_macro_f1 " in table and "(float model, rung subset: 12 of 90 val images" in table
+    assert "trial NOT finished: fp32 file, whole val split, 90 images, cut by the time budget after" in table
     card = json.loads((tmp_path / "out" / "best" / "model_card.json").read_text())
     assert card["metrics"]["val_macro_f1"] == pytest.approx(float(best.group(2)), abs=1e-4)
     # export checks its file against the whole-split re-score of the search, and keeps what it was chosen on
     assert card["metrics"]["trial_val_images"] == 90 and card["metrics"]["trial_rung_subset"]["val_images"] == 12
-    assert card["metrics"]["trial_rung_subset"]["val_macro_f1"] == pytest.approx(float(best.group(3)), abs=1e-4)
+    assert card["metrics"]["trial_rung_subset"]["val_macro_f1"] == pytest.approx(float(best.group(4)), abs=1e-4)
+    assert card["trial_finished"] is False and card["trial_epochs"]["done"] == int(best.group(3))
     client = MlflowClient(raw["tracking"]["uri"])
     runs = client.search_runs([client.get_experiment_by_name("budget").experiment_id])
     parent = next(r for r in runs if r.data.tags.get("kdsearch.kind") == "search")
     assert parent.data.metrics["best_val_macro_f1"] == pytest.approx(card["metrics"]["val_macro_f1"])
-    assert parent.data.metrics["best_val_macro_f1_rung_subset"] == pytest.approx(float(best.group(3)), abs=1e-4)
+    assert parent.data.metrics["best_val_macro_f1_rung_subset"] == pytest.approx(float(best.group(4)), abs=1e-4)
     trials = [r for r in runs if r.data.tags.get("kdsearch.kind") == "trial"]
     assert {r.data.tags["kdsearch.ended"] for r in trials} == {"budget_cut"}
     assert {r.info.status for r in trials} == {"FINISHED"}
     chosen = next(r for r in trials if r.data.tags["kdsearch.trial_id"] == best.group(1))
     assert chosen.data.metrics["val_macro_f1"] == pytest.approx(card["metrics"]["val_macro_f1"])
+    # case 6, fp32: the other (stopped) trial by id exits 2; with --partial it exports, and says it did not finish
+    other = next(r.data.tags["kdsearch.trial_id"] for r in trials if r.data.tags["kdsearch.trial_id"] != best.group(1))
+    refused = subprocess.run([KDSEARCH, "export-best", str(tmp_path / "cfg.yaml"), "--trial", other], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "did not finish" in refused.stderr and "--partial" in refused.stderr
+    assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    partial = subprocess.run([KDSEARCH, "export-best", str(tmp_path / "cfg.yaml"), "--trial", other, "--partial",
+                              "--out", str(tmp_path / "other")], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert partial.returncode == 0, partial.stderr[-3000:]
+    assert "NOT finished: float model, rung subset: 12 of 90 val images, cut by the time budget" in partial.stdout
+    other_card = json.loads((tmp_path / "other" / "model_card.json").read_text())
+    assert other_card["trial_finished"] is False and other_card["trial_epochs"]["ended"] == "budget_cut"
+    latest = max(client.search_model_versions("name='budget-student'"), key=lambda v: int(v.version))
+    assert latest.tags["kdsearch.trial_finished"] == "false" and latest.tags["kdsearch.trial_id"] == other
+    assert latest.description.startswith("NOT a finished trial")
 
 
 @pytest.mark.e2e
