@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -59,35 +58,46 @@ def config(work: Path, npz: Path, samples: int, epochs: int) -> Path:
     return path
 
 
-def finished_trials(work: Path, epochs: int) -> list[dict]:
+def last_results(work: Path) -> list[dict]:
+    """Every trial's last reported result, as Ray Tune wrote it."""
     out = []
     for f in (work / "out" / "ray" / "deploy-front").glob("*/result.json"):
         lines = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-        last = lines[-1] if lines else {}
-        if last.get("training_iteration", 0) >= epochs and last.get("scored", "").endswith("file"):
-            student, fmt = last["config"]["student_format"].split("/")
-            out.append({"trial_id": last["trial_id"], "student": student, "format": fmt,
-                        "loss": last["config"].get("loss"), "alpha": last["config"].get("alpha"),
-                        "val_macro_f1": last["val_macro_f1"], "val_macro_f1_float": last["val_macro_f1_float"],
-                        "size_mb": last["size_mb"], "latency_ms": last["latency_ms"]})
+        if lines:
+            out.append(lines[-1])
+    return out
+
+
+def finished_trials(cfg, lasts: list[dict]) -> list[dict]:
+    """The finished trials (kdsearch's own rule, core.figures), each with its (student, format) pair's median size
+    and latency: what kdsearch's front compares (finished_study.pair_medians) and the doc's table shows."""
+    from kdsearch.search.finished_study import rebuild
+
+    study = rebuild(lasts, cfg, lambda r: r["trial_id"], lambda r: r["config"], lambda r: r)
+    out = []
+    for last in lasts:
+        if last["trial_id"] not in study.ids.values():
+            continue
+        student, fmt = last["config"]["student_format"].split("/")
+        pair = study.pairs[student, fmt]
+        out.append({"trial_id": last["trial_id"], "student": student, "format": fmt,
+                    "loss": last["config"].get("loss"), "alpha": last["config"].get("alpha"),
+                    "val_macro_f1": last["val_macro_f1"], "val_macro_f1_float": last["val_macro_f1_float"],
+                    "size_mb": last["size_mb"], "latency_ms": last["latency_ms"],
+                    "pair_size_mb": pair["size_mb"], "pair_latency_ms": pair["latency_ms"],
+                    "on_front": last["trial_id"] in study.front})
     return sorted(out, key=lambda r: -r["val_macro_f1"])
 
 
-def front(rows: list[dict]) -> list[dict]:
-    """The non-dominated trials over (macro-F1 up, size down, latency down), each (student, format) at the median
-    size and latency of its trials, as kdsearch's front compares them (finished_study.pair_medians)."""
-    pairs: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        pairs.setdefault((r["student"], r["format"]), []).append(r)
+def kd_added(cfg, lasts: list[dict]) -> dict | None:
+    """KD added as kdsearch's summary computes it: the no-KD control against its matched KD start point."""
+    from kdsearch.core.figures import Figure
+    from kdsearch.core.figures import kd_added as added
 
-    def key(r: dict) -> tuple[float, float, float]:
-        same = pairs[r["student"], r["format"]]
-        return (-r["val_macro_f1"], statistics.median(o["size_mb"] for o in same),
-                statistics.median(o["latency_ms"] for o in same))
-
-    def dominates(a: dict, b: dict) -> bool:
-        return all(x <= y for x, y in zip(key(a), key(b))) and key(a) != key(b)
-    return [r for r in rows if not any(dominates(o, r) for o in rows)]
+    figs = [Figure.of_result(r, cfg.search.metric, cfg.search.max_epochs, trial=r["trial_id"], config=r["config"],
+                             precision=cfg.student.precision) for r in lasts]
+    found = added(figs, cfg.search.resolved_mode)
+    return None if found is None else {**found.as_dict(), "line": found.line()}
 
 
 def per_architecture(path: Path, work: Path) -> dict[str, dict]:
@@ -153,25 +163,31 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/kdsearch-deploy-front"))
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "deploy_front.json")
     ap.add_argument("--reuse-search", action="store_true",
-                    help="keep the search already in --work (and its wall time in --out); redo the rest")
+                    help="keep the search already in --work (its wall time and summary saved beside it); recompute "
+                         "everything else from its trials")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "benchmarks"))
+    from kdsearch.core.versions import versions
+
     from kd_gain import make_subset
 
     args.work.mkdir(parents=True, exist_ok=True)
     npz = make_subset(args.work / "fm2k.npz", 2000, 2000, 2000, 0)
     path = config(args.work, npz, args.samples, args.epochs)
-    if args.reuse_search:
-        previous = json.loads(args.out.read_text())
-        wall, summary = previous["wall_s"], previous["summary"]
-    else:
+    ran = args.work / "search_run.json"  # the search's own wall time and summary, beside the search it describes
+    if not args.reuse_search:
         start = time.perf_counter()
         run = subprocess.run([KDSEARCH, "run", str(path), "--device", "cpu"], capture_output=True, text=True)
-        wall, summary = time.perf_counter() - start, run.stdout[-6000:]
         if run.returncode != 0:
             raise SystemExit(f"kdsearch run failed:\n{run.stderr[-3000:]}")
-    rows = finished_trials(args.work, args.epochs)
-    members = front(rows)
+        ran.write_text(json.dumps({"wall_s": time.perf_counter() - start, "summary": run.stdout[-6000:]}))
+    wall, summary = (json.loads(ran.read_text())[k] for k in ("wall_s", "summary"))
+    from kdsearch.config import load_config
+
+    cfg = load_config(path)
+    lasts = last_results(args.work)
+    rows = finished_trials(cfg, lasts)
+    members = [r for r in rows if r["on_front"]]
     latency = untrained_latencies()
     trained = per_architecture(path, args.work)
     per_arch = {}
@@ -197,6 +213,7 @@ def main() -> None:
         "per_architecture": per_arch, "best_float_under_25mb": float_best, "best_int8_resnet34": r34,
         "int8_resnet34_beats_best_float": (r34["val_macro_f1"] > float_best["val_macro_f1"]
                                            if r34 and float_best else None),
+        "kd_added": kd_added(cfg, lasts), "trials_run": len(lasts), "versions": versions(),
         "summary": summary,
     }
     args.out.write_text(json.dumps(result, indent=2))

@@ -94,3 +94,23 @@ def test_importances_come_from_finished_trials_and_name_what_moved_the_score(tmp
         values = found[evaluator]
         assert set(values) == {"lr", "alpha", "batch_size", "precision"}  # student took one value: not a factor
         assert max(values, key=values.get) == "lr", (evaluator, values)
+
+
+def test_an_evaluator_with_nothing_to_separate_shows_no_importances_and_says_why(tmp_path):
+    """Case 5: 10 of 12 trials tie at PED-ANOVA's top quantile (the best 3), so its raw importances are all 0; Optuna
+    would normalise them to equal shares (0.25 each), a finding that is not there. Size is the pair's: not fitted."""
+    cfg = config(tmp_path)
+    rng = random.Random(0)
+    items = [trial(i, 0.5 if i < 10 else 0.9, 5, 1,
+                   config={"lr": 10 ** rng.uniform(-4, -1), "alpha": rng.random(), "batch_size": rng.choice([32, 64]),
+                           "student_format": rng.choice(["resnet8/int8", "resnet8/fp32"])}) for i in range(12)]
+    study = rebuilt(items, cfg)
+    found = study.importances()
+    assert "ped_anova" not in found["val_macro_f1"] and set(found["val_macro_f1"]["fanova"]) == {
+        "lr", "alpha", "batch_size", "precision"}
+    lines = study.importance_lines()
+    assert ("importance for val_macro_f1 (ped_anova, top quantile 0.25 = the best 3 of 12 finished trials): nothing "
+            "to separate (every raw importance is 0: the top quantile ties the rest); none shown") in lines
+    assert any(line.startswith("importance for val_macro_f1 (fanova, 12 finished trials): ") for line in lines)
+    assert found["size_mb"] == {} and found["latency_ms"] == {}
+    assert not any("0.25" in line.split(":", 1)[1] for line in lines if "ped_anova" in line and "none" not in line)
