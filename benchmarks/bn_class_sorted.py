@@ -1,6 +1,6 @@
 """BatchNorm recalibration on a class-sorted image folder: the first 512 training images vs a stratified sample.
 
-    python benchmarks/bn_class_sorted.py [--seeds 3] [--out runs/bench-bn/result.json]
+    python benchmarks/bn_class_sorted.py [--seeds 3] [--out benchmarks/results/bn_class_sorted.json]
 
 Writes an imbalanced image folder of 4 Fashion-MNIST classes (PNG files, one
 subfolder per class, so it is read class by class like any image folder),
@@ -39,7 +39,7 @@ def make_folder(root: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench-bn" / "result.json")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "bn_class_sorted.json")
     args = ap.parse_args()
     import torch
 
@@ -49,7 +49,8 @@ def main() -> None:
     from kdsearch.distill.distiller import BN_SAMPLES, Hparams, prepare, train_student
     from kdsearch.engine.loop import evaluate, recalibrate_bn
 
-    work = args.out.parent
+    work = REPO / "runs" / "bench-bn"  # scratch; only the JSON (--out) is committed
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     root = make_folder(work / "folder")
     cfg = Config.model_validate({
         "name": "bench-bn", "data": {"source": "image_folder", "root": str(root), "image_size": 32, "augment": "none"},

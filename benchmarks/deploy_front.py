@@ -1,6 +1,6 @@
 """What ships, searched: the Pareto front of macro-F1 x file size x CPU latency over five students in three formats.
 
-    python benchmarks/deploy_front.py [--samples 16] [--epochs 4] [--out benchmarks/deploy_front.json]
+    python benchmarks/deploy_front.py [--samples 16] [--epochs 4] [--out benchmarks/results/deploy_front.json]
 
 A stratified, seeded Fashion-MNIST subset (2,000 train, 2,000 val images at 16 px, from Debian's
 dataset-fashion-mnist), a ResNet-18 teacher trained here, and one `kdsearch run` through the installed command over
@@ -17,7 +17,7 @@ Every figure is a finished trial's shipped file on the whole val split (`val_mac
   picked), and over the search's int8 trials; the fp32 / int8 latency ratio (both formats timed here on an
   untrained build: latency does not depend on weights);
 - whether the best int8 ResNet-34 beats the best float student that fits 25 MB;
-and a plot of the front (benchmarks/deploy_front.png).
+and a plot of the front (benchmarks/results/deploy_front.png).
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--work", type=Path, default=Path("/tmp/kdsearch-deploy-front"))
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "deploy_front.json")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "deploy_front.json")
     ap.add_argument("--reuse-search", action="store_true",
                     help="keep the search already in --work (its wall time and summary saved beside it); recompute "
                          "everything else from its trials")

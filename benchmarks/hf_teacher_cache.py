@@ -1,6 +1,6 @@
 """Teacher seconds per search, with and without the teacher-output cache, for a transformer teacher on digits.
 
-    python benchmarks/hf_teacher_cache.py [--samples 8] [--epochs 4] [--out runs/bench-hf/result.json]
+    python benchmarks/hf_teacher_cache.py [--samples 8] [--epochs 4] [--out benchmarks/results/hf_teacher_cache.json]
 
 Builds a SigLIP with ViT-Tiny's vision tower (12 layers, width 192, 3 heads;
 random weights: timing does not depend on them) as a local Hugging Face folder,
@@ -45,14 +45,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench-hf" / "result.json")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "hf_teacher_cache.json")
     args = parser.parse_args()
 
     from kdsearch.config import Config
     from kdsearch.search.tuner import init_ray, run_search
 
-    root = args.out.parent
+    root = REPO / "runs" / "bench-hf"  # scratch, made anew; only the JSON (--out) is committed
     shutil.rmtree(root, ignore_errors=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     teacher_dir = build_teacher(root / "siglip-vit-tiny")
     raw = yaml.safe_load((REPO / "search_spaces" / "digits.yaml").read_text())
     raw["teacher"] = {"source": "huggingface", "model": str(teacher_dir), "mode": "linear_probe", "batch_size": 256}

@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--label", default="after")
     ap.add_argument("--pythonpath", help="another kdsearch checkout to run (default: the installed one)")
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "plan_counts.json")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "plan_counts.json")
     args = ap.parse_args()
     kdsearch = str(Path(sys.executable).with_name("kdsearch"))
     base = Path(tempfile.mkdtemp(prefix="plan-counts-"))

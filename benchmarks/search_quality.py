@@ -24,7 +24,9 @@ shared by the three methods through `output.dir`'s teacher cache):
 Reported per method: mean ± std over seeds of the best whole-split val macro-F1 reached by 1/4, 1/2 and the whole
 budget (the parent run's `best_so_far_val_macro_f1` curve; the recipe's runs by their finishing time), and the
 test macro-F1 of the final pick. On fm4k also the seconds, end to end (the teacher's training included), at which
-each search first reached the seed-style script's best (SEED_STYLE). Writes JSON and prints a table.
+each search first reached the seed-style script's best, read from vs_seed.py's JSON (--seed-style). Every method
+is held to the budget: the recipe counts only the students that finished within it. Writes JSON
+(benchmarks/results/, rendered into docs/measured.md by benchmarks/render.py) and prints a table.
 """
 
 from __future__ import annotations
@@ -45,9 +47,18 @@ KDSEARCH = str(Path(sys.executable).with_name("kdsearch"))
 FRACTIONS = (0.25, 0.5, 1.0)
 SEARCHES = {"tpe": [], "random": ["search.algorithm=random"], "tpe_startup10": ["search.tpe.startup_trials=10"],
             "tpe_independent": ["search.tpe.multivariate=false"], "tpe_no_liar": ["search.tpe.constant_liar=false"]}
-SEED_STYLE = {"best_val_macro_f1": 0.835, "best_at_s": 1027.0, "whole_run_s": 1415.0}
-"""The seed-style script on fm4k (`python benchmarks/vs_seed.py`, this project's 2-core machine, docs/measured.md):
-its best whole-split val macro-F1, when it reached it from its start (teacher included), and its whole run."""
+RESULTS = REPO / "benchmarks" / "results"
+"""Where benchmarks write the JSON that docs/measured.md and README render their figures from (benchmarks/render.py)."""
+
+
+def seed_style(path: Path) -> dict | None:
+    """The seed-style script's run on fm4k as `vs_seed.py` recorded it (its `seed_style` row): its best whole-split
+    val macro-F1 and when it reached it, end to end; None without that JSON (the comparison is then not made)."""
+    if not path.is_file():
+        return None
+    row = json.loads(path.read_text())["seed_style"]
+    return {"best_val_macro_f1": row["best_val_macro_f1"], "best_at_s": row["seconds_to_best"],
+            "whole_run_s": row["end_to_end_seconds"], "from": str(path.relative_to(REPO))}
 
 
 def digits_npz(path: Path, seed: int = 0) -> Path:
@@ -144,10 +155,15 @@ def search_method(cfg_path: Path, work: Path, name: str, seed: int, budget: floa
 
 
 def recipe_method(cfg_path: Path, work: Path, seed: int, budget: float) -> dict:
-    """KD T 4, alpha 0.9, the space's default lr, each student for the full epoch budget, one after the other."""
+    """KD T 4, alpha 0.9, the space's default lr, each student for the full epoch budget, one after the other, held
+    to the same budget as the searches: a student is started only while the budget lasts, and only one that finished
+    within it counts (its pick is None when none did)."""
     cfg = yaml.safe_load(cfg_path.read_text())
-    points, picks, elapsed = [], [], 0.0
+    points, picks, elapsed, over = [], [], 0.0, []
     for student in cfg["student"]["candidates"]:
+        if elapsed >= budget:
+            over.append(student)
+            continue
         sets = [f"seed={seed}", f"output.dir={work / f'seed{seed}'}", "search.space.loss=kd",
                 "search.space.temperature=4.0", "search.space.alpha=0.9", f"search.space.student={student}",
                 f"name=recipe-{seed}"]
@@ -156,10 +172,14 @@ def recipe_method(cfg_path: Path, work: Path, seed: int, budget: float) -> dict:
         elapsed += time.perf_counter() - start
         metrics = json.loads((work / f"seed{seed}" / "train" / "metrics.json").read_text())
         val = metrics["final"]["val_macro_f1"]
+        if elapsed > budget:
+            over.append(student)
+            continue
         points.append((elapsed, val))
         picks.append((val, test_macro_f1(cfg_path, work / f"seed{seed}" / "train" / "student.pt", student, sets)))
-    val, test = max(picks)
-    return {"val_best_at": best_at(points, budget), "final_val": val, "test": test, "wall_seconds": elapsed}
+    val, test = max(picks) if picks else (None, None)
+    return {"val_best_at": best_at(points, budget), "final_val": val, "test": test, "wall_seconds": elapsed,
+            "students_over_budget": over}
 
 
 def mean_std(values: list[float | None]) -> str:
@@ -176,7 +196,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--methods", default="tpe,random,recipe",
                     help=f"comma-separated, from {', '.join([*SEARCHES, 'recipe'])}")
-    ap.add_argument("--out", type=Path, help="JSON (default runs/bench-search-quality/<task>.json)")
+    ap.add_argument("--out", type=Path, help="JSON (default benchmarks/results/search_quality-<task>.json)")
+    ap.add_argument("--seed-style", type=Path, default=RESULTS / "vs_seed-v1.json",
+                    help="vs_seed.py's JSON: the seed-style script's best on fm4k, compared with end to end")
     ap.add_argument("--smoke", action="store_true", help="1 seed, 40 s, 1-epoch teacher: checks that it all runs")
     args = ap.parse_args()
     methods = args.methods.split(",")
@@ -184,8 +206,8 @@ def main() -> None:
         ap.error(f"unknown method(s) {sorted(unknown)}")
     if args.smoke:
         args.seeds, args.budget = 1, 40.0
-    args.out = args.out or REPO / "runs" / "bench-search-quality" / f"{args.task}.json"
-    work = args.out.parent / args.task
+    args.out = args.out or RESULTS / f"search_quality-{args.task}.json"
+    work = REPO / "runs" / "bench-search-quality" / args.task  # the searches themselves: not committed
     work.mkdir(parents=True, exist_ok=True)
     cfg_path = work / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(task_config(args.task, work, args.smoke)))
@@ -203,16 +225,18 @@ def main() -> None:
     table = {m: {**{f"val_at_{f}": mean_std([r["val_best_at"][i] for r in rs]) for i, f in enumerate(FRACTIONS)},
                  "test_of_pick": mean_std([r["test"] for r in rs]),
                  "trials": mean_std([r.get("trials") for r in rs])} for m, rs in results.items()}
-    if args.task == "fm4k":  # when each search first reached the seed-style script's best, end to end
+    style = seed_style(args.seed_style) if args.task == "fm4k" else None
+    if style is not None:  # when each search first reached the seed-style script's best, end to end
         from vs_seed import seconds_to  # on the path since task_config
 
         for m, rs in results.items():
             if m in SEARCHES:
-                got = [seconds_to(r["end_to_end_curve"], 0.0, SEED_STYLE["best_val_macro_f1"]) for r in rs]
+                got = [seconds_to(r["end_to_end_curve"], 0.0, style["best_val_macro_f1"]) for r in rs]
                 table[m]["to_seed_best_s"] = [None if g is None else round(g, 1) for g in got]
+    from kdsearch.core.versions import versions
+
     report = {"task": args.task, "budget_s": args.budget, "seeds": args.seeds, "table": table, "runs": results,
-              "seed_style": SEED_STYLE if args.task == "fm4k" else None,
-              "machine": {"cpus": __import__("os").cpu_count()}}
+              "seed_style": style, "machine": {"cpus": __import__("os").cpu_count()}, "versions": versions()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print("| method | val @ 1/4 | val @ 1/2 | val @ budget | test macro-F1 of its pick | trials |\n"

@@ -5,7 +5,7 @@ validate's and torch's peak resident memory too.
 "cold": an empty student-size cache each run (the first call on a machine: sizes measured on the meta device,
 torchvision imported); "warm": the cache filled by an earlier call (every later call).
 
-    .venv/bin/python benchmarks/validate_speed.py [--runs 5] [--config search_spaces/digits.yaml]
+    .venv/bin/python benchmarks/validate_speed.py [--runs 5] [--config search_spaces/digits.yaml] [--out FILE]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--config", default="search_spaces/digits.yaml")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "validate_speed.json")
     args = ap.parse_args()
     torch_s, torch_mb = measure([sys.executable, "-c", "import torch"], args.runs)
     out = {"import_torch_s": round(torch_s, 2), "import_torch_peak_mb": round(torch_mb)}
@@ -57,7 +58,10 @@ def main() -> None:
         out[f"validate_{which}_peak_mb"] = round(validate_mb)
         out[f"list_models_{which}_s"] = round(measure([KDSEARCH, "list-models"], args.runs, cold)[0], 2)
     out["help_s"] = round(measure([KDSEARCH, "--help"], args.runs)[0], 2)
-    print(json.dumps({**out, "runs": args.runs, "config": args.config}, indent=2))
+    out = {**out, "runs": args.runs, "config": args.config, "cpus": os.cpu_count()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Memory of cached views at the headline scale: `cache_views` 1 against 16 on 224 px RGB images.
 
-    python benchmarks/views_memory.py [--images 1000] [--out runs/bench-views-memory/result.json]
+    python benchmarks/views_memory.py [--images 1000] [--out benchmarks/results/views_memory.json]
 
 Synthetic 224 px RGB images (dermamnist.yaml's input), a ResNet-8 checkpoint
 teacher (at 32 px, so the teacher's cost does not dominate), strong
@@ -67,11 +67,12 @@ def measure(images: int, views: int, work: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=1000)
-    ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench-views-memory" / "result.json")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "views_memory.json")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one setting in this process
     args = ap.parse_args()
-    work = args.out.parent.resolve()
+    work = REPO / "runs" / "bench-views-memory"  # scratch; only the JSON is committed
     work.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.one is not None:
         print(json.dumps(measure(args.images, args.one, work)))
         return
