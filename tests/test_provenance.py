@@ -107,6 +107,16 @@ def test_a_diverged_or_nan_result_never_wins():
     assert diverged.ending == "diverged" and not diverged.finished
 
 
+def test_a_result_from_before_the_image_counts_keeps_its_reading():
+    """A search saved before results carried val_split_images (or val_images) reads as it was reported."""
+    old = Figure.of_result({"training_iteration": 3, "val_macro_f1": 0.8, "scored": "fp32 file", "val_full": True},
+                           "val_macro_f1", MAX)
+    assert old.whole and old.finished
+    sub = Figure.of_result({"training_iteration": 1, "val_macro_f1": 0.8, "val_full": False, "val_images": 12},
+                           "val_macro_f1", MAX)
+    assert not sub.whole and sub.where() == "float model, rung subset: 12 val images, stopped by ASHA after 1 of 3 epochs"
+
+
 def test_a_figure_survives_its_json_round_trip():
     f = fig("t", 0.8, epochs=2, images=12, cut=True)
     assert Figure.from_dict(f.as_dict()) == f and Figure.from_dict(f.as_dict()).text() == f.text()

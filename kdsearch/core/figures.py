@@ -41,7 +41,9 @@ class Figure:
     images: int
     """Images it was scored on."""
     split_images: int
-    """Images in the whole split; `images < split_images`: the rung subset."""
+    """Images in the whole split."""
+    whole: bool
+    """Scored on every image of its split (else on the rung subset), as the trial reported it (`val_full`)."""
     model: str
     """What was scored: "<format> file" (the shipped TorchScript file) or "float model"."""
     epochs: int
@@ -63,12 +65,12 @@ class Figure:
         trial whose config names none; `cut`: the time budget stopped it; `running`: it has not ended yet."""
         point = split_pair(dict(config or {}))
         images = int(result.get("val_images") or 0)
-        whole = bool(result.get("val_full", True))
+        whole = bool(result.get("val_full", True))  # results from before the flag scored the whole split
         split_images = int(result.get("val_split_images") or (images if whole else 0))
         scored = str(result.get("scored") or "float")
         value = result.get(metric)
         return cls(metric=metric, value=float(value) if isinstance(value, (int, float)) else math.nan,
-                   images=images, split_images=max(split_images, images), model=_model(scored),
+                   images=images, split_images=max(split_images, images), whole=whole, model=_model(scored),
                    epochs=int(result.get("training_iteration", result.get("epoch", 0)) or 0), max_epochs=max_epochs,
                    ending="running" if running else ended(dict(result), max_epochs, cut=cut), trial=trial,
                    student=point.get("student"), format=str(point.get("precision") or precision),
@@ -78,12 +80,8 @@ class Figure:
     def from_dict(cls, d: Mapping[str, Any]) -> "Figure":
         """The inverse of `as_dict` (a figure kept in a JSON file: rescored.json, report.json, a model card)."""
         return cls(**{k: d[k] for k in ("metric", "value", "images", "split_images", "model", "epochs", "max_epochs",
-                                        "split", "trial", "student", "format", "lr")}, ending=d["ended"])
-
-    @property
-    def whole(self) -> bool:
-        """Scored on every image of its split."""
-        return self.images >= self.split_images > 0
+                                        "split", "trial", "student", "format", "lr")}, whole=d["whole_split"],
+                   ending=d["ended"])
 
     @property
     def shipped(self) -> bool:
@@ -102,8 +100,9 @@ class Figure:
 
     def where(self) -> str:
         """Where the number comes from, in words: model, images, epochs and how the trial ended."""
+        of = f" of {self.split_images}" if self.split_images > self.images else ""  # a result from before the count
         images = (f"whole {self.split} split, {self.images} images" if self.whole
-                  else f"rung subset: {self.images} of {self.split_images} {self.split} images")
+                  else f"rung subset: {self.images}{of} {self.split} images")
         epochs = f"{self.epochs} of {self.max_epochs} epochs"
         if self.ending == "stopped_early":
             epochs = f"stopped by ASHA after {epochs}"

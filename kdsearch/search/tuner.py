@@ -394,5 +394,5 @@ def rescored(cfg: Config, top: dict[str, Any], prepared: Prepared) -> dict[str, 
                                                     or k in ("rescored", "chosen_on")}
                                                    | {"val_confusion": None}))  # no subset confusion left over
     figure = replace(top["figure"], value=float(metrics[cfg.search.metric]), images=int(whole["val_images"]),
-                     split_images=int(whole["val_split_images"]), model=str(whole["scored"]))
+                     split_images=int(whole["val_split_images"]), whole=True, model=str(whole["scored"]))
     return {**top, "metrics": metrics, "figure": figure}
