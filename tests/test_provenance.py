@@ -114,7 +114,8 @@ def test_a_result_from_before_the_image_counts_keeps_its_reading():
     assert old.whole and old.finished
     sub = Figure.of_result({"training_iteration": 1, "val_macro_f1": 0.8, "val_full": False, "val_images": 12},
                            "val_macro_f1", MAX)
-    assert not sub.whole and sub.where() == "float model, rung subset: 12 val images, stopped by ASHA after 1 of 3 epochs"
+    assert not sub.whole
+    assert sub.where() == "float model, rung subset: 12 val images, stopped by ASHA after 1 of 3 epochs"
 
 
 def test_a_figure_survives_its_json_round_trip():
