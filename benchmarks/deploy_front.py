@@ -168,6 +168,7 @@ def main() -> None:
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "benchmarks"))
     from kdsearch.core.versions import versions
+    from kdsearch.models.deployed import cpu_name
 
     from kd_gain import make_subset
 
@@ -208,7 +209,8 @@ def main() -> None:
     float_best = best([r for r in rows if r["format"] != "int8"], 25)
     r34 = best([r for r in rows if r["student"] == "resnet34"], 25)
     result = {
-        "where": "this project's 2-core CPU machine (no GPU)", "wall_s": wall, "finished_trials": len(rows),
+        "where": "this project's 2-core CPU machine (no GPU)", "cpu": cpu_name(), "wall_s": wall,
+        "finished_trials": len(rows),
         "trials": rows, "front": members, "best_under_5mb": best(rows, 5), "best_under_25mb": best(rows, 25),
         "per_architecture": per_arch, "best_float_under_25mb": float_best, "best_int8_resnet34": r34,
         "int8_resnet34_beats_best_float": (r34["val_macro_f1"] > float_best["val_macro_f1"]

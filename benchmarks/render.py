@@ -48,7 +48,8 @@ def deploy_front_readme() -> str:
     best = d["best_under_25mb"]
     return (f"Searching what ships (`benchmarks/deploy_front.py`; Fashion-MNIST, 2,000 train images at 16 px, "
             f"{d['trials_run']} trials over the loss menu and `precision: {{choice: [fp32, fp16, int8]}}` for "
-            f"ResNet-34/18/8, ShuffleNetV2 and MobileNetV3-L, {d['wall_s']:,.0f} s on 2 CPU cores): {front} (val "
+            f"ResNet-34/18/8, ShuffleNetV2 and MobileNetV3-L, {d['wall_s']:,.0f} s on 2 cores of an {d['cpu']}): "
+            f"{front} (val "
             "macro-F1 of the shipped file; file size and latency at batch 1 on one thread, the medians of each student "
             "and format's trials). "
             f"Best under 25 MB: {_n(best['student'])} {best['format']} {best['val_macro_f1']:.4f}. "
@@ -82,12 +83,14 @@ def deploy_front_measured() -> str:
                      f"{lat['fp32']:.2f} / {lat['int8']:.2f} ms = {a['fp32_over_int8_latency']:.1f}×"])
     per_arch = _table(["student", "int8 file", "int8 val macro-F1", "float val macro-F1", "int8 - float",
                        "fp32 / int8 latency"], arch)
-    in_search = "; ".join(f"{_n(n)} {a['search_int8_minus_float_macro_f1']:+.4f} ({a['search_int8_trials']} trials)"
+    in_search = "; ".join(f"{_n(n)} {a['search_int8_minus_float_macro_f1']:+.4f} ({a['search_int8_trials']} "
+                          f"trial{'s' if a['search_int8_trials'] > 1 else ''})"
                           for n, a in d["per_architecture"].items() if a["search_int8_trials"])
     small, r34, fl = d["best_under_5mb"], d["best_int8_resnet34"], d["best_float_under_25mb"]
     importances = [line for line in d["summary"].splitlines() if line.startswith("importance")]
     lines = [
-        f"The run took {d['wall_s']:,.0f} s; {d['finished_trials']} of {d['trials_run']} trials finished "
+        f"The run took {d['wall_s']:,.0f} s on 2 cores of an {d['cpu']}; {d['finished_trials']} of "
+        f"{d['trials_run']} trials finished "
         f"(`finished_trials`, `trials_run`, `wall_s` in `benchmarks/results/deploy_front.json`). Every figure is a "
         "finished trial's shipped file on the whole val split; size and latency are the medians of the trials of each "
         "student and format (the `pair_*` keys), as kdsearch's front compares them.",

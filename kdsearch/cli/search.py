@@ -145,6 +145,11 @@ def train(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "auto") ->
     table.add_row(f"student {result.hparams.student} (alpha={result.hparams.alpha:g})",
                   f"{final['val_accuracy']:.4f}", f"{final['val_macro_f1']:.4f}")
     console.print(table)
+    from ..core.figures import Figure
+
+    shown = Figure.of_result({**final, "training_iteration": final["epoch"]}, cfg.search.metric,
+                             cfg.search.max_epochs, precision=final["format"])
+    console.print(f"student: {shown.text()}")
     console.print(f"student size {final['size_mb']:.2f} MB ({final['format']} TorchScript file); wall time "
                   f"{result.seconds:.1f} s; written to {result.out_dir}; MLflow run {result.run_id} at "
                   f"{cfg.tracking.uri}")
