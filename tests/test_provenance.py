@@ -35,8 +35,8 @@ def result(value: float, epochs: int = MAX, *, images: int = 200, split: int = 2
 
 
 def fig(trial: str, value: float, epochs: int = MAX, *, alpha: float = 0.9, student: str = "resnet8",
-        fmt: str = "fp32", lr: float = 3e-3, cut: bool = False, **kw) -> Figure:
-    config = {"student": student, "precision": fmt, "lr": lr, "alpha": alpha, "temperature": 4.0}
+        fmt: str = "fp32", lr: float = 3e-3, cut: bool = False, temperature: float = 4.0, **kw) -> Figure:
+    config = {"student": student, "precision": fmt, "lr": lr, "alpha": alpha, "temperature": temperature}
     return Figure.of_result(result(value, epochs, fmt=fmt, **kw), "val_macro_f1", MAX, trial=trial, config=config,
                             cut=cut)
 
@@ -141,6 +141,7 @@ def trial_sets(draw):
         out.append(fig(f"t{i}", draw(st.integers(0, 1000)) / 1000, epochs, alpha=draw(st.sampled_from(ALPHAS)),
                        student=draw(st.sampled_from(STUDENTS)), fmt=draw(st.sampled_from(FORMATS)),
                        lr=draw(st.sampled_from(LRS)), cut=draw(st.booleans()), images=12 if subset else 200,
+                       temperature=draw(st.sampled_from((2.0, 4.0))),
                        diverged=draw(st.integers(0, 9)) == 0))
     return out
 
@@ -184,6 +185,8 @@ def test_kd_added_only_ever_combines_a_finished_matched_pair(trials, mode):
     c, k = added.control, added.kd
     assert c.finished and k.finished and comparable(c, k, KD_MATCH) and k.config["alpha"] > 0
     assert all(getattr(c, f) == getattr(k, f) for f in ("student", "format", "lr", "epochs"))
+    # the control's configuration but for alpha (and feature hints): the start point it was made from
+    assert {x: v for x, v in c.config.items() if x != "alpha"} == {x: v for x, v in k.config.items() if x != "alpha"}
     assert added.gain == pytest.approx((k.value - c.value) * (1 if mode == "max" else -1))
 
 
