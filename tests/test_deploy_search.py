@@ -135,12 +135,17 @@ def test_report_lists_the_importances(searched):
     run = kdsearch("report", path, "--device", "cpu", cwd=tmp)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((tmp / "out" / "report" / "report.json").read_text())
-    for objective in ("val_macro_f1", "size_mb"):
-        for evaluator in ("ped_anova", "fanova"):
-            values = report["importances"][objective][evaluator]
-            assert set(values) <= {"lr", "alpha", "student", "precision"} and "lr" in values
-            assert sum(values.values()) == pytest.approx(1.0)
-    assert "importance for size_mb (fanova, 10 finished trials)" in run.stdout
+    shown = report["importances"]["val_macro_f1"]
+    assert "fanova" in shown  # PED-ANOVA is left out when it has nothing to separate, and the line says so
+    for evaluator, values in shown.items():
+        assert set(values) <= {"lr", "alpha", "student", "precision"} and "lr" in values
+        assert sum(values.values()) == pytest.approx(1.0)
+    assert "importance for val_macro_f1 (fanova, 10 finished trials): " in run.stdout
+    assert ("ped_anova" in shown) != ("importance for val_macro_f1 (ped_anova, top quantile 0.30 = the best 3 of 10 "
+                                      "finished trials): nothing to separate" in run.stdout)
+    # the file's size is the (student, format) pair's: nothing to fit, and said so
+    assert report["importances"]["size_mb"] == {}
+    assert "importance for size_mb: not fitted, it is fixed by the (student, format) pair" in run.stdout
 
 
 def test_int8_for_a_student_that_cannot_be_int8_is_refused_naming_it(tmp_path):

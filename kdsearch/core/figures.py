@@ -147,15 +147,14 @@ def best(figures: Iterable[Figure], mode: str, size: Mapping[str, float] | None 
 
 def best_unfinished(figures: Iterable[Figure], mode: str,
                     size: Mapping[str, float] | None = None) -> Figure | None:
-    """When no trial finished: the best of the trials that ran the most epochs, compared only with each other on
-    the same images and model (a 3-epoch score is not ranked against a 1-epoch one); None without any."""
+    """When no trial finished: the best of the trials that ran the most epochs, compared only with each other (a
+    3-epoch score is not ranked against a 1-epoch one; within a search an epoch before the last is scored alike for
+    every trial: the float model on the same images); None without any."""
     pool = [f for f in figures if f.rankable and f.ending != "running"]
     if not pool:
         return None
     most = max(f.epochs for f in pool)
-    pool = [f for f in pool if f.epochs == most]
-    top = _ranked(pool, mode, size)[0]
-    return _ranked([f for f in pool if (f.images, f.model) == (top.images, top.model)], mode, size)[0]
+    return _ranked([f for f in pool if f.epochs == most], mode, size)[0]
 
 
 def chosen(figures: Iterable[Figure], mode: str, size: Mapping[str, float] | None = None) -> Figure | None:
