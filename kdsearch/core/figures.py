@@ -8,7 +8,7 @@ below only compare figures whose provenance matches on what they compare:
 
 - `best`: finished figures only (all epochs ran and the last epoch scored the shipped file on the whole split).
   When no trial finished (a time budget cut them all), `best_unfinished` ranks the trials that ran the most epochs
-  among themselves, on the same images, and the figure says how far they got.
+  among themselves, and the figure says how far they got.
 - `kd_added`: the no-KD control (alpha 0) against the KD trial that differs from it in alpha (and feature hints)
   alone, both finished: the same student, format, lr and epochs. No matched finished pair: no gain, and the
   reason.
@@ -200,8 +200,9 @@ class KdAdded:
         if self.gain is None:
             kd = f"; matched KD trial {self.kd.trial} {self.kd.text()}" if self.kd is not None else ""
             return f"KD added: no gain claimed, {self.why}: {control}{kd}"
-        return (f"KD added {self.gain:+.4f} {c.metric} in this search, {c.student} {c.format} at lr {c.lr:g}: KD "
-                f"trial {self.kd.trial} (alpha {_alpha(self.kd):g}) {self.kd.text()} against {control}")
+        lr = f" at lr {c.lr:g}" if c.lr is not None else ""
+        return (f"KD added {self.gain:+.4f} {c.metric} in this search, {c.student} {c.format}{lr}: KD trial "
+                f"{self.kd.trial} (alpha {_alpha(self.kd):g}) {self.kd.text()} against {control}")
 
 
 def kd_added(figures: Iterable[Figure], mode: str) -> KdAdded | None:

@@ -6,6 +6,7 @@ in: a refused or crashed export leaves the previous one intact.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -62,8 +63,9 @@ class ExportResult:
     format: str = "fp32"
 
 
-def _finished_trials(cfg: Config, partial: bool):
-    """Tune's finished trials of the config's search (TERMINATED with a checkpoint and the metric)."""
+def _ended_trials(cfg: Config, partial: bool):
+    """Tune's ended trials of the config's search (TERMINATED with a checkpoint and the metric): finished ones and
+    those ASHA or the time budget stopped (their figures say which)."""
     path = experiment_dir(cfg)
     analysis = search_analysis(cfg)
     if analysis is None:
@@ -75,11 +77,11 @@ def _finished_trials(cfg: Config, partial: bool):
                             "trials finished); continue it with `kdsearch run CONFIG --resume`, or export its best so "
                             "far with `kdsearch export-best CONFIG --partial`")
     metric = cfg.search.metric
-    finished = [t for t in analysis.trials
-                if t.status == "TERMINATED" and t.checkpoint is not None and metric in (t.last_result or {})]
-    if not finished:
+    ended = [t for t in analysis.trials
+             if t.status == "TERMINATED" and t.checkpoint is not None and metric in (t.last_result or {})]
+    if not ended:
         raise KdsearchError(f"{path}: no finished trial to export; let `kdsearch run CONFIG --resume` finish one")
-    return finished
+    return ended
 
 
 def _as_best(cfg: Config, t, cut: set[str] = frozenset()) -> BestTrial:
@@ -95,7 +97,7 @@ def best_trial(cfg: Config, partial: bool = False, trial_id: str | None = None) 
     """The search's pick (core.figures.chosen: the best finished trial; when none finished, the best of those that
     ran the most epochs, as the search re-scored it), or the trial `trial_id`. A search stopped before it finished,
     or a trial ASHA or the time budget stopped, exports only with `partial`."""
-    ended = _finished_trials(cfg, partial)
+    ended = _ended_trials(cfg, partial)
     cut = set(read_search_state(cfg).get("budget_cut", []))
     if trial_id is not None:
         found = [t for t in ended if t.trial_id == trial_id]
@@ -120,9 +122,9 @@ def pareto_trials(cfg: Config, partial: bool = False) -> list[BestTrial]:
     """The finished trials on the search's Pareto front (finished_study), best on the first objective first."""
     from ..search.finished_study import rebuild
 
-    finished = _finished_trials(cfg, partial)
-    study = rebuild(finished, cfg)
-    by_id = {t.trial_id: t for t in finished}
+    ended = _ended_trials(cfg, partial)
+    study = rebuild(ended, cfg)  # finished trials only
+    by_id = {t.trial_id: t for t in ended}
     front = [_as_best(cfg, by_id[i]) for i in study.front]
     if not front:
         raise KdsearchError(f"{experiment_dir(cfg)}: no trial ran all its epochs, so the search has no Pareto front; "
@@ -294,8 +296,6 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, fmt:
     except ImportError:
         log.info("onnx not installed: skipping student.onnx (pip install 'kdsearch[onnx]')")
         return "not written: onnx is not installed (pip install 'kdsearch[onnx]')"
-    import copy
-
     if fmt == "fp16":
         model, example = copy.deepcopy(model).half(), example.half()
     try:

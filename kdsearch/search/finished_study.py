@@ -119,8 +119,8 @@ class FinishedStudy:
         if not found:
             return ["importances: no searched hyperparameter took more than one value"]
         q = _quantile(n)
-        setting = {"ped_anova": f"ped_anova, top quantile {q:.2f} = the best {math.ceil(q * n)} of {n} finished "
-                                "trials",
+        top = math.ceil(round(q * n, 9))  # rounded first: 0.3 x 10 is 3.0000000000000004 in floats
+        setting = {"ped_anova": f"ped_anova, top quantile {q:.2f} = the best {top} of {n} finished trials",
                    "fanova": f"fanova, {n} finished trials"}
         lines = []
         for objective, raw in self._importances["found"].items():
