@@ -288,7 +288,7 @@ def make_tuner(cfg: Config, path: Path, shipped: Prepared, tracker: SearchTracke
             metric=metric, mode=mode,
             search_alg=search_alg,
             # the no-KD control and its matched KD start point run to the end: their difference is "KD added"
-            scheduler=PairedASHA(keep=kd_pair(points or []) if search_alg is not None else [],
+            scheduler=PairedASHA(keep=kd_pair(points or []) if isinstance(search_alg, HonestOptunaSearch) else [],
                                  time_attr="training_iteration", max_t=cfg.search.max_epochs,
                                  grace_period=cfg.search.grace_period, reduction_factor=cfg.search.reduction_factor),
             num_samples=cfg.search.num_samples,
