@@ -72,7 +72,7 @@ def run(
 def best_line(best: dict) -> str:
     """The summary's line on the search's pick: its figure, and what it was picked on when no trial finished."""
     line = f"best trial {best['trial_id']}: {best['figure'].text()}"
-    chosen = best["metrics"].get("chosen_on") if best["metrics"].get("rescored") else None
+    chosen = best["metrics"].get("chosen_on")  # set when the search re-scored its pick (tuner.rescored)
     if chosen:
         from ..core.figures import Figure
 
@@ -147,8 +147,7 @@ def train(config: ConfigArg, set_: SetOpt = None, device: DeviceOpt = "auto") ->
     console.print(table)
     from ..core.figures import Figure
 
-    shown = Figure.of_result({**final, "training_iteration": final["epoch"]}, cfg.search.metric,
-                             cfg.search.max_epochs, precision=final["format"])
+    shown = Figure.of_result(final, cfg.search.metric, cfg.search.max_epochs, precision=final["format"])
     console.print(f"student: {shown.text()}")
     console.print(f"student size {final['size_mb']:.2f} MB ({final['format']} TorchScript file); wall time "
                   f"{result.seconds:.1f} s; written to {result.out_dir}; MLflow run {result.run_id} at "

@@ -90,9 +90,9 @@ class Figure:
 
     @property
     def finished(self) -> bool:
-        """All epochs ran, the last one scored the shipped file on the whole split, nothing diverged."""
-        return (self.epochs >= self.max_epochs and self.ending == "completed" and self.whole and self.shipped
-                and math.isfinite(self.value))
+        """All epochs ran, the last one scored the shipped file on the whole split, nothing diverged (`ending`
+        completed: results.ended, the rule results.finished reads too)."""
+        return self.ending == "completed" and self.whole and self.shipped and math.isfinite(self.value)
 
     @property
     def rankable(self) -> bool:

@@ -65,8 +65,8 @@ def ended(result: dict[str, Any], max_epochs: int, cut: bool = False) -> str:
 def finished(result: dict[str, Any], max_epochs: int) -> bool:
     """A trial's last result is a finished trial's: all epochs ran and the last one scored the shipped file on the
     whole val split (core.figures.Figure.finished says the same of a figure)."""
-    return (int(result.get("training_iteration", 0)) >= max_epochs and on_full_split(result)
-            and str(result.get("scored", "")).endswith(" file") and not diverged(result))
+    return (ended(result, max_epochs) == "completed" and on_full_split(result)
+            and str(result.get("scored", "")).endswith(" file"))
 
 
 def _scored(result: dict[str, Any] | None, metric: str) -> bool:

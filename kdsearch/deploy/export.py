@@ -30,7 +30,7 @@ from ..models import deployed
 from ..models.deployed import cast_state_dict
 from ..models.students import student_spec
 from ..runtime.experiment import RESCORED_FILE, TRIAL_STATE_FILE, experiment_dir, read_search_state
-from ..search.analysis import file_sizes, search_analysis, trial_figure
+from ..search.analysis import budget_cut, file_sizes, search_analysis, trial_figure
 
 log = logging.getLogger("kdsearch")
 
@@ -98,7 +98,7 @@ def best_trial(cfg: Config, partial: bool = False, trial_id: str | None = None) 
     ran the most epochs, as the search re-scored it), or the trial `trial_id`. A search stopped before it finished,
     or a trial ASHA or the time budget stopped, exports only with `partial`."""
     ended = _ended_trials(cfg, partial)
-    cut = set(read_search_state(cfg).get("budget_cut", []))
+    cut = budget_cut(cfg)
     if trial_id is not None:
         found = [t for t in ended if t.trial_id == trial_id]
         if not found:

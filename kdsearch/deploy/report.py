@@ -36,8 +36,7 @@ from ..engine.loop import Metrics, evaluate, predict_logits
 from ..models.deployed import load as load_shipped
 from ..models.students import student_spec
 from ..preflight import Plan, preflight
-from ..runtime.experiment import read_search_state
-from ..search.analysis import search_analysis, trial_figure
+from ..search.analysis import budget_cut, search_analysis, trial_figure
 
 log = logging.getLogger("kdsearch")
 
@@ -50,7 +49,7 @@ def search_trials(cfg: Config) -> list[dict[str, Any]]:
     analysis = search_analysis(cfg)
     if analysis is None:
         return []
-    cut = set(read_search_state(cfg).get("budget_cut", []))
+    cut = budget_cut(cfg)
     frames = analysis.trial_dataframes
     out = []
     for t in analysis.trials:

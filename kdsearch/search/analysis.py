@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..config import Config
 from ..core.figures import Figure
-from ..runtime.experiment import experiment_dir
+from ..runtime.experiment import experiment_dir, read_search_state
 
 
 def search_analysis(cfg: Config):
@@ -19,6 +19,11 @@ def search_analysis(cfg: Config):
     if not tune.Tuner.can_restore(str(path)):
         return None
     return tune.ExperimentAnalysis(str(path), default_metric=cfg.search.metric, default_mode=cfg.search.resolved_mode)
+
+
+def budget_cut(cfg: Config) -> set[str]:
+    """Ids of the search's trials its time budget cut, as the run recorded them in its state (tuner.run_search)."""
+    return set(read_search_state(cfg).get("budget_cut", []))
 
 
 def trial_figure(cfg: Config, trial, cut: bool = False, result: dict | None = None) -> Figure:

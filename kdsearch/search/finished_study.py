@@ -90,12 +90,11 @@ class FinishedStudy:
             return {}
         out: dict[str, dict[str, dict[str, float]]] = {}
         for i, name in enumerate(self.objectives):
+            out[name] = {}
             if name in PAIR_FIGURES or len({t.values[i] for t in self.study.trials}) == 1:
-                out[name] = {}
                 continue  # a property of the (student, format) pair, or every trial scored the same
             # PED-ANOVA explains reaching *low* target values: a maximised objective is negated
             sign = -1.0 if OBJECTIVE_MODES[name] == "max" else 1.0
-            out[name] = {}
             for evaluator, make in _evaluators(len(self.study.trials)).items():
                 with warnings.catch_warnings():  # their notes on small studies: the lines say the trial count
                     warnings.simplefilter("ignore", UserWarning)

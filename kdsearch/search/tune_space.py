@@ -93,4 +93,4 @@ def kd_pair(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     the first point, changing alpha and feature hints alone): the pair whose difference the search reports as
     "KD added". [] without a control."""
     control = next((p for p in points if p.get("alpha") == 0), None)
-    return [] if control is None or not points or points[0] is control else [points[0], control]
+    return [] if control is None or points[0] is control else [points[0], control]

@@ -30,7 +30,7 @@ from ..config.space import split_pair
 from ..core import figures
 from ..core.devices import resolve_device
 from ..core.errors import KdsearchError
-from ..core.figures import KdAdded
+from ..core.figures import Figure, KdAdded
 from ..core.results import ENDINGS, ended
 from ..data.dataset import Dataset
 from ..distill.distiller import Distiller, Hparams, Prepared, prepare
@@ -351,7 +351,7 @@ def final_figures(metric: str, best: dict[str, Any] | None, added: KdAdded | Non
     out: dict[str, float] = {}
     if best is not None:
         out[f"best_{metric}"] = float(best["metrics"][metric])
-        if best["metrics"].get("rescored"):
+        if "chosen_on" in best["metrics"]:  # re-scored: no trial finished
             out[f"best_{metric}_chosen_on"] = float(best["metrics"]["chosen_on"]["value"])
             if f"subset_{metric}" in best["metrics"]:
                 out[f"best_{metric}_rung_subset"] = float(best["metrics"][f"subset_{metric}"])
@@ -393,6 +393,7 @@ def rescored(cfg: Config, top: dict[str, Any], prepared: Prepared) -> dict[str, 
     (folder / RESCORED_FILE).write_text(json.dumps({k: v for k, v in metrics.items() if k in whole or k in subset
                                                     or k in ("rescored", "chosen_on")}
                                                    | {"val_confusion": None}))  # no subset confusion left over
-    figure = replace(top["figure"], value=float(metrics[cfg.search.metric]), images=int(whole["val_images"]),
-                     split_images=int(whole["val_split_images"]), whole=True, model=str(whole["scored"]))
+    figure = Figure.of_result(metrics, cfg.search.metric, cfg.search.max_epochs, trial=top["trial_id"],
+                              config=top["config"], precision=cfg.student.precision,
+                              cut=top["figure"].ending == "budget_cut")  # as export reads it back (rescored.json)
     return {**top, "metrics": metrics, "figure": figure}
