@@ -15,8 +15,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 
 from conftest import tiny_config, write_config
 
@@ -74,6 +76,13 @@ def _check_resumed(resumed: subprocess.CompletedProcess, cfg: dict, out: Path) -
     assert 4 <= len(done) <= 6 and all(d >= EPOCHS - 1 for d in done), done
     assert re.search(rf"trials: {len(done)} completed, 0 stopped early by ASHA, 0 errored", resumed.stdout)
     assert (out / "best" / "student.pt").is_file()
+    # the stored study went on with the search: each finished trial once, with every epoch; nothing left running
+    study = optuna.load_study(study_name=cfg["name"], storage=f"sqlite:///{out / 'optuna.db'}")
+    states = Counter(t.state for t in study.trials)
+    assert states[TrialState.COMPLETE] == len(done) and states[TrialState.RUNNING] == states[TrialState.WAITING] == 0
+    assert len(study.trials) - len(done) <= 2, states  # a suggestion lost in the kill is failed, not rerun
+    assert all(sorted(t.intermediate_values) == list(range(1, EPOCHS + 1)) for t in study.trials
+               if t.state == TrialState.COMPLETE)
     client = MlflowClient(cfg["tracking"]["uri"])
     runs = client.search_runs([client.get_experiment_by_name(cfg["name"]).experiment_id])
     assert Counter(r.data.tags.get("kdsearch.kind") for r in runs) == {"search": 1, "trial": len(done)}

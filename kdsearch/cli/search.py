@@ -36,6 +36,7 @@ def run(
 ) -> None:
     """The search: Ray Tune + Optuna (TPE) + ASHA over the config's space; logs to MLflow; exports the best."""
     from ..deploy.export import export_best
+    from ..search.study import STUDY_FILE, storage_url
     from ..search.tuner import run_search
 
     cfg = load_locked(config, set_, "run")
@@ -53,6 +54,10 @@ def run(
                   f"{t['errored']} errored; wall time {result.wall_seconds:.1f} s; teacher forward passes "
                   f"{result.teacher_forward_passes} ({result.teacher_seconds:.1f} s)")
     console.print(f"Ray Tune's results and checkpoints: {result.experiment_path}")
+    if (cfg.output_dir / STUDY_FILE).is_file():
+        console.print(f"Optuna's study {cfg.name!r}: {storage_url(cfg.output_dir)} (optuna-dashboard opens it)")
+    if result.warm_start:
+        console.print(result.warm_start)
     if result.best is not None:
         console.print(best_line(result.best))
     if result.kd_added is not None:

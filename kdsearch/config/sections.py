@@ -366,6 +366,11 @@ class SearchConfig(ConfigModel):
     """Before TPE's random start-up, try the literature's defaults for each loss in the space (KD: T=4, alpha=0.9;
     DIST: tau=1; DKD: T=4, beta=8; logit standardisation: T=2), clipped to the space's ranges, so the first trials
     are already sensible. Enqueued through Optuna (`points_to_evaluate`)."""
+    warm_start: Path | None = None
+    """An earlier search's output.dir (PATH#STUDY where its optuna.db holds several studies) to start from. When
+    its teacher and data fingerprints match (and its metric, objectives and max_epochs), its trials join this
+    search's study as they ended and the start points are skipped; otherwise its best configurations are tried
+    first. Trials outside this search's space are not used (search/study.py)."""
     space: Space = Space()
     """The hyperparameters searched."""
 

@@ -23,6 +23,7 @@ import ray
 import torch
 from ray import tune
 from ray.tune.search import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.sample import Domain
 
 from ..config import Config
@@ -31,7 +32,7 @@ from ..core import figures
 from ..core.devices import resolve_device
 from ..core.errors import KdsearchError
 from ..core.figures import Figure, KdAdded
-from ..core.results import ENDINGS, ended
+from ..core.results import ENDINGS, OBJECTIVE_MODES, ended
 from ..data.dataset import Dataset
 from ..distill.distiller import Distiller, Hparams, Prepared, prepare
 from ..models import deployed
@@ -41,12 +42,14 @@ from ..runtime.experiment import RESCORED_FILE, TRIAL_STATE_FILE, experiment_dir
 from ..teachers.worker import on_worker, worker_resources
 from ..tracking import check_store
 from ..tracking.search import SearchTracker
+from . import study
 from .analysis import file_sizes, trial_figure
 from .asha import PairedASHA
 from .callback import SearchCallback
 from .gpu_memory import preflight_gpu, release_cuda
 from .progress import SearchProgress
 from .searcher import HonestOptunaSearch
+from .study import WarmStart, read_warm_start
 from .trainable import distill_trainable
 from .tune_space import kd_pair, start_points, tune_space
 
@@ -82,6 +85,8 @@ class SearchResult:
     """The Pareto front of the finished trials (finished_study): trial_id, student, format, the objectives."""
     importances: list[str] = field(default_factory=list)
     """What mattered, as lines (finished_study.importance_lines)."""
+    warm_start: str | None = None
+    """What search.warm_start gave the search, as a line (study.WarmStart.line); None without one."""
     data: Dataset | None = field(default=None, repr=False)
     """The search's data as the driver decoded it once: `export_best` takes it rather than loading it again."""
 
@@ -124,6 +129,8 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     resume = check_resume(cfg, path, resume)
     # config, data paths, teacher files, size limit, output.dir, MLflow: before anything is written
     plan = plan or preflight(cfg)
+    if cfg.search.warm_start is not None:
+        study.warm_source(cfg)  # an earlier study there to read
     start = time.perf_counter()
     init_ray(address)  # before the teacher: its work may run as a Ray task on a GPU node (teachers/worker.py)
     early = (f"search {cfg.name!r} interrupted before its first trial; nothing exported. `kdsearch run CONFIG "
@@ -132,7 +139,11 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     try:
         prepared, shipped = prepare_driver(cfg, device, plan)
         tracker, state = start_tracking(cfg, prepared, resume)
-        tuner = make_tuner(cfg, path, shipped, tracker, resume)
+        prints = study.fingerprints(cfg, [m.fingerprint for m in prepared.teacher.members], prepared.data)
+        tuner, warm = make_tuner(cfg, path, shipped, tracker, resume, prints)
+        if warm is not None:
+            state["warm_start"] = warm.line()
+            write_search_state(cfg, state)
     except interrupts.Interrupted as e:
         raise interrupts.Interrupted(e.signum, early) from None
     fit_start = time.perf_counter()
@@ -178,7 +189,7 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     return SearchResult(path, summary["trials"], best, wall, fit_seconds, summary["trial_seconds"],
                         summary["trial_epochs"], teacher_passes, teacher_seconds, state["parent_run_id"],
                         prepared.students, prepared.data.counts(), prepared.data.class_names, added, front,
-                        importances, prepared.data)
+                        importances, state.get("warm_start"), prepared.data)
 
 
 def tradeoffs(cfg: Config, trials, tracker: SearchTracker) -> tuple[list[dict[str, Any]], list[str]]:
@@ -259,28 +270,31 @@ def tpe_sampler(cfg: Config, start_points: int) -> optuna.samplers.TPESampler:
                                       constant_liar=tpe.constant_liar)
 
 
-def make_tuner(cfg: Config, path: Path, shipped: Prepared, tracker: SearchTracker, resume: bool) -> tune.Tuner:
-    """Tuner + OptunaSearch (TPE, start points first) + ASHA, or the saved one restored on --resume."""
+def make_tuner(cfg: Config, path: Path, shipped: Prepared, tracker: SearchTracker, resume: bool,
+               prints: dict[str, Any]) -> tuple[tune.Tuner, WarmStart | None]:
+    """Tuner + OptunaSearch (TPE, start points first, its study stored in output.dir's optuna.db) + ASHA, or the
+    saved one restored on --resume; with the warm start it began from (search.warm_start). `prints`: the search's
+    fingerprints (study.fingerprints)."""
     res = cfg.search.resources_per_trial
     trainable = tune.with_resources(tune.with_parameters(distill_trainable, cfg=cfg, prepared=shipped),
                                     {"cpu": res.cpu, "gpu": res.gpu})
     # Short epochs checkpoint often; Tune then snapshots its state often (cheap here) and warns each time.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if resume:
-        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True), None
     metric, mode = cfg.search.metric, cfg.search.resolved_mode
     space = tune_space(cfg.search.space, shipped.pairs)
     # Optuna needs something to sample; a fully fixed space just repeats that configuration (Tune's default).
     searchable = any(isinstance(v, Domain) for v in space.values())
     quiet.quiet_optuna()  # no "A new study created in memory"
     points = start_points(cfg.search.space, shipped.pairs) if cfg.search.start_points else None
+    warm = None
     if not searchable:
         search_alg = None
     elif cfg.search.algorithm == "random":  # Tune's own random sampling, seeded: the baseline to beat
         search_alg = BasicVariantGenerator(random_state=cfg.seed)
     else:
-        search_alg = HonestOptunaSearch(sampler=tpe_sampler(cfg, len(points or [])), points_to_evaluate=points,
-                                        max_epochs=cfg.search.max_epochs, objectives=cfg.search.objectives)
+        search_alg, points, warm = optuna_search(cfg, space, points, prints)
     return tune.Tuner(
         trainable,
         param_space=space,
@@ -306,7 +320,30 @@ def make_tuner(cfg: Config, path: Path, shipped: Prepared, tracker: SearchTracke
             callbacks=[tracker, SearchProgress(metric, mode, cfg.search.max_epochs)],
             verbose=0,
         ),
-    )
+    ), warm
+
+
+def optuna_search(cfg: Config, space: dict[str, Any], points: list[dict[str, Any]] | None,
+                  prints: dict[str, Any]) -> tuple[HonestOptunaSearch, list[dict[str, Any]] | None, WarmStart | None]:
+    """kdsearch's searcher on a fresh stored study (study.py), with the start points it enqueues (None: skipped) and
+    the warm start it read: a matching one's trials replace the start points, another's best configurations are
+    enqueued before them."""
+    warm = None
+    if cfg.search.warm_start is not None:
+        modes = ([OBJECTIVE_MODES[o] for o in cfg.search.objectives] if cfg.search.objectives
+                 else [cfg.search.resolved_mode])
+        warm = read_warm_start(cfg, prints, OptunaSearch.convert_search_space(space),
+                               ["maximize" if m == "max" else "minimize" for m in modes])
+        points = None if warm.matched else points
+    queued = [*warm.points, *(points or [])] if warm and not warm.matched else points
+    queued = (queued or [])[:cfg.search.num_samples]  # more would wait in the stored study for trials never run
+    store = study.storage(cfg)
+    study.set_aside(store, cfg.name)
+    search_alg = HonestOptunaSearch(sampler=tpe_sampler(cfg, len(queued or [])), points_to_evaluate=queued or None,
+                                    max_epochs=cfg.search.max_epochs, objectives=cfg.search.objectives,
+                                    storage=store, study_name=cfg.name, study_attrs=prints,
+                                    warm_trials=warm.trials if warm else [])
+    return search_alg, points, warm
 
 
 def teacher_totals(prepared: Prepared, trials) -> tuple[int, float]:
