@@ -168,7 +168,49 @@ def views_memory_readme() -> str:
             f"{many['as_pixels_before_mb'] / 1000:.1f} GB as pixels (`benchmarks/views_memory.py`).")
 
 
+REPLAY_METHODS = {"kdsearch": "kdsearch (default)", "random": "random search, same ASHA", "recipe": "recipe, no search"}
+
+
+def _replay() -> tuple[dict, dict]:
+    return load("replay"), load("replay-archives")
+
+
+def replay_measured() -> str:
+    d, info = _replay()
+    out = []
+    for task, block in d.items():
+        a = info["tasks"][task]
+        s = a["surrogate"]
+        out.append(f"**{task}**: {a['lines']} archived configurations of {a['max_epochs']} epochs, teacher val "
+                   f"macro-F1 {a['teacher_val_macro_f1']:.4f}, best archived val {a['best_in_archive_val']:.4f}; "
+                   f"budget {a['budget_s']:.0f} s (10 x a full trial's median {a['trial_median_s']:.1f} s), "
+                   f"{a['workers']} workers, {a['seeds']} seeds; surrogate on held-out lines: final val MAE "
+                   f"{s['final_val_mae']:.4f}, rank correlation {s['final_val_spearman']:.3f}.\n")
+        rows = [[REPLAY_METHODS.get(m, m), *(f"{r['best_val'][f]:.4f} ± {r['best_val_std'][f]:.4f}"
+                                             for f in ("0.25", "0.5", "1.0")),
+                 f"{r['test_of_pick']:.4f} ± {r['test_of_pick_std']:.4f}", f"{r['time_to_random_best']:.2f}",
+                 f"{r['finished_trials']:.1f} of {r['trials']:.1f}"] for m, r in block.items()]
+        out.append(_table(["method", "best val at 1/4", "at 1/2", "at the budget", "test of pick",
+                           "time to random's best", "finished of trials"], rows) + "\n")
+    out.append(f"The whole replay ({len(info['methods'])} methods x {len(d)} tasks) took {info['wall_s']:.0f} s "
+               "on 2 cores.")
+    return "\n".join(out)
+
+
+def replay_readme() -> str:
+    d, info = _replay()
+    parts = []
+    for task, block in d.items():
+        k, r, c = block["kdsearch"], block["random"], block["recipe"]
+        parts.append(f"{task}: pick's test macro-F1 {k['test_of_pick']:.4f} (random {r['test_of_pick']:.4f}, recipe "
+                     f"{c['test_of_pick']:.4f}), random's final best reached at {k['time_to_random_best']:.2f} of "
+                     "the budget")
+    return (f"Replayed against learning-curve archives (`benchmarks/replay.py`, {info['tasks'][next(iter(d))]['seeds']} "
+            "seeds, 2 simulated workers, budget 10 full trials): " + "; ".join(parts) + ".")
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
+    "replay_measured": replay_measured, "replay_readme": replay_readme,
     "deploy_front_readme": deploy_front_readme, "deploy_front_measured": deploy_front_measured,
     "plan_counts_measured": plan_counts_measured, "validate_speed_measured": validate_speed_measured,
     "validate_speed_readme": validate_speed_readme, "views_memory_measured": views_memory_measured,

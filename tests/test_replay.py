@@ -71,7 +71,7 @@ def surrogate(archive: replay.Archive) -> replay.Surrogate:
     from kdsearch.search.tune_space import tune_space
 
     cfg = replay.task_config(archive, 0, 2, 100.0)
-    space = tune_space(cfg.search.space, [(s, "fp32") for s in cfg.student.candidates])
+    space = tune_space(cfg.search.space, replay.pairs_of(cfg))
     return replay.Surrogate(OptunaSearch.convert_search_space({k: v for k, v in space.items()
                                                                if isinstance(v, Domain)}), archive.lines)
 
@@ -117,7 +117,7 @@ def test_the_searcher_is_told_as_ray_tells_it_pruned_trials_keep_their_values(ar
             assert t.state == TrialState.PRUNED
             pruned += 1
     assert pruned >= 3 and complete >= 2
-    points = start_points(cfg.search.space, [(s, "fp32") for s in cfg.student.candidates])
+    points = start_points(cfg.search.space, replay.pairs_of(cfg))
     first = [out.lines[k]["config"] for k in sorted(out.lines)[:len(points)]]
     assert all(replay.key({**search.fixed, **p}) == replay.key(c) for p, c in zip(points, first))
     assert all(out.lines[k]["kind"] in ("recipe", "control") for k in sorted(out.lines)[:2])  # archived exactly
