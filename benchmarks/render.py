@@ -205,8 +205,9 @@ def replay_readme() -> str:
         parts.append(f"{task}: pick's test macro-F1 {k['test_of_pick']:.4f} (random {r['test_of_pick']:.4f}, recipe "
                      f"{c['test_of_pick']:.4f}), random's final best reached at {k['time_to_random_best']:.2f} of "
                      "the budget")
-    return (f"Replayed against learning-curve archives (`benchmarks/replay.py`, {info['tasks'][next(iter(d))]['seeds']} "
-            "seeds, 2 simulated workers, budget 10 full trials): " + "; ".join(parts) + ".")
+    seeds = info["tasks"][next(iter(d))]["seeds"]
+    return (f"Replayed against learning-curve archives (`benchmarks/replay.py`, {seeds} seeds, 2 simulated "
+            "workers, budget 10 full trials): " + "; ".join(parts) + ".")
 
 
 RENDERERS: dict[str, Callable[[], str]] = {

@@ -411,8 +411,9 @@ def replay(archive: Archive, methods: list[str], seeds: int, workers: int, budge
            overhead: float = 0.0, log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every method over `seeds` seeds: the JSON block of one task (see --json), and what the replay ran on (the
     budget, the surrogate's held-out accuracy)."""
-    from kdsearch.search.tune_space import tune_space
     from ray.tune.search.optuna import OptunaSearch
+
+    from kdsearch.search.tune_space import tune_space
 
     budget = budget_trials * archive.trial_seconds()
     cfg = task_config(archive, 0, workers, budget)
@@ -468,7 +469,8 @@ def _std(values: list[float]) -> float:
 
 
 def table(results: dict[str, Any]) -> str:
-    rows = ["| task | method | best val @¼ | @½ | @1 | test of pick | time to random's best |", "|---|---|---|---|---|---|---|"]
+    rows = ["| task | method | best val @¼ | @½ | @1 | test of pick | time to random's best |",
+            "|---|---|---|---|---|---|---|"]
     for task, block in results.items():
         for method, m in block.items():
             rows.append(f"| {task} | {method} | " + " | ".join(

@@ -17,7 +17,6 @@ import pytest
 import ray.cloudpickle
 from optuna.trial import TrialState
 from ray import tune
-from ray.tune.search.optuna import OptunaSearch
 
 from kdsearch.search.asha import PairedASHA
 from kdsearch.search.searcher import HonestOptunaSearch
@@ -62,6 +61,7 @@ def search_toy(tmp_path: Path, objectives: list[str] | None = None) -> tuple[opt
     return optuna.load_study(study_name="toy", storage=url), reported
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("objectives", [None, ["val_macro_f1", "size_mb"]])
 def test_the_stored_study_holds_pruned_values_fails_and_only_finished_completes(tmp_path, ray_cluster, objectives):
     study, reported = search_toy(tmp_path, objectives)
@@ -160,6 +160,7 @@ def test_warm_start_adds_a_matching_search_and_enqueues_the_best_of_another(tmp_
         "warm start from")
 
 
+@pytest.mark.e2e
 def test_warm_start_from_a_folder_without_a_study_is_exit_2(tmp_path):
     (tmp_path / "empty").mkdir()
     _, path = _search(tmp_path, "w", tmp_path / "w", warm_start=str(tmp_path / "empty"))
