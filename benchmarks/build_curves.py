@@ -5,7 +5,8 @@ repository and HPOBench's tabular benchmarks do for trials too dear to rerun.
 
     python benchmarks/build_curves.py --task digits_fewlabels [--configs 110] [--out benchmarks/curves]
     python benchmarks/build_curves.py --task all
-    python benchmarks/build_curves.py --task fm16 --configs 100 --workers-measured 2   # beside another build
+    python benchmarks/build_curves.py --task fm16 --configs 100 --workers-measured 2 --shard 0/2 &
+    python benchmarks/build_curves.py --task fm16 --configs 100 --workers-measured 2 --shard 1/2  # 2 cores
 
 The format (replay.py and held-out checks read it; keep it exactly): the first line is a header
 `{"task", "space", "max_epochs", "metric", "teacher_val_macro_f1", "images": {"train", "val", "test"},
@@ -173,7 +174,7 @@ def curve(cfg, config: dict, prepared) -> dict:
     return {"curve": points, "test_macro_f1": round(float(t.macro_f1), 6)}
 
 
-def build(task: str, n: int, out: Path, workers: int = 1) -> Path:
+def build(task: str, n: int, out: Path, workers: int = 1, shard: tuple[int, int] = (0, 1)) -> Path:
     import torch
 
     from kdsearch.config import Config
@@ -194,9 +195,12 @@ def build(task: str, n: int, out: Path, workers: int = 1) -> Path:
         done = {key(r["config"]) for r in lines[1:]}
     else:
         path.write_text(json.dumps(head) + "\n")
-    todo = [(c, k) for c, k in configurations(cfg, prepared.pairs, n, cfg.seed) if key(c) not in done]
+    todo = [(c, k) for i, (c, k) in enumerate(configurations(cfg, prepared.pairs, n, cfg.seed))
+            if key(c) not in done and i % shard[1] == shard[0]]
     print(f"{task}: {len(done)} configurations in {path}, {len(todo)} to train", flush=True)
     for i, (config, kind) in enumerate(todo):
+        if key(config) in trained(path):  # another build process (--shard) got there first
+            continue
         start = time.perf_counter()
         line = {"config": config, **curve(cfg, config, prepared), "kind": kind}
         with path.open("a") as f:
@@ -204,6 +208,10 @@ def build(task: str, n: int, out: Path, workers: int = 1) -> Path:
         print(f"{task} {i + 1}/{len(todo)} {kind} {config['student']}: val {line['curve'][-1][1]:.4f} "
               f"test {line['test_macro_f1']:.4f} ({time.perf_counter() - start:.1f} s)", flush=True)
     return path
+
+
+def trained(path: Path) -> set[str]:
+    return {key(json.loads(line)["config"]) for line in path.read_text().splitlines()[1:] if line.strip()}
 
 
 def main() -> None:
@@ -214,9 +222,12 @@ def main() -> None:
     ap.add_argument("--workers-measured", type=int, default=1,
                     help="build processes running side by side on this machine (each one trial slot), recorded in "
                          "the header: 2 on a 2-core machine measures the seconds a 2-worker search sees")
+    ap.add_argument("--shard", default="0/1", help="I/N: train only every Nth configuration from the Ith, so that N "
+                                                    "processes build one archive side by side")
     args = ap.parse_args()
+    shard = tuple(int(v) for v in args.shard.split("/"))
     for task in TASKS if args.task == "all" else [args.task]:
-        build(task, args.configs, args.out, args.workers_measured)
+        build(task, args.configs, args.out, args.workers_measured, shard)
 
 
 if __name__ == "__main__":
