@@ -42,14 +42,13 @@ from ..runtime.experiment import RESCORED_FILE, TRIAL_STATE_FILE, experiment_dir
 from ..teachers.worker import on_worker, worker_resources
 from ..tracking import check_store
 from ..tracking.search import SearchTracker
-from . import study
 from .analysis import file_sizes, trial_figure
 from .asha import PairedASHA
 from .callback import SearchCallback
 from .gpu_memory import preflight_gpu, release_cuda
 from .progress import SearchProgress
 from .searcher import HonestOptunaSearch
-from .study import WarmStart, read_warm_start
+from .study import WarmStart, fingerprints, read_warm_start, set_aside, storage, warm_source
 from .trainable import distill_trainable
 from .tune_space import kd_pair, start_points, tune_space
 
@@ -130,7 +129,7 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     # config, data paths, teacher files, size limit, output.dir, MLflow: before anything is written
     plan = plan or preflight(cfg)
     if cfg.search.warm_start is not None:
-        study.warm_source(cfg)  # an earlier study there to read
+        warm_source(cfg)  # an earlier study there to read
     start = time.perf_counter()
     init_ray(address)  # before the teacher: its work may run as a Ray task on a GPU node (teachers/worker.py)
     early = (f"search {cfg.name!r} interrupted before its first trial; nothing exported. `kdsearch run CONFIG "
@@ -139,7 +138,7 @@ def run_search(cfg: Config, resume: bool = False, address: str | None = None, de
     try:
         prepared, shipped = prepare_driver(cfg, device, plan)
         tracker, state = start_tracking(cfg, prepared, resume)
-        prints = study.fingerprints(cfg, [m.fingerprint for m in prepared.teacher.members], prepared.data)
+        prints = fingerprints(cfg, [m.fingerprint for m in prepared.teacher.members], prepared.data)
         tuner, warm = make_tuner(cfg, path, shipped, tracker, resume, prints)
         if warm is not None:
             state["warm_start"] = warm.line()
@@ -286,7 +285,7 @@ def make_tuner(cfg: Config, path: Path, shipped: Prepared, tracker: SearchTracke
     space = tune_space(cfg.search.space, shipped.pairs)
     # Optuna needs something to sample; a fully fixed space just repeats that configuration (Tune's default).
     searchable = any(isinstance(v, Domain) for v in space.values())
-    quiet.quiet_optuna()  # no "A new study created in memory"
+    quiet.quiet_optuna()  # no "A new study created in RDB"
     points = start_points(cfg.search.space, shipped.pairs) if cfg.search.start_points else None
     warm = None
     if not searchable:
@@ -337,8 +336,8 @@ def optuna_search(cfg: Config, space: dict[str, Any], points: list[dict[str, Any
         points = None if warm.matched else points
     queued = [*warm.points, *(points or [])] if warm and not warm.matched else points
     queued = (queued or [])[:cfg.search.num_samples]  # more would wait in the stored study for trials never run
-    store = study.storage(cfg)
-    study.set_aside(store, cfg.name)
+    store = storage(cfg)
+    set_aside(store, cfg.name)
     search_alg = HonestOptunaSearch(sampler=tpe_sampler(cfg, len(queued or [])), points_to_evaluate=queued or None,
                                     max_epochs=cfg.search.max_epochs, objectives=cfg.search.objectives,
                                     storage=store, study_name=cfg.name, study_attrs=prints,
