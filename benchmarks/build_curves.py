@@ -56,9 +56,14 @@ def digits_splits(seed: int = 0, long_tail: float | None = None):
     long_tail^(c/9) of its training images (at least 5)."""
     from search_quality import digits_npz
 
-    path = digits_npz(WORK / "digits.npz", seed)
+    path = WORK / "digits.npz"
+    if not path.is_file():  # written once: a rewrite would change the data's fingerprint and retrain the teacher
+        digits_npz(path, seed)
     if long_tail is None:
         return path
+    out = WORK / "digits_imbalanced.npz"
+    if out.is_file():
+        return out
     d = dict(np.load(path))
     rng = np.random.default_rng(seed)
     keep = []
@@ -68,7 +73,6 @@ def digits_splits(seed: int = 0, long_tail: float | None = None):
         keep.append(rng.choice(idx, n, replace=False))
     keep = np.sort(np.concatenate(keep))
     d["train_images"], d["train_labels"] = d["train_images"][keep], d["train_labels"][keep]
-    out = WORK / "digits_imbalanced.npz"
     np.savez(out, **d)
     return out
 
@@ -84,8 +88,11 @@ def task_config(task: str) -> dict:
     elif task == "fm16":
         from kd_gain import make_subset
 
+        npz = WORK / "fm16.npz"
+        if not npz.is_file():
+            make_subset(npz, 2500, 1000, 2000, 0)
         cfg = {"name": task, "seed": 0,
-               "data": {"source": "npz", "root": str(make_subset(WORK / "fm16.npz", 2500, 1000, 2000, 0)),
+               "data": {"source": "npz", "root": str(npz),
                         "image_size": 16, "augment": "standard"},
                "teacher": {"source": "train", "arch": "resnet18", "epochs": 8, "patience": 3, "cache_views": 4},
                "student": {"candidates": ["resnet8", "mobilenet_v3_small", "shufflenet_v2_x0_5"], "max_size_mb": 25},

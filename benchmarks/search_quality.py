@@ -4,6 +4,7 @@
     python benchmarks/search_quality.py [--task digits_fewlabels|fm4k] [--budget 300] [--seeds 3] [--out FILE]
                                         [--methods tpe,random,recipe,tpe_startup10,tpe_independent,tpe_no_liar]
     python benchmarks/search_quality.py --smoke     # a 3-minute check that every step runs
+    python benchmarks/search_quality.py --task fm4k --resume   # after an interruption: the finished runs kept
 
 Tasks (each with its own test split, so each method's final pick is scored on images no method chose on):
 - digits_fewlabels: `search_spaces/digits_fewlabels.yaml` on scikit-learn's digits written as an .npz
@@ -128,6 +129,15 @@ def best_at(points: list[tuple[float, float]], budget: float) -> list[float | No
     return [max((v for t, v in points if f == 1.0 or t <= f * budget), default=None) for f in FRACTIONS]
 
 
+def fresh_name(work: Path, name: str, seed: int) -> str:
+    """`name`, or `name-rK` where an interrupted attempt left a search of that name (a new one starts, whole)."""
+    taken = work / f"seed{seed}" / "ray"
+    k = 0
+    while (taken / (name if k == 0 else f"{name}-r{k}")).exists():
+        k += 1
+    return name if k == 0 else f"{name}-r{k}"
+
+
 def search_method(cfg_path: Path, work: Path, name: str, seed: int, budget: float, extra: list[str],
                   teacher_s: float) -> dict:
     from mlflow.tracking import MlflowClient
@@ -200,6 +210,9 @@ def main() -> None:
     ap.add_argument("--seed-style", type=Path, default=RESULTS / "vs_seed-v1.json",
                     help="vs_seed.py's JSON: the seed-style script's best on fm4k, compared with end to end")
     ap.add_argument("--smoke", action="store_true", help="1 seed, 40 s, 1-epoch teacher: checks that it all runs")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the (method, seed) runs of an interrupted benchmark (its .partial.json beside --out) "
+                         "and run only the others; a run cut off part-way starts again under a new name")
     args = ap.parse_args()
     methods = args.methods.split(",")
     if unknown := set(methods) - {*SEARCHES, "recipe"}:
@@ -211,17 +224,31 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     cfg_path = work / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(task_config(args.task, work, args.smoke)))
-    results: dict[str, list[dict]] = {m: [] for m in methods}
+    partial = args.out.with_suffix(".partial.json")
+    setup = {"task": args.task, "budget_s": args.budget, "seeds": args.seeds, "methods": methods}
+    done: dict[str, dict[str, dict]] = {m: {} for m in methods}
+    if args.resume and partial.is_file():
+        saved = json.loads(partial.read_text())
+        if saved["setup"] != setup:
+            raise SystemExit(f"{partial}: made with {saved['setup']}, not {setup}; drop --resume or match them")
+        done = {m: saved["runs"].get(m, {}) for m in methods}
     for seed in range(args.seeds):
+        if all(str(seed) in done[m] for m in methods):
+            continue
         start = time.perf_counter()  # once per seed, shared through the teacher cache (in no method's budget)
         kdsearch("train-teacher", cfg_path, "--set", f"seed={seed}", "--set", f"output.dir={work / f'seed{seed}'}",
                  "--device", "cpu")
         teacher_s = time.perf_counter() - start
         for m in methods:
-            results[m].append(recipe_method(cfg_path, work, seed, args.budget) if m == "recipe" else
-                              search_method(cfg_path, work, f"{m}-{seed}", seed, args.budget, SEARCHES[m], teacher_s))
-        print(json.dumps({k: {kk: vv for kk, vv in v[-1].items() if "curve" not in kk}
-                          for k, v in results.items()}), flush=True)
+            if str(seed) in done[m]:
+                continue
+            done[m][str(seed)] = (recipe_method(cfg_path, work, seed, args.budget) if m == "recipe" else
+                                  search_method(cfg_path, work, fresh_name(work, f"{m}-{seed}", seed), seed,
+                                                args.budget, SEARCHES[m], teacher_s))
+            partial.write_text(json.dumps({"partial": True, "setup": setup, "runs": done}, indent=1))
+        print(json.dumps({k: {kk: vv for kk, vv in v[str(seed)].items() if "curve" not in kk}
+                          for k, v in done.items()}), flush=True)
+    results = {m: [done[m][str(s)] for s in range(args.seeds)] for m in methods}
     table = {m: {**{f"val_at_{f}": mean_std([r["val_best_at"][i] for r in rs]) for i, f in enumerate(FRACTIONS)},
                  "test_of_pick": mean_std([r["test"] for r in rs]),
                  "trials": mean_std([r.get("trials") for r in rs])} for m, rs in results.items()}
@@ -239,6 +266,7 @@ def main() -> None:
               "seed_style": style, "machine": {"cpus": __import__("os").cpu_count()}, "versions": versions()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
+    partial.unlink(missing_ok=True)  # the finished report replaces it
     print("| method | val @ 1/4 | val @ 1/2 | val @ budget | test macro-F1 of its pick | trials |\n"
           "|---|---|---|---|---|---|")
     for m, row in table.items():
