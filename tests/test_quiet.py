@@ -15,7 +15,7 @@ from conftest import KDSEARCH, tiny_config, write_config
 pytestmark = pytest.mark.e2e  # two real searches through the console script
 
 NOISE = ["Creating initial MLflow database tables", "Token authentication is enabled",
-         "A new study created in memory", "Configuration for experiment", "View detailed results here",
+         "A new study created in RDB", "Configuration for experiment", "View detailed results here",
          "To visualize your results with TensorBoard"]
 GONE = ["Successfully registered model", "Created version",  # MLflow's fluent registration prints these with no
         # switch; kdsearch registers the student through MlflowClient, which does not, so -v has none of them either
