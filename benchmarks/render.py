@@ -177,7 +177,6 @@ def _replay() -> tuple[dict, dict]:
 
 def replay_measured() -> str:
     d, info = _replay()
-    gp = load("replay-gp") if (RESULTS / "replay-gp.json").is_file() else {}
     out = []
     for task, block in d.items():
         a = info["tasks"][task]
@@ -187,12 +186,11 @@ def replay_measured() -> str:
                    f"budget {a['budget_s']:.0f} s (10 x a full trial's median {a['trial_median_s']:.1f} s), "
                    f"{a['workers']} workers, {a['seeds']} seeds; surrogate on held-out lines: final val MAE "
                    f"{s['final_val_mae']:.4f}, rank correlation {s['final_val_spearman']:.3f}.\n")
-        slow = gp.get(task, {}).get("kdsearch_gp")
         rows = [[REPLAY_METHODS.get(m, m), *(f"{r['best_val'][f]:.4f} ± {r['best_val_std'][f]:.4f}"
                                              for f in ("0.25", "0.5", "1.0")),
                  f"{r['test_of_pick']:.4f} ± {r['test_of_pick_std']:.4f}", f"{r['time_to_random_best']:.2f}",
                  f"{r['finished_trials']:.1f} of {r['trials']:.1f}"]
-                for m, r in [*block.items(), *([(f"kdsearch_gp ({slow['seeds']} seeds)", slow)] if slow else [])]]
+                for m, r in block.items()]
         out.append(_table(["method", "best val at 1/4", "at 1/2", "at the budget", "test of pick",
                            "time to random's best", "finished of trials"], rows) + "\n")
     out.append(f"The whole replay ({len(info['methods'])} methods x {len(d)} tasks) took {info['wall_s']:.0f} s "

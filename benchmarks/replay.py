@@ -5,7 +5,6 @@ student sooner than random search and than the recipe without search? Many seeds
     python benchmarks/replay.py [--curves benchmarks/curves] [--seeds 30] [--workers 2] [--budget-trials 10]
                                 [--methods kdsearch,random,recipe] [--json benchmarks/results/replay.json]
     python benchmarks/replay.py --methods all     # the default comparison and every candidate change
-    python benchmarks/replay.py --methods kdsearch_gp --seeds 10 --json benchmarks/results/replay-gp.json
 
 What runs is kdsearch's own search objects, as `kdsearch run` builds them (search/tuner.py): the TPE sampler
 (`tpe_sampler`), the searcher wrapper with its tell semantics (`HonestOptunaSearch`: finished trials COMPLETE, the
@@ -191,9 +190,11 @@ class Search:
     fixed: dict[str, Any]
 
 
-def kdsearch_search(cfg, sampler: Callable | None = None, points: Callable | None = None) -> Search:
+def kdsearch_search(cfg, sampler: Callable | None = None, points: Callable | None = None,
+                    keep_pair: bool = True) -> Search:
     """kdsearch's default search as make_tuner builds it, its study in memory; `sampler(cfg, n_points)` and
-    `points(space, pairs)` replace tpe_sampler and start_points for a candidate."""
+    `points(space, pairs)` replace tpe_sampler and start_points for a candidate, `keep_pair` False lets ASHA stop
+    the no-KD pair like any other trial."""
     from ray.tune.search.sample import Domain
 
     from kdsearch.search.asha import PairedASHA
@@ -208,7 +209,7 @@ def kdsearch_search(cfg, sampler: Callable | None = None, points: Callable | Non
                                   points_to_evaluate=starts, max_epochs=cfg.search.max_epochs,
                                   objectives=cfg.search.objectives)
     searcher.set_search_properties(cfg.search.metric, cfg.search.resolved_mode, space)
-    scheduler = asha(cfg, PairedASHA, keep=kd_pair(starts or []))
+    scheduler = asha(cfg, PairedASHA, keep=kd_pair(starts or []) if keep_pair else [])
     fixed = {k: v for k, v in space.items() if not isinstance(v, Domain)}
     return Search(searcher.suggest, searcher, scheduler, fixed)
 
@@ -358,14 +359,35 @@ def lr_spread_points(space, pairs):
     return points
 
 
+def student_spread_points(space, pairs):
+    """Candidate: the first start point (the recipe) once for each student, not for the first student alone."""
+    from kdsearch.search.tune_space import start_points
+
+    points = start_points(space, pairs)
+    students = list(dict.fromkeys(s for s, _ in pairs))
+    if "student" not in points[0] or len(students) < 2:
+        return points
+    extra = [{**points[0], "student": s} for s in students if s != points[0]["student"]]
+    return points + [p for p in extra if p not in points]
+
+
 def gp_sampler(cfg, start_points: int):
     """Candidate: Optuna's GPSampler (Gaussian process, log-EI) in place of TPE, the same start-up count."""
     import optuna
+    import torch
 
+    torch.set_num_threads(1)  # its fits are small: threads only contend (a 2-worker search leaves no core free)
     from kdsearch.search.tuner import tpe_sampler
 
     startup = tpe_sampler(cfg, start_points)._n_startup_trials
     return optuna.samplers.GPSampler(seed=cfg.seed, n_startup_trials=startup)
+
+
+def random_after_starts(cfg, start_points: int):
+    """Candidate: the start points, then Optuna's random sampling (no model at all): what TPE's modelling adds."""
+    import optuna
+
+    return optuna.samplers.RandomSampler(seed=cfg.seed)
 
 
 CANDIDATES: dict[str, dict[str, Any]] = {
@@ -374,17 +396,19 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "kdsearch_rf2": {"search": {"reduction_factor": 2}},
     "kdsearch_rf4": {"search": {"reduction_factor": 4}},
     "kdsearch_startup10": {"search": {"tpe": {"startup_trials": 10}}},
+    "kdsearch_startup20": {"search": {"tpe": {"startup_trials": 20}}},
+    "kdsearch_random_after_starts": {"sampler": random_after_starts},
     "kdsearch_independent": {"search": {"tpe": {"multivariate": False}}},
     "kdsearch_no_liar": {"search": {"tpe": {"constant_liar": False}}},
     "kdsearch_no_start_points": {"search": {"start_points": False}},
     "kdsearch_lr_spread": {"points": lr_spread_points},
+    "kdsearch_unpaired_asha": {"keep_pair": False},
+    "kdsearch_student_spread": {"points": student_spread_points},
     "kdsearch_gp": {"sampler": gp_sampler},
 }
 """Each a change to kdsearch's default search, replayed under its own name (docs/measured.md has what each is
 worth; the ones that won on every task are the defaults)."""
-SLOW = {"kdsearch_gp"}
-"""Left out of `--methods all` (a Gaussian process fitted at every ask: about 40 s a seed where TPE takes 0.1 s);
-run by name with fewer seeds (docs/measured.md)."""
+
 
 
 def run_method(method: str, archive: Archive, surrogate: Surrogate, seed: int, workers: int, budget: float,
@@ -398,7 +422,8 @@ def run_method(method: str, archive: Archive, surrogate: Surrogate, seed: int, w
     change = CANDIDATES.get(method, {})
     cfg = task_config(archive, seed, workers, budget, **change.get("search", {}))
     search = random_search(cfg) if method == "random" else \
-        kdsearch_search(cfg, sampler=change.get("sampler"), points=change.get("points"))
+        kdsearch_search(cfg, sampler=change.get("sampler"), points=change.get("points"),
+                        keep_pair=change.get("keep_pair", True))
     return simulate(search, archive, surrogate, workers, budget, overhead)
 
 
@@ -493,8 +518,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated, or all")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
-    methods = [*DEFAULT_METHODS, *(c for c in CANDIDATES if c not in SLOW)] if args.methods == "all" else \
-        args.methods.split(",")
+    methods = [*DEFAULT_METHODS, *CANDIDATES] if args.methods == "all" else args.methods.split(",")
     unknown = [m for m in methods if m not in (*DEFAULT_METHODS, *CANDIDATES)]
     if unknown:
         raise SystemExit(f"--methods: unknown {unknown}; choose from {', '.join((*DEFAULT_METHODS, *CANDIDATES))}")
