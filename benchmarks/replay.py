@@ -171,6 +171,17 @@ def task_config(archive: Archive, seed: int, workers: int, budget_s: float, **se
                                   "search": {**base, **search, "tpe": tpe}})
 
 
+def optuna_space(cfg) -> dict[str, Any]:
+    """The Optuna distributions kdsearch's searcher sees for this config (OptunaSearch's conversion)."""
+    from ray.tune.search.optuna import OptunaSearch
+    from ray.tune.search.sample import Domain
+
+    from kdsearch.search.tune_space import tune_space
+
+    space = tune_space(cfg.search.space, pairs_of(cfg))
+    return OptunaSearch.convert_search_space({k: v for k, v in space.items() if isinstance(v, Domain)})
+
+
 def pairs_of(cfg) -> list[tuple[str, str]]:
     """The (student, format) pairs the archive's space searches (it holds only what fitted when it was built)."""
     from kdsearch.config import Dist
@@ -440,17 +451,8 @@ def replay(archive: Archive, methods: list[str], seeds: int, workers: int, budge
            overhead: float = 0.0, log: Callable[[str], None] = print) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every method over `seeds` seeds: the JSON block of one task (see --json), and what the replay ran on (the
     budget, the surrogate's held-out accuracy)."""
-    from ray.tune.search.optuna import OptunaSearch
-
-    from kdsearch.search.tune_space import tune_space
-
     budget = budget_trials * archive.trial_seconds()
-    cfg = task_config(archive, 0, workers, budget)
-    pairs = pairs_of(cfg)
-    from ray.tune.search.sample import Domain
-
-    dists = OptunaSearch.convert_search_space({k: v for k, v in tune_space(cfg.search.space, pairs).items()
-                                               if isinstance(v, Domain)})
+    dists = optuna_space(task_config(archive, 0, workers, budget))
     surrogate = Surrogate(dists, archive.lines)
     info = {"lines": len(archive.lines), "max_epochs": archive.max_epochs, "budget_s": budget,
             "trial_median_s": archive.trial_seconds(), "workers": workers, "seeds": seeds,

@@ -65,15 +65,7 @@ def test_the_replay_is_deterministic_per_seed_and_seeds_differ(archive):
 
 
 def surrogate(archive: replay.Archive) -> replay.Surrogate:
-    from ray.tune.search.optuna import OptunaSearch
-    from ray.tune.search.sample import Domain
-
-    from kdsearch.search.tune_space import tune_space
-
-    cfg = replay.task_config(archive, 0, 2, 100.0)
-    space = tune_space(cfg.search.space, replay.pairs_of(cfg))
-    return replay.Surrogate(OptunaSearch.convert_search_space({k: v for k, v in space.items()
-                                                               if isinstance(v, Domain)}), archive.lines)
+    return replay.Surrogate(replay.optuna_space(replay.task_config(archive, 0, 2, 100.0)), archive.lines)
 
 
 def test_kdsearch_beats_a_method_that_keeps_picking_the_worst_configuration(archive):

@@ -121,9 +121,9 @@ class WarmStart:
         return out + (f"; {self.skipped} of its trials lie outside this space, not used" if self.skipped else "")
 
 
-def read_warm_start(cfg: Config, prints: dict[str, Any], space: dict[str, BaseDistribution],
-                    directions: list[str]) -> WarmStart:
-    """search.warm_start read against this search's fingerprints, Optuna space and directions."""
+def read_warm_start(cfg: Config, prints: dict[str, Any], space: dict[str, BaseDistribution]) -> WarmStart:
+    """search.warm_start read against this search's fingerprints and Optuna space (the study's directions follow
+    from its metric and objectives, which the fingerprints hold)."""
     url, name = warm_source(cfg)
     earlier = optuna.load_study(study_name=name, storage=url)
     source = f"{str(cfg.search.warm_start).partition('#')[0]}#{name}"
@@ -131,8 +131,6 @@ def read_warm_start(cfg: Config, prints: dict[str, Any], space: dict[str, BaseDi
     usable = [t for t in ended if _inside(t.params, space)]
     theirs = earlier.user_attrs
     differs = [k for k in prints if theirs.get(k) != prints[k]]
-    if [d.name.lower() for d in earlier.directions] != [d.lower() for d in directions] and "metric" not in differs:
-        differs.append("directions")
     if not differs:
         trials = [optuna.trial.create_trial(state=t.state, values=t.values if t.state != TrialState.FAIL else None,
                                             params=t.params, distributions={k: space[k] for k in t.params},

@@ -32,7 +32,7 @@ from ..core import figures
 from ..core.devices import resolve_device
 from ..core.errors import KdsearchError
 from ..core.figures import Figure, KdAdded
-from ..core.results import ENDINGS, OBJECTIVE_MODES, ended
+from ..core.results import ENDINGS, ended
 from ..data.dataset import Dataset
 from ..distill.distiller import Distiller, Hparams, Prepared, prepare
 from ..models import deployed
@@ -329,10 +329,7 @@ def optuna_search(cfg: Config, space: dict[str, Any], points: list[dict[str, Any
     enqueued before them."""
     warm = None
     if cfg.search.warm_start is not None:
-        modes = ([OBJECTIVE_MODES[o] for o in cfg.search.objectives] if cfg.search.objectives
-                 else [cfg.search.resolved_mode])
-        warm = read_warm_start(cfg, prints, OptunaSearch.convert_search_space(space),
-                               ["maximize" if m == "max" else "minimize" for m in modes])
+        warm = read_warm_start(cfg, prints, OptunaSearch.convert_search_space(space))
         points = None if warm.matched else points
     queued = [*warm.points, *(points or [])] if warm and not warm.matched else points
     queued = (queued or [])[:cfg.search.num_samples]  # more would wait in the stored study for trials never run
